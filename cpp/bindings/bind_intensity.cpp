@@ -1,0 +1,110 @@
+#include <array>
+#include <vector>
+
+#include "common.hpp"
+#include "neurovfm/intensity.hpp"
+#include "neurovfm/tokens.hpp"
+
+namespace neurovfm::bindings {
+namespace {
+
+py::ssize_t token_count(const VolumeView& v, bool with_tokens) {
+  if (!with_tokens) return 0;
+  if (v.shape[0] % kTokD || v.shape[1] % kTokH || v.shape[2] % kTokW)
+    throw py::value_error("volume shape (" + std::to_string(v.shape[0]) + ", " +
+                          std::to_string(v.shape[1]) + ", " + std::to_string(v.shape[2]) +
+                          ") is not a multiple of (4, 16, 16)");
+  return (v.shape[0] / kTokD) * (v.shape[1] / kTokH) * (v.shape[2] / kTokW);
+}
+
+py::tuple ct_windows_py(const py::array& in, const std::vector<std::array<double, 2>>& windows,
+                        double fg_threshold, bool token_flags, bool voxel_mask, int threads) {
+  VolumeView v = view3d(in, "ct_windows");
+  if (windows.size() > 8) throw py::value_error("ct_windows: at most 8 windows");
+  const py::ssize_t n = token_count(v, token_flags);
+  const std::vector<py::ssize_t> shape{1, v.shape[0], v.shape[1], v.shape[2]};
+  py::list outs;
+  std::vector<float*> ptrs;
+  std::vector<Window> ws;
+  for (const auto& w : windows) {
+    py::array_t<float> a(shape);
+    ptrs.push_back(a.mutable_data());
+    outs.append(a);
+    ws.push_back(Window{w[0], w[1]});
+  }
+  py::object tb = py::none(), fg = py::none();
+  std::uint8_t* tbp = nullptr;
+  std::uint8_t* fgp = nullptr;
+  if (token_flags) {
+    py::array_t<std::uint8_t> a(n);
+    tbp = a.mutable_data();
+    tb = a;
+  }
+  if (voxel_mask) {
+    py::array_t<bool> a(std::vector<py::ssize_t>{v.shape[0], v.shape[1], v.shape[2]});
+    fgp = reinterpret_cast<std::uint8_t*>(a.mutable_data());
+    fg = a;
+  }
+  {
+    py::gil_scoped_release release;
+    ct_windows(v, ws.data(), static_cast<int>(ws.size()), ptrs.data(), fg_threshold, tbp, fgp,
+               threads);
+  }
+  return py::make_tuple(outs, tb, fg);
+}
+
+py::tuple percentiles_py(const py::array& in, const std::vector<double>& q, int threads) {
+  VolumeView v = view3d(in, "percentiles");
+  if (v.shape[0] * v.shape[1] * v.shape[2] == 0)
+    throw py::value_error("percentiles: empty volume");
+  std::vector<double> res(q.size());
+  double mn = 0, mx = 0;
+  {
+    py::gil_scoped_release release;
+    percentiles(v, q.data(), static_cast<int>(q.size()), res.data(), &mn, &mx, threads);
+  }
+  return py::make_tuple(res, mn, mx);
+}
+
+py::tuple mri_normalise_py(const py::array& in, double lo, double hi, double mn, double mx,
+                           double fg_threshold, bool token_flags, bool voxel_mask, int threads) {
+  VolumeView v = view3d(in, "mri_normalise");
+  const py::ssize_t n = token_count(v, token_flags);
+  py::array_t<float> out(std::vector<py::ssize_t>{1, v.shape[0], v.shape[1], v.shape[2]});
+  float* op = out.mutable_data();
+  py::object tb = py::none(), fg = py::none();
+  std::uint8_t* tbp = nullptr;
+  std::uint8_t* fgp = nullptr;
+  if (token_flags) {
+    py::array_t<std::uint8_t> a(n);
+    tbp = a.mutable_data();
+    tb = a;
+  }
+  if (voxel_mask) {
+    py::array_t<bool> a(std::vector<py::ssize_t>{v.shape[0], v.shape[1], v.shape[2]});
+    fgp = reinterpret_cast<std::uint8_t*>(a.mutable_data());
+    fg = a;
+  }
+  {
+    py::gil_scoped_release release;
+    mri_normalise(v, lo, hi, mn, mx, fg_threshold, op, tbp, fgp, threads);
+  }
+  return py::make_tuple(out, tb, fg);
+}
+
+}  // namespace
+
+void register_intensity(py::module_& m) {
+  m.def("ct_windows", &ct_windows_py, py::arg("volume"), py::arg("windows"),
+        py::arg("fg_threshold"), py::arg("token_flags") = true, py::arg("voxel_mask") = false,
+        py::arg("threads") = 1,
+        "CT windows [(width, level), ...] -> (list of float32 [1, D, H, W], token flags, mask).");
+  m.def("percentiles", &percentiles_py, py::arg("volume"), py::arg("q"), py::arg("threads") = 1,
+        "Exact NumPy-linear percentiles (q in percent) -> (values, min, max).");
+  m.def("mri_normalise", &mri_normalise_py, py::arg("volume"), py::arg("lo"), py::arg("hi"),
+        py::arg("vmin"), py::arg("vmax"), py::arg("fg_threshold"), py::arg("token_flags") = true,
+        py::arg("voxel_mask") = false, py::arg("threads") = 1,
+        "MRI clip + min-max normalisation -> (float32 [1, D, H, W], token flags, mask).");
+}
+
+}  // namespace neurovfm::bindings

@@ -1,0 +1,37 @@
+// Intensity kernels: CT windows, MRI percentile normalisation, foreground masks.
+#pragma once
+
+#include <cstdint>
+
+#include "neurovfm/dtype.hpp"
+
+namespace neurovfm {
+
+struct Window {
+  double width;
+  double level;
+};
+
+// `in` is a [D, H, W] view (any strides). For each window w, out[w] receives
+// (clip(x, L - W/2, L + W/2) - (L - W/2)) / (W + 1e-8) as float32 (C order),
+// computed in double. token_bg (may be null) receives per 4x16x16 token 1 when
+// any voxel is background (x <= fg_threshold); fg (may be null) the voxel
+// foreground mask (x > fg_threshold). D, H, W must be multiples of 4, 16, 16
+// when token_bg is given.
+void ct_windows(const VolumeView& in, const Window* windows, int n_windows, float* const* out,
+                double fg_threshold, std::uint8_t* token_bg, std::uint8_t* fg, int threads);
+
+// Exact percentiles (NumPy's default linear interpolation) of all voxels,
+// values taken as double; q in percent. Also returns the minimum and maximum.
+// O(n): counting for 8/16-bit types, selection otherwise. Any NaN makes every
+// result NaN, as in NumPy.
+void percentiles(const VolumeView& in, const double* q, int nq, double* result, double* vmin,
+                 double* vmax, int threads);
+
+// MRI: out = (clip(x, lo, hi) - mn) / (mx - mn + 1e-8) as float32, with
+// mn = max(lo, min(x)), mx = min(hi, max(x)); foreground is x > fg_threshold.
+void mri_normalise(const VolumeView& in, double lo, double hi, double mn, double mx,
+                   double fg_threshold, float* out, std::uint8_t* token_bg, std::uint8_t* fg,
+                   int threads);
+
+}  // namespace neurovfm

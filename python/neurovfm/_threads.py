@@ -1,0 +1,87 @@
+"""Thread-count policy for the C++ kernels.
+
+Order of precedence: :func:`set_num_threads`, the ``NEUROVFM_NUM_THREADS``
+environment variable, 1 inside a PyTorch DataLoader worker, then the CPUs this
+process may use (affinity mask and cgroup CPU quota).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+_num_threads: int | None = None
+
+
+def _cgroup_cpu_limit() -> int | None:
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            return max(1, math.floor(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+            quota_us = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+            period_us = int(f.read())
+        if quota_us > 0 and period_us > 0:
+            return max(1, math.floor(quota_us / period_us))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: affinity mask, capped by a cgroup quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        n = min(n, limit)
+    return max(1, n)
+
+
+def _in_dataloader_worker() -> bool:
+    import sys
+
+    if "torch" not in sys.modules:
+        return False
+    try:
+        from torch.utils.data import get_worker_info
+
+        return get_worker_info() is not None
+    except Exception:  # pragma: no cover - torch without data utilities
+        return False
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the number of threads the kernels use (``None`` restores the default)."""
+    global _num_threads
+    if n is None:
+        _num_threads = None
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    """The number of threads the kernels will use for the next call."""
+    if _num_threads is not None:
+        return _num_threads
+    env = os.environ.get("NEUROVFM_NUM_THREADS")
+    if env:
+        try:
+            v = int(env)
+            if v >= 1:
+                return v
+        except ValueError:
+            pass
+        raise ValueError(f"NEUROVFM_NUM_THREADS must be a positive integer, got {env!r}")
+    if _in_dataloader_worker():
+        return 1
+    return available_cpus()

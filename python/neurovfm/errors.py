@@ -1,0 +1,45 @@
+"""The library's exception types.
+
+Each derives from the builtin exception users already catch, so
+``except ValueError`` and ``except FileNotFoundError`` keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NeuroVFMError",
+    "ImageNotFoundError",
+    "ImageReadError",
+    "UnsupportedImageError",
+    "DicomSeriesError",
+    "ImageTooSmallError",
+]
+
+
+class NeuroVFMError(Exception):
+    """Base class of every error raised by neurovfm."""
+
+
+class ImageNotFoundError(NeuroVFMError, FileNotFoundError):
+    """The path does not exist."""
+
+
+class ImageReadError(NeuroVFMError, ValueError):
+    """The file exists but cannot be read as an image."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class UnsupportedImageError(ImageReadError):
+    """The file is an image, but not a 3D scalar volume (colour, 2D, 4D, sheared...)."""
+
+
+class DicomSeriesError(ImageReadError):
+    """A DICOM folder holds no usable series, or the chosen series is inconsistent."""
+
+
+class ImageTooSmallError(ImageReadError):
+    """The volume is too small to resample to the target grid."""
