@@ -57,3 +57,71 @@ void parallel_for(std::size_t n, int threads, std::size_t grain,
 }
 
 }  // namespace neurovfm
+
+namespace neurovfm {
+
+SerialWorker::SerialWorker() : thread_([this] { run(); }) {}
+
+SerialWorker::~SerialWorker() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void SerialWorker::run() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;  // stop requested and nothing left
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    std::exception_ptr err;
+    if (!error_) {  // after a failure the remaining jobs are skipped
+      try {
+        job();
+      } catch (...) {
+        err = std::current_exception();
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (err && !error_) error_ = err;
+      ++done_;
+    }
+    cv_.notify_all();
+  }
+}
+
+std::size_t SerialWorker::submit(std::function<void()> job) {
+  std::size_t seq;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    jobs_.push_back(std::move(job));
+    seq = ++submitted_;
+  }
+  cv_.notify_all();
+  return seq;
+}
+
+void SerialWorker::wait(std::size_t seq) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait(lock, [&] { return done_ >= seq; });
+  if (error_) std::rethrow_exception(error_);
+}
+
+void SerialWorker::wait_all() {
+  std::size_t seq;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    seq = submitted_;
+  }
+  wait(seq);
+}
+
+}  // namespace neurovfm

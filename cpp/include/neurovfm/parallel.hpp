@@ -19,3 +19,39 @@ void parallel_for(std::size_t n, int threads, std::size_t grain,
 int hardware_threads();
 
 }  // namespace neurovfm
+
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+namespace neurovfm {
+
+// One background thread running submitted jobs in order (used to overlap
+// decoding a file with processing what is already decoded). submit() returns a
+// sequence number; wait(seq) blocks until that job and all before it are done
+// and rethrows the first job failure. The destructor drains the queue.
+class SerialWorker {
+ public:
+  SerialWorker();
+  ~SerialWorker();
+  SerialWorker(const SerialWorker&) = delete;
+  SerialWorker& operator=(const SerialWorker&) = delete;
+
+  std::size_t submit(std::function<void()> job);
+  void wait(std::size_t seq);
+  void wait_all();
+
+ private:
+  void run();
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::size_t submitted_ = 0, done_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
+
+}  // namespace neurovfm

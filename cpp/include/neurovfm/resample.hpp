@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "neurovfm/dtype.hpp"
 
@@ -21,9 +22,41 @@ struct AxisPlan {
 // buffer `out` of shape plan[k].n_out and element type in.dtype: a recursive
 // cubic B-spline prefilter with mirror boundaries in double precision, 4-tap
 // evaluation with mirror index folding, then clamp to the type's range and
-// truncation toward zero. Axes are processed one at a time, the one that
-// shrinks the data most first. Bit-identical for any thread count.
-void resample_bspline(const VolumeView& in, const AxisPlan plan[3], void* out, int threads);
+// truncation toward zero. Axes are processed one at a time: by default the one
+// that shrinks the data most first; with last_axis in 0..2, the two other axes
+// first (by shrink) and last_axis last (the order the streaming resampler
+// uses). Bit-identical for any thread count.
+void resample_bspline(const VolumeView& in, const AxisPlan plan[3], void* out, int threads,
+                      int last_axis = -1);
+
+// Resampling of a volume that arrives in slabs along one axis (e.g. while it
+// is being decompressed): push() resamples the two other axes of each slab
+// into a double-precision intermediate; finish() resamples the stream axis.
+// Gives exactly the bytes of resample_bspline(..., last_axis = stream_axis).
+class StreamResampler {
+ public:
+  StreamResampler(DType dtype, const std::int64_t in_shape[3], int stream_axis,
+                  const AxisPlan plan[3]);
+  // `slab` covers input indices [i0, i0 + slab.shape[stream_axis]) along the
+  // stream axis and the whole extent of the other axes.
+  void push(const VolumeView& slab, std::int64_t i0, int threads);
+  // True once every index along the stream axis has been pushed.
+  bool complete() const;
+  // Writes the C-contiguous result (shape plan[k].n_out, element type dtype).
+  void finish(void* out, int threads);
+  DType dtype() const { return dtype_; }
+
+ private:
+  DType dtype_;
+  std::int64_t in_shape_[3];
+  int stream_axis_;
+  int first_axis_, second_axis_;
+  AxisPlan plan_[3];
+  std::int64_t mid_shape_[3];
+  std::vector<double> mid_;
+  std::vector<unsigned char> seen_;
+  std::int64_t seen_count_ = 0;
+};
 
 // Prefilter one line in place (exposed for tests): B-spline coefficients of
 // `n` samples spaced `stride` apart.

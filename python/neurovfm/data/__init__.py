@@ -1,0 +1,17 @@
+"""Reading, preprocessing and tokenising scans (no torch import here)."""
+
+from .io import load_image, preprocess_image, read_volume, reorient_rpi, slice_axis
+from .preprocess import Tokens, prepare_for_inference, tokenize
+from .volume import RawVolume
+
+__all__ = [
+    "load_image",
+    "preprocess_image",
+    "prepare_for_inference",
+    "tokenize",
+    "Tokens",
+    "read_volume",
+    "reorient_rpi",
+    "slice_axis",
+    "RawVolume",
+]

@@ -1,0 +1,313 @@
+"""load_image: read a scan, reorient it to RPI, resample to 1x1x4 mm, crop.
+
+All voxel work runs in the C++ kernels; SimpleITK parses headers and builds
+the returned image. The reorientation is never materialised: the resampling
+kernel reads the decoded buffer through a permuted/flipped strided view.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import _core
+from .._threads import get_num_threads
+from ..errors import ImageNotFoundError, ImageReadError, ImageTooSmallError
+from . import readers
+from .volume import RawVolume
+
+__all__ = [
+    "load_image",
+    "read_volume",
+    "preprocess_image",
+    "preprocess_volume",
+    "reorient_rpi",
+    "slice_axis",
+    "TARGET_SPACING",
+]
+
+log = logging.getLogger("neurovfm")
+
+#: Target spacing (mm) in-plane and along the slice axis.
+TARGET_SPACING = (1.0, 4.0)
+#: Crop multiples: in-plane, slice axis (the token is 4x16x16).
+CROP_MULTIPLE = (16, 4)
+
+# Physical axis (LPS) and sign towards which each letter points, as ITK's
+# DICOMOrientation names them: L = +x, R = -x, P = +y, A = -y, S = +z, I = -z.
+_LETTERS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
+_TARGET = "RPI"
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """Axis permutation and flips taking an image to RPI.
+
+    New (SimpleITK) axis ``j`` is old axis ``perm[j]``, reversed when ``flip[j]``.
+    """
+
+    perm: tuple
+    flip: tuple
+
+    @property
+    def is_identity(self) -> bool:
+        return self.perm == (0, 1, 2) and not any(self.flip)
+
+
+def _orientation_to_rpi(direction) -> Orientation:
+    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(d) for d in direction])
+    current = [_LETTERS[c] for c in code]
+    perm, flip = [], []
+    for letter in _TARGET:
+        axis, sign = _LETTERS[letter]
+        j = next(i for i, (a, _) in enumerate(current) if a == axis)
+        perm.append(j)
+        flip.append(current[j][1] != sign)
+    return Orientation(tuple(perm), tuple(flip))
+
+
+def _reoriented_geometry(shape, spacing_in, origin_in, direction_in, o: Orientation):
+    """Spacing, origin, direction and size after the permutation and flips,
+    computed as ITK's PermuteAxesImageFilter followed by FlipImageFilter.
+    ``shape`` is in numpy order, the rest in SimpleITK order."""
+    size_in = tuple(shape)[::-1]
+    d = np.asarray(direction_in, dtype=np.float64).reshape(3, 3)
+    spacing = tuple(float(spacing_in[p]) for p in o.perm)
+    size = tuple(int(size_in[p]) for p in o.perm)
+    dperm = d[:, list(o.perm)]
+    # Flip: origin moves to the physical point of the new first voxel.
+    index = [(size[j] - 1) if o.flip[j] else 0 for j in range(3)]
+    origin = []
+    for i in range(3):
+        acc = float(origin_in[i])
+        for j in range(3):
+            acc += (dperm[i, j] * spacing[j]) * index[j]
+        origin.append(acc)
+    direction = dperm * np.where(o.flip, -1.0, 1.0)[None, :]
+    return spacing, tuple(origin), tuple(float(x) for x in direction.ravel()), size
+
+
+def _reoriented_view(arr: np.ndarray, o: Orientation) -> np.ndarray:
+    """The RPI array (numpy z, y, x order) as a strided view of ``arr``."""
+    # numpy axis of sitk axis k is 2 - k.
+    view = arr.transpose([2 - o.perm[2], 2 - o.perm[1], 2 - o.perm[0]])
+    slices = tuple(slice(None, None, -1) if o.flip[2 - a] else slice(None) for a in range(3))
+    return view[slices]
+
+
+def reorient_rpi(img: sitk.Image) -> sitk.Image:
+    """Reorient to RPI exactly as ``sitk.DICOMOrient(img, "RPI")`` (C++ kernel copy)."""
+    vol = RawVolume.from_image(img)
+    o = _orientation_to_rpi(vol.direction)
+    spacing, origin, direction, _ = _reoriented_geometry(vol.array.shape, vol.spacing, vol.origin, vol.direction, o)
+    arr = _core.copy_contiguous(_reoriented_view(vol.array, o), get_num_threads())
+    out = sitk.GetImageFromArray(arr)
+    out.SetSpacing(spacing)
+    out.SetOrigin(origin)
+    out.SetDirection(direction)
+    return out
+
+
+def slice_axis(spacing, size) -> int:
+    """Slice axis (SimpleITK order) of a reoriented image (SPEC 2.2)."""
+    spacing = [float(s) for s in spacing]
+    size = [int(n) for n in size]
+    if spacing[0] == spacing[1] == spacing[2]:
+        return 2
+    unique = [n for n in size if size.count(n) == 1]
+    if unique:
+        return size.index(min(unique))
+    return int(np.argmax(spacing))
+
+
+def _crop(m: int, k: int) -> tuple[int, int]:
+    """Centred crop of length m to a multiple of k: (start, length)."""
+    if m < k:
+        return 0, m
+    return (m % k) // 2, (m // k) * k
+
+
+@dataclass
+class _Plan:
+    """Everything needed to resample one volume, derived from its geometry."""
+
+    orientation: Orientation
+    spacing: tuple  # reoriented input spacing (x, y, z)
+    origin: tuple
+    direction: tuple
+    size: tuple  # reoriented input size (x, y, z)
+    target: tuple  # output spacing (x, y, z)
+    crops: tuple  # (start, length) per axis (x, y, z)
+
+    def kernel_args(self):
+        """(n_out, start, out_spacing, in_spacing) in numpy (z, y, x) order."""
+        return (
+            [c[1] for c in self.crops][::-1],
+            [c[0] for c in self.crops][::-1],
+            list(self.target)[::-1],
+            list(self.spacing)[::-1],
+        )
+
+    def image(self, out: np.ndarray) -> sitk.Image:
+        """Wrap the kernel's output with the cropped grid's geometry."""
+        img = sitk.GetImageFromArray(out)
+        img.SetSpacing(self.target)
+        img.SetDirection(self.direction)
+        # Origin of the cropped grid: the resampled grid's physical point at the crop start.
+        d = np.asarray(self.direction).reshape(3, 3)
+        start = [c[0] for c in self.crops]
+        t = self.target
+        img.SetOrigin(
+            tuple(self.origin[i] + sum((d[i, j] * t[j]) * start[j] for j in range(3)) for i in range(3))
+        )
+        return img
+
+
+def _plan(shape, spacing, origin, direction, path: str) -> _Plan:
+    o = _orientation_to_rpi(direction)
+    s, org, dirn, n = _reoriented_geometry(shape, spacing, origin, direction, o)
+    z = slice_axis(s, n)
+    t = [TARGET_SPACING[0]] * 3
+    t[z] = TARGET_SPACING[1]
+    m = [int(n[i] * (s[i] / t[i])) for i in range(3)]
+    if min(m) == 0:
+        raise ImageTooSmallError(
+            path,
+            f"volume of size {tuple(n)} and spacing {tuple(round(x, 4) for x in s)} mm resamples to "
+            f"{tuple(m)} voxels at {tuple(t)} mm",
+        )
+    crops = tuple(_crop(m[i], CROP_MULTIPLE[1] if i == z else CROP_MULTIPLE[0]) for i in range(3))
+    return _Plan(o, s, org, dirn, n, tuple(t), crops)
+
+
+def preprocess_volume(vol: RawVolume) -> sitk.Image:
+    """Reorient ``vol`` to RPI, resample to 1x1x4 mm (B-spline) and crop."""
+    path = vol.path or "<in-memory image>"
+    if vol.array.ndim != 3:
+        raise ImageReadError(path, f"expected a 3D volume, got {vol.array.ndim}D")
+    plan = _plan(vol.array.shape, vol.spacing, vol.origin, vol.direction, path)
+    view = _reoriented_view(vol.array, plan.orientation)
+    out = _core.resample_bspline(view, *plan.kernel_args(), get_num_threads())
+    return plan.image(out)
+
+
+#: Slices decoded per slab when streaming a compressed file (about 4 MB).
+_SLAB_BYTES = 4 << 20
+
+
+def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
+    """Decode a NIfTI file slab by slab while a background thread resamples the
+    in-plane axes of the slabs already decoded; the slice axis of the file is
+    resampled last. Never holds the whole decoded volume."""
+    path = layout.path
+    plan = _plan(layout.shape, layout.spacing, layout.origin, layout.direction, path)
+    o = plan.orientation
+    threads = get_num_threads()
+    nz, ny, nx = layout.shape
+    # The file's slowest axis (numpy 0, sitk 2) in the reoriented numpy order.
+    j = o.perm.index(2)  # new sitk axis fed by old sitk axis 2
+    stream_axis = 2 - j
+    flipped = o.flip[j]
+    rshape = _reoriented_view(np.empty((nz, ny, nx), np.uint8), o).shape
+    sr = _core.StreamResampler(layout.dtype, rshape, stream_axis, *plan.kernel_args())
+    per = max(1, _SLAB_BYTES // (ny * nx * layout.dtype.itemsize))
+    ring = [np.empty((min(per, nz), ny, nx), layout.dtype) for _ in range(3)]
+    tickets = [0] * len(ring)
+    # One thread decodes (here), the rest resample slabs as they arrive.
+    push_threads = max(1, threads - 1)
+    try:
+        with readers.open_voxels(layout) as f:
+            for i, k0 in enumerate(range(0, nz, per)):
+                kn = min(per, nz - k0)
+                r = i % len(ring)
+                if threads > 1:
+                    sr.wait(tickets[r])
+                buf = ring[r][:kn]
+                readers.read_exactly(f, memoryview(buf).cast("B"), path, layout.nbytes)
+                view = _reoriented_view(buf, o)
+                i0 = nz - k0 - kn if flipped else k0
+                if threads > 1:
+                    tickets[r] = sr.submit(view, i0, push_threads)
+                else:
+                    sr.push(view, i0, 1)
+        out = sr.finish(threads)
+    except (OSError, EOFError) as err:
+        raise ImageReadError(path, f"corrupt or truncated file: {err}") from None
+    finally:
+        sr.close()
+    return plan.image(out)
+
+
+def preprocess_image(img: sitk.Image) -> sitk.Image:
+    """:func:`load_image`'s preprocessing applied to an in-memory SimpleITK image."""
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError("<in-memory image>", "colour or multi-component image; a scalar volume is required")
+    if img.GetDimension() != 3:
+        raise ImageReadError("<in-memory image>", f"expected a 3D image, got {img.GetDimension()}D")
+    if img.GetPixelID() not in readers.SUPPORTED_PIXEL_IDS:
+        raise ImageReadError(
+            "<in-memory image>", f"pixel type {img.GetPixelIDTypeAsString()} is not supported"
+        )
+    return preprocess_volume(RawVolume.from_image(img))
+
+
+def read_volume(path, series_uid: str | None = None) -> RawVolume:
+    """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageNotFoundError(2, f"{path}: no such file or directory", path)
+    if not os.access(path, os.R_OK):
+        raise ImageReadError(path, "permission denied")
+    if readers.is_nifti(path) and os.path.isfile(path):
+        return readers.read_nifti(path)
+    from . import dicom
+
+    if os.path.isdir(path):
+        return dicom.read_dicom(path, series_uid=series_uid)
+    if dicom.is_dicom_file(path):
+        return dicom.read_dicom(path, series_uid=series_uid)
+    if os.path.getsize(path) == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    return readers.read_with_sitk(path)
+
+
+def load_image(path, preprocess: bool = True, series_uid: str | None = None) -> sitk.Image:
+    """Load a CT or MR scan as a SimpleITK image.
+
+    Parameters
+    ----------
+    path
+        A ``.nii``/``.nii.gz`` file, a DICOM file (also multi-frame), a folder
+        holding a DICOM series (searched recursively; files need no extension),
+        or any other format SimpleITK reads.
+    preprocess
+        When true (default): reorient to RPI, resample with a cubic B-spline to
+        1 mm in-plane and 4 mm along the slice axis, and centre-crop to multiples
+        of 16 (in-plane) and 4 (slice axis), exactly as the reference NeuroVFM
+        pipeline. When false: the volume as read.
+    series_uid
+        For a DICOM folder with several series: the SeriesInstanceUID to read.
+        By default the series with the most slices of one geometry is chosen
+        (and the choice is logged).
+
+    Raises
+    ------
+    FileNotFoundError
+        (:class:`neurovfm.errors.ImageNotFoundError`) when ``path`` does not exist.
+    ValueError
+        (:class:`neurovfm.errors.ImageReadError` and subclasses) when the file is
+        unreadable or not a 3D scalar volume; the message names the file and why.
+    """
+    path = os.fspath(path)
+    if preprocess and readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
+        layout = readers.nifti_layout(path)
+        if layout.direct:
+            return _preprocess_nifti_streaming(layout)
+    vol = read_volume(path, series_uid=series_uid)
+    if not preprocess:
+        return vol.to_image()
+    return preprocess_volume(vol)

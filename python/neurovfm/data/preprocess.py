@@ -1,0 +1,166 @@
+"""prepare_for_inference and tokenize (SPEC sections 3 and 4)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import _core
+from .._threads import get_num_threads
+
+__all__ = [
+    "prepare_for_inference",
+    "tokenize",
+    "Tokens",
+    "CT_WINDOWS",
+    "CT_FOREGROUND_HU",
+    "MRI_PERCENTILES",
+    "view_axes",
+]
+
+#: CT windows as (name, width, level), in the order of ``img_arrs``.
+CT_WINDOWS = (("brain", 80.0, 40.0), ("blood", 200.0, 80.0), ("bone", 2800.0, 600.0))
+#: CT foreground: voxels above this value (HU).
+CT_FOREGROUND_HU = -500.0
+#: MRI: lower clip, foreground threshold, upper clip (percentiles of all voxels).
+MRI_PERCENTILES = (0.5, 10.0, 99.5)
+
+_VIEW_AXES = {0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 1, 0)}
+
+
+def view_axes(view: int) -> tuple:
+    """Transpose taking the SimpleITK array (z, y, x) to [D, H, W] for ``view``."""
+    return _VIEW_AXES[view]
+
+
+def _check_mode(mode) -> str:
+    m = mode.lower() if isinstance(mode, str) else mode
+    if m not in ("ct", "mri"):
+        raise ValueError(f"mode must be 'ct' or 'mri' (any case), got {mode!r}")
+    return m
+
+
+def prepare_for_inference(img: sitk.Image, mode: str, z_dim: int | None = None, return_foreground: bool = False):
+    """Turn a preprocessed image into model-ready arrays.
+
+    Parameters
+    ----------
+    img
+        A 3D scalar SimpleITK image, normally from :func:`load_image`.
+    mode
+        ``'ct'`` or ``'mri'`` (any case).
+    z_dim
+        Slice axis in SimpleITK order; default: 2 if all spacings are equal,
+        else the axis of the largest spacing.
+    return_foreground
+        Also return the voxel foreground mask (bool ``[D, H, W]``).
+
+    Returns
+    -------
+    ``(img_arrs, mask, view)`` (plus ``foreground`` when asked), or ``None``
+    when the volume is smaller than one token (``D < 4`` or ``H < 16`` or
+    ``W < 16``). ``img_arrs`` is a list of float32 ``[1, D, H, W]`` arrays in
+    ``[0, 1]``: the brain, blood and bone windows for CT, one normalised volume
+    for MRI. ``mask`` is uint8 ``[N]``, 1 where a 4x16x16 token holds any
+    background voxel. ``view = 2 - z_dim``.
+    """
+    m = _check_mode(mode)
+    if not isinstance(img, sitk.Image):
+        raise TypeError(f"img must be a SimpleITK.Image, got {type(img).__name__}")
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError("prepare_for_inference needs a 3D scalar image")
+    spacing = img.GetSpacing()
+    if z_dim is None:
+        z_dim = 2 if spacing[0] == spacing[1] == spacing[2] else int(np.argmax(spacing))
+    if z_dim not in (0, 1, 2):
+        raise ValueError(f"z_dim must be 0, 1 or 2, got {z_dim!r}")
+    view = 2 - z_dim
+    arr = sitk.GetArrayViewFromImage(img).transpose(_VIEW_AXES[view])
+    D, H, W = arr.shape
+    if D < 4 or H < 16 or W < 16:
+        return None
+    if D % 4 or H % 16 or W % 16:
+        raise ValueError(
+            f"volume [D, H, W] = {arr.shape} is not a multiple of the 4x16x16 token; "
+            "load it with load_image(preprocess=True), which crops it"
+        )
+    threads = get_num_threads()
+    if m == "ct":
+        arrs, mask, fg = _core.ct_windows(
+            arr, [(w, lv) for _, w, lv in CT_WINDOWS], CT_FOREGROUND_HU, True, return_foreground, threads
+        )
+    else:
+        (lo, p_fg, hi), vmin, vmax = _core.percentiles(arr, list(MRI_PERCENTILES), threads)
+        # min and max of clip(x, lo, hi), as the reference computes them.
+        mn = min(max(vmin, lo), hi)
+        mx = min(max(vmax, lo), hi)
+        out, mask, fg = _core.mri_normalise(arr, lo, hi, mn, mx, p_fg, True, return_foreground, threads)
+        arrs = [out]
+    del arr
+    if return_foreground:
+        return arrs, mask, view, fg
+    return arrs, mask, view
+
+
+class Tokens(NamedTuple):
+    """Tokens of a volume: ``img [N, 1024]``, ``coords [N, 3]`` int32, ``filtered [N]`` uint8."""
+
+    img: np.ndarray
+    coords: np.ndarray
+    filtered: np.ndarray
+
+    @property
+    def size(self) -> np.ndarray:
+        """Token grid ``[D/4, H/16, W/16]`` (int32)."""
+        if len(self.coords) == 0:
+            return np.zeros(3, np.int32)
+        return (self.coords[-1] + 1).astype(np.int32)
+
+
+def tokenize(volume, mask=None) -> Tokens:
+    """Cut ``[1, D, H, W]`` or ``[D, H, W]`` into 4x16x16 tokens.
+
+    Parameters
+    ----------
+    volume
+        Array (NumPy, or anything ``np.asarray`` accepts without copying, e.g.
+        a CPU torch tensor); D, H, W multiples of 4, 16, 16. Its dtype is kept.
+    mask
+        Either the per-token background flags ``[N]`` from
+        :func:`prepare_for_inference` (copied into ``filtered``), or a voxel
+        foreground mask ``[D, H, W]`` / ``[1, D, H, W]`` (flags computed: 1
+        when any voxel of the token is background), or ``None`` (all 0).
+
+    Returns
+    -------
+    :class:`Tokens` ``(img, coords, filtered)``; each row of ``img`` is the
+    patch ``[4, 16, 16]`` flattened, rows in (d, h, w) raster order; ``coords``
+    holds the (d, h, w) token index. ``Tokens.size`` is ``[D/4, H/16, W/16]``.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim == 4 and vol.shape[0] == 1:
+        vol = vol[0]
+    if vol.ndim != 3:
+        raise ValueError(f"tokenize expects [1, D, H, W] or [D, H, W], got shape {np.shape(volume)}")
+    threads = get_num_threads()
+    img, coords = _core.tokenize(vol, threads)
+    n = img.shape[0]
+    if mask is None:
+        filtered = np.zeros(n, np.uint8)
+    else:
+        mk = np.asarray(mask)
+        if mk.ndim == 1:
+            if mk.shape[0] != n:
+                raise ValueError(f"mask has {mk.shape[0]} token flags, the volume has {n} tokens")
+            filtered = mk.astype(np.uint8, copy=True)
+        else:
+            if mk.ndim == 4 and mk.shape[0] == 1:
+                mk = mk[0]
+            if mk.shape != vol.shape:
+                raise ValueError(f"foreground mask shape {mk.shape} does not match volume shape {vol.shape}")
+            if mk.dtype != np.bool_ and mk.dtype != np.uint8:
+                mk = mk != 0
+            filtered = _core.token_background(mk, threads)
+    return Tokens(img, coords, filtered)

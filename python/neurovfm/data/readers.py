@@ -1,0 +1,247 @@
+"""File readers: NIfTI (with a fast gzip path) and anything else SimpleITK reads.
+
+Geometry always comes from SimpleITK's own header parsing, so it is exactly the
+reference's; the fast path only replaces the decoding of the voxels.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import ImageReadError, UnsupportedImageError
+from .volume import RawVolume
+
+__all__ = ["read_nifti", "read_with_sitk", "check_scalar_3d", "is_nifti", "nifti_layout", "NiftiLayout"]
+
+# NIfTI-1 datatype codes -> numpy dtype (little-endian).
+_NIFTI_DTYPES = {
+    2: np.dtype("u1"),
+    4: np.dtype("<i2"),
+    8: np.dtype("<i4"),
+    16: np.dtype("<f4"),
+    64: np.dtype("<f8"),
+    256: np.dtype("i1"),
+    512: np.dtype("<u2"),
+    768: np.dtype("<u4"),
+}
+
+# SimpleITK pixel ids the kernels accept, with their numpy dtype.
+SUPPORTED_PIXEL_IDS = {
+    sitk.sitkUInt8: np.dtype("u1"),
+    sitk.sitkInt8: np.dtype("i1"),
+    sitk.sitkUInt16: np.dtype("u2"),
+    sitk.sitkInt16: np.dtype("i2"),
+    sitk.sitkUInt32: np.dtype("u4"),
+    sitk.sitkInt32: np.dtype("i4"),
+    sitk.sitkFloat32: np.dtype("f4"),
+    sitk.sitkFloat64: np.dtype("f8"),
+}
+
+
+def is_nifti(path: str) -> bool:
+    p = path.lower()
+    return p.endswith(".nii") or p.endswith(".nii.gz")
+
+
+def _explain_sitk_error(path: str, err: Exception) -> ImageReadError:
+    msg = str(err)
+    low = msg.lower()
+    if "orthonormal" in low:
+        return UnsupportedImageError(
+            path, "non-orthonormal (sheared) direction cosines; only rigid orientations are supported"
+        )
+    if "unable to determine imageio reader" in low or "could not create io object" in low:
+        return ImageReadError(path, "not a readable image format (SimpleITK found no reader for it)")
+    # Keep the first informative line of ITK's message.
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "description" in ln.lower()), lines[-1] if lines else msg)
+    detail = detail.split("Description:", 1)[-1].strip()
+    return ImageReadError(path, f"SimpleITK could not read it: {detail}")
+
+
+def check_scalar_3d(path: str, dimension: int, size, components: int, pixel_id: int) -> None:
+    """Raise the library's error unless this describes a 3D scalar volume."""
+    if components != 1:
+        raise UnsupportedImageError(
+            path, f"colour or multi-component image ({components} components per voxel); a scalar volume is required"
+        )
+    size = tuple(int(s) for s in size)
+    if dimension == 4 and size[3] == 1:
+        size = size[:3]
+    elif dimension == 4:
+        raise UnsupportedImageError(path, f"true 4D image of size {size}; a single 3D volume is required")
+    elif dimension > 4:
+        raise UnsupportedImageError(path, f"{dimension}D image; a 3D volume is required")
+    if dimension == 2:
+        raise UnsupportedImageError(path, f"2D image of size {size}; a 3D volume is required")
+    if any(s == 1 for s in size):
+        raise UnsupportedImageError(path, f"single slice (size {size}); a 3D volume is required")
+    if any(s == 0 for s in size):
+        raise UnsupportedImageError(path, f"empty image (size {size})")
+    if pixel_id not in SUPPORTED_PIXEL_IDS:
+        raise UnsupportedImageError(
+            path, f"pixel type {sitk.GetPixelIDValueAsString(pixel_id)} is not supported"
+        )
+
+
+def _squeeze_4d(img: sitk.Image) -> sitk.Image:
+    if img.GetDimension() == 4:
+        size = list(img.GetSize())
+        size[3] = 0
+        img = sitk.Extract(img, size, [0, 0, 0, 0], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    return img
+
+
+def read_with_sitk(path: str) -> RawVolume:
+    """Read any file SimpleITK supports, checked to be a 3D scalar volume."""
+    try:
+        img = sitk.ReadImage(path)
+    except RuntimeError as err:
+        raise _explain_sitk_error(path, err) from None
+    check_scalar_3d(path, img.GetDimension(), img.GetSize(), img.GetNumberOfComponentsPerPixel(), img.GetPixelID())
+    return RawVolume.from_image(_squeeze_4d(img), path)
+
+
+def _read_nifti_header(path: str, gz: bool) -> bytes:
+    if gz:
+        from isal import igzip
+
+        with igzip.open(path, "rb") as f:
+            return f.read(352)
+    with open(path, "rb") as f:
+        return f.read(352)
+
+
+@dataclass
+class NiftiLayout:
+    """What SimpleITK's header parsing says of a NIfTI file, plus where its voxels are.
+
+    ``direct`` is true when the voxels can be decoded without SimpleITK: the
+    stored datatype is the pixel type SimpleITK reports (no intensity scaling)
+    and little-endian.
+    """
+
+    path: str
+    gz: bool
+    shape: tuple  # numpy order (z, y, x)
+    spacing: tuple
+    origin: tuple
+    direction: tuple
+    dtype: np.dtype | None
+    vox_offset: int
+    direct: bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+
+def nifti_layout(path: str) -> NiftiLayout:
+    """Parse a NIfTI header (geometry by SimpleITK) and check it is a 3D scalar volume."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise _explain_sitk_error(path, err) from None
+    dim = reader.GetDimension()
+    size = reader.GetSize()
+    check_scalar_3d(path, dim, size, reader.GetNumberOfComponents(), reader.GetPixelID())
+    gz = path.lower().endswith(".gz")
+    try:
+        hdr = _read_nifti_header(path, gz)
+    except (OSError, EOFError) as err:
+        raise ImageReadError(path, f"cannot read the NIfTI header: {err}") from None
+    direction = reader.GetDirection()
+    if dim == 4:
+        direction = tuple(direction[r * 4 + c] for r in range(3) for c in range(3))
+    dtype, vox_offset, direct = None, 0, False
+    if len(hdr) >= 348 and struct.unpack_from("<i", hdr, 0)[0] == 348:
+        datatype = struct.unpack_from("<h", hdr, 70)[0]
+        vox_offset = int(struct.unpack_from("<f", hdr, 108)[0])
+        slope, inter = struct.unpack_from("<ff", hdr, 112)
+        dtype = _NIFTI_DTYPES.get(datatype)
+        expected = SUPPORTED_PIXEL_IDS.get(reader.GetPixelID())
+        unscaled = slope == 0.0 or (slope == 1.0 and inter == 0.0)
+        direct = (
+            dtype is not None
+            and expected is not None
+            and dtype == expected.newbyteorder("<")
+            and unscaled
+            and np.little_endian
+            and vox_offset >= 348
+        )
+    return NiftiLayout(
+        path,
+        gz,
+        tuple(int(x) for x in size[:3])[::-1],
+        tuple(reader.GetSpacing()[:3]),
+        tuple(reader.GetOrigin()[:3]),
+        tuple(direction),
+        dtype,
+        vox_offset,
+        direct,
+    )
+
+
+def open_voxels(layout: NiftiLayout):
+    """A binary file object positioned at the first voxel (gzip decoded by ISA-L)."""
+    if layout.gz:
+        from isal import igzip
+
+        f = igzip.open(layout.path, "rb")
+    else:
+        f = open(layout.path, "rb")
+    try:
+        skip = layout.vox_offset
+        while skip > 0:
+            got = f.read(min(skip, 1 << 16))
+            if not got:
+                raise EOFError("file ends inside the header")
+            skip -= len(got)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def read_exactly(f, out: memoryview, path: str, expected_total: int) -> None:
+    """Fill ``out`` from ``f`` or raise ImageReadError for a truncated/corrupt file."""
+    got = 0
+    n = out.nbytes
+    try:
+        while got < n:
+            k = f.readinto(out[got : min(n, got + (1 << 20))])
+            if not k:
+                raise ImageReadError(
+                    path, f"truncated: header promises {expected_total} bytes of voxels, the file ends early"
+                )
+            got += k
+    except (OSError, EOFError, ValueError) as err:
+        raise ImageReadError(path, f"corrupt or truncated compressed data: {err}") from None
+
+
+def read_nifti(path: str) -> RawVolume:
+    """Read a NIfTI-1 file; voxels decoded directly when the layout allows.
+
+    The header is parsed by SimpleITK (geometry identical to ``sitk.ReadImage``).
+    When the stored datatype is the pixel type SimpleITK reports (no intensity
+    scaling) and little-endian, the voxels are read (gzip decoded with ISA-L)
+    into one buffer; otherwise SimpleITK reads the whole file.
+    """
+    layout = nifti_layout(path)
+    if not layout.direct:
+        return read_with_sitk(path)
+    arr = np.empty(layout.shape, layout.dtype)
+    try:
+        with open_voxels(layout) as f:
+            read_exactly(f, memoryview(arr).cast("B"), path, layout.nbytes)
+    except (OSError, EOFError, ValueError) as err:
+        if isinstance(err, ImageReadError):
+            raise
+        raise ImageReadError(path, f"corrupt or truncated file: {err}") from None
+    return RawVolume(arr, layout.spacing, layout.origin, layout.direction, path)

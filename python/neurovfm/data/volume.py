@@ -1,0 +1,47 @@
+"""RawVolume: voxels plus geometry, the currency between readers and kernels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+__all__ = ["RawVolume"]
+
+
+@dataclass
+class RawVolume:
+    """A 3D scalar volume as read from disk.
+
+    ``array`` is in NumPy axis order ``(z, y, x)``, exactly as
+    ``SimpleITK.GetArrayFromImage`` would give it (it may be a read-only view of
+    a decoded buffer). ``spacing``, ``origin`` and ``direction`` follow SimpleITK
+    (x, y, z order; direction row-major, columns are the image axes).
+    """
+
+    array: np.ndarray
+    spacing: tuple
+    origin: tuple
+    direction: tuple
+    path: str = ""
+    series_uid: str | None = None
+    # Keeps alive whatever owns the memory behind ``array`` (e.g. a sitk.Image).
+    owner: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_image(cls, img: sitk.Image, path: str = "") -> "RawVolume":
+        """Wrap a SimpleITK image without copying its voxels."""
+        arr = sitk.GetArrayViewFromImage(img)
+        return cls(arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path), owner=img)
+
+    def to_image(self) -> sitk.Image:
+        """A SimpleITK image with this geometry (copies the voxels once)."""
+        if isinstance(self.owner, sitk.Image):
+            return self.owner
+        img = sitk.GetImageFromArray(self.array)
+        img.SetSpacing(tuple(float(s) for s in self.spacing))
+        img.SetOrigin(tuple(float(o) for o in self.origin))
+        img.SetDirection(tuple(float(d) for d in self.direction))
+        return img
