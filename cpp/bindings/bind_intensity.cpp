@@ -92,6 +92,36 @@ py::tuple mri_normalise_py(const py::array& in, double lo, double hi, double mn,
   return py::make_tuple(out, tb, fg);
 }
 
+py::array_t<std::uint8_t> quantize_py(const py::array& in, int threads) {
+  if (!py::isinstance<py::array_t<float>>(in) || !(in.flags() & py::array::c_style))
+    throw py::type_error("quantize_u8: expected a C-contiguous float32 array");
+  std::vector<py::ssize_t> shape(in.shape(), in.shape() + in.ndim());
+  py::array_t<std::uint8_t> out(shape);
+  const float* src = static_cast<const float*>(in.data());
+  std::uint8_t* dst = out.mutable_data();
+  const auto n = static_cast<std::int64_t>(in.size());
+  {
+    py::gil_scoped_release release;
+    quantize_u8(src, dst, n, threads);
+  }
+  return out;
+}
+
+py::array_t<float> dequantize_py(const py::array& in, int threads) {
+  if (!py::isinstance<py::array_t<std::uint8_t>>(in) || !(in.flags() & py::array::c_style))
+    throw py::type_error("dequantize_u8: expected a C-contiguous uint8 array");
+  std::vector<py::ssize_t> shape(in.shape(), in.shape() + in.ndim());
+  py::array_t<float> out(shape);
+  const std::uint8_t* src = static_cast<const std::uint8_t*>(in.data());
+  float* dst = out.mutable_data();
+  const auto n = static_cast<std::int64_t>(in.size());
+  {
+    py::gil_scoped_release release;
+    dequantize_u8(src, dst, n, threads);
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_intensity(py::module_& m) {
@@ -105,6 +135,10 @@ void register_intensity(py::module_& m) {
         py::arg("vmin"), py::arg("vmax"), py::arg("fg_threshold"), py::arg("token_flags") = true,
         py::arg("voxel_mask") = false, py::arg("threads") = 1,
         "MRI clip + min-max normalisation -> (float32 [1, D, H, W], token flags, mask).");
+  m.def("quantize_u8", &quantize_py, py::arg("values"), py::arg("threads") = 1,
+        "uint8(v * 255) by truncation, computed in float32.");
+  m.def("dequantize_u8", &dequantize_py, py::arg("values"), py::arg("threads") = 1,
+        "float32(v) / 255.");
 }
 
 }  // namespace neurovfm::bindings

@@ -255,3 +255,22 @@ void percentiles(const VolumeView& in, const double* q, int nq, double* result, 
 }
 
 }  // namespace neurovfm
+
+namespace neurovfm {
+
+void quantize_u8(const float* in, std::uint8_t* out, std::int64_t n, int threads) {
+  parallel_for(static_cast<std::size_t>(n), threads, 1 << 16, [&](std::size_t b, std::size_t e) {
+    for (std::size_t i = b; i < e; ++i) {
+      const float v = in[i] * 255.0f;
+      out[i] = v >= 255.0f ? std::uint8_t(255) : (v > 0.0f ? static_cast<std::uint8_t>(v) : std::uint8_t(0));
+    }
+  });
+}
+
+void dequantize_u8(const std::uint8_t* in, float* out, std::int64_t n, int threads) {
+  parallel_for(static_cast<std::size_t>(n), threads, 1 << 16, [&](std::size_t b, std::size_t e) {
+    for (std::size_t i = b; i < e; ++i) out[i] = static_cast<float>(in[i]) / 255.0f;
+  });
+}
+
+}  // namespace neurovfm

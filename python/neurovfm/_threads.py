@@ -7,10 +7,13 @@ process may use (affinity mask and cgroup CPU quota).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 
 _num_threads: int | None = None
+_local = threading.local()
 
 
 def _cgroup_cpu_limit() -> int | None:
@@ -69,8 +72,25 @@ def set_num_threads(n: int | None) -> None:
     _num_threads = n
 
 
+@contextlib.contextmanager
+def thread_limit(n: int):
+    """Within this block, kernels called from the current thread use ``n`` threads
+    (used by parallel builders that run one image per worker)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    prev = getattr(_local, "n", None)
+    _local.n = n
+    try:
+        yield
+    finally:
+        _local.n = prev
+
+
 def get_num_threads() -> int:
     """The number of threads the kernels will use for the next call."""
+    local = getattr(_local, "n", None)
+    if local is not None:
+        return local
     if _num_threads is not None:
         return _num_threads
     env = os.environ.get("NEUROVFM_NUM_THREADS")

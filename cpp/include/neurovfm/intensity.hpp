@@ -35,3 +35,15 @@ void mri_normalise(const VolumeView& in, double lo, double hi, double mn, double
                    int threads);
 
 }  // namespace neurovfm
+
+namespace neurovfm {
+
+// Cache quantisation: out[i] = uint8(in[i] * 255.0f), truncated, computed in
+// float32 as NumPy's (v * 255).astype(np.uint8) does for float32 v in [0, 1]
+// (values outside [0, 255] are clamped, NaN gives 0).
+void quantize_u8(const float* in, std::uint8_t* out, std::int64_t n, int threads);
+
+// Cache loading: out[i] = float(in[i]) / 255.0f.
+void dequantize_u8(const std::uint8_t* in, float* out, std::int64_t n, int threads);
+
+}  // namespace neurovfm

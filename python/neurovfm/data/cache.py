@@ -1,0 +1,544 @@
+"""CacheManager: a memory-mapped uint8 cache of preprocessed volumes.
+
+Layout (SPEC 5)::
+
+    processed/<study>/<image>.pt          MRI: uint8 volume [1, D, H, W]
+    processed/<study>/<image>_brain.pt    CT: one file per window (brain, blood, bone)
+    processed/<study>/<image>_blood.pt
+    processed/<study>/<image>_bone.pt
+    processed/<study>/<image>_mask.pt     uint8 token background flags [D/4, H/16, W/16] (1 = background)
+    processed/<study>/<image>.json        sidecar: shape, spacing, view, mode, windows, source
+                                          fingerprint, pipeline version, file sizes and CRC-32s
+    processed/<study>/<image>.failed.json why the last build of this image failed
+
+Every ``.pt`` file is what ``torch.save(tensor)`` writes and loads with
+``torch.load(path, weights_only=True, mmap=True)``. The sidecar is written
+last: an image is cached when its sidecar exists, matches the source and the
+pipeline version, and every file has the recorded size. Every file is written
+under a temporary name and renamed, so a build killed at any moment leaves
+nothing that reads as valid, and a rerun completes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _core
+from .._threads import available_cpus, get_num_threads, thread_limit
+from . import ptfile
+from .metadata import DatasetMetadata, ImageRecord
+from .preprocess import CT_WINDOWS
+
+__all__ = ["CacheManager", "BuildSummary", "PIPELINE_VERSION", "shard_from_env"]
+
+log = logging.getLogger("neurovfm")
+
+#: Bump whenever cached numbers would change: older entries become stale.
+PIPELINE_VERSION = "neurovfm-1"
+WINDOW_NAMES = tuple(w[0] for w in CT_WINDOWS)
+
+
+def shard_from_env(environ=None):
+    """(index, count) of this builder from SLURM array or torchrun variables, or None."""
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" in env:
+        tid = int(env["SLURM_ARRAY_TASK_ID"])
+        if "SLURM_ARRAY_TASK_COUNT" in env:
+            lo = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            return tid - lo, int(env["SLURM_ARRAY_TASK_COUNT"])
+        if "SLURM_ARRAY_TASK_MAX" in env:
+            lo = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            return tid - lo, int(env["SLURM_ARRAY_TASK_MAX"]) - lo + 1
+    if "WORLD_SIZE" in env and "RANK" in env and int(env["WORLD_SIZE"]) > 1:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    return None
+
+
+def _in_shard(key: str, shard) -> bool:
+    if shard is None:
+        return True
+    i, n = shard
+    return zlib.crc32(key.encode()) % n == i
+
+
+def _fingerprint(path: str) -> dict:
+    """Size and modification time of a file, or of every file under a folder."""
+    st = os.stat(path)
+    if not os.path.isdir(path):
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    count, total, newest = 0, 0, 0
+    for root, _dirs, files in os.walk(path):
+        for fn in files:
+            try:
+                s = os.stat(os.path.join(root, fn))
+            except OSError:
+                continue
+            count += 1
+            total += s.st_size
+            newest = max(newest, s.st_mtime_ns)
+    return {"files": count, "size": total, "mtime_ns": newest}
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@dataclass
+class BuildSummary:
+    """What a build did. ``failed`` maps ``study/image`` to the reason."""
+
+    done: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    failed: dict = field(default_factory=dict)
+    busy: list = field(default_factory=list)  # being built by another builder
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.done) / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        lines = [
+            f"cache build: {len(self.done)} built, {len(self.skipped)} already cached, "
+            f"{len(self.failed)} failed, {len(self.busy)} left to other builders, "
+            f"{self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
+        ]
+        for key, reason in sorted(self.failed.items()):
+            lines.append(f"  failed {key}: {reason}")
+        return "\n".join(lines)
+
+
+class CacheManager:
+    """Builds and reads ``data_dir/processed/`` (see the module docstring).
+
+    Parameters
+    ----------
+    data_dir
+        The dataset folder; it must hold ``metadata.json``
+        (:meth:`DatasetMetadata.save`, or ``neurovfm metadata DATA_DIR --modes FILE``).
+    """
+
+    def __init__(self, data_dir):
+        self.data_dir = os.path.abspath(os.fspath(data_dir))
+        self.metadata_path = os.path.join(self.data_dir, "metadata.json")
+        if not os.path.exists(self.metadata_path):
+            raise FileNotFoundError(
+                f"{self.metadata_path}: no metadata.json. Create it first with "
+                f"DatasetMetadata.from_directory({self.data_dir!r}, mode_mapping).save() "
+                f"or `python -m neurovfm metadata {self.data_dir} --modes MODES.csv`"
+            )
+        self.metadata = DatasetMetadata.from_file(self.metadata_path)
+        self.processed_dir = os.path.join(self.data_dir, "processed")
+
+    # -- paths -------------------------------------------------------------
+    def _dir(self, study: str) -> str:
+        return os.path.join(self.processed_dir, study)
+
+    def file_names(self, image: str, mode: str) -> dict:
+        """Cache files of an image: {key: file name}; keys are windows (CT) or 'volume' (MRI), and 'mask'."""
+        if mode == "ct":
+            names = {w: f"{image}_{w}.pt" for w in WINDOW_NAMES}
+        else:
+            names = {"volume": f"{image}.pt"}
+        names["mask"] = f"{image}_mask.pt"
+        return names
+
+    def sidecar_path(self, study: str, image: str) -> str:
+        return os.path.join(self._dir(study), f"{image}.json")
+
+    def _failed_path(self, study: str, image: str) -> str:
+        return os.path.join(self._dir(study), f"{image}.failed.json")
+
+    # -- validity ----------------------------------------------------------
+    def _read_sidecar(self, study: str, image: str):
+        try:
+            with open(self.sidecar_path(study, image)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def entry_status(self, study: str, image: str, verify: bool = False) -> str:
+        """``'valid'``, ``'missing'``, ``'stale'`` (source or pipeline changed) or ``'corrupt'``."""
+        rec = self.metadata.get_study(study).image(image)
+        side = self._read_sidecar(study, image)
+        if side is None:
+            return "missing"
+        if side.get("version") != PIPELINE_VERSION:
+            return "stale"
+        try:
+            if side.get("source") != _fingerprint(os.path.join(self.data_dir, rec.path)):
+                return "stale"
+        except OSError:
+            return "stale"
+        folder = self._dir(study)
+        for key, info in side.get("files", {}).items():
+            p = os.path.join(folder, info["name"])
+            try:
+                if os.path.getsize(p) != info["bytes"]:
+                    return "corrupt"
+                if verify:
+                    ptfile.open_tensor(p, verify=True)
+            except (OSError, ValueError):
+                return "corrupt"
+        return "valid" if side.get("files") else "corrupt"
+
+    # -- build -------------------------------------------------------------
+    def _targets(self, study_names, shard):
+        out = []
+        wanted = None if study_names is None else set(study_names)
+        if wanted is not None:
+            unknown = sorted(wanted - {s.name for s in self.metadata})
+            if unknown:
+                raise KeyError(f"unknown studies (not in {self.metadata_path}): {unknown}")
+        for study in self.metadata:
+            if wanted is not None and study.name not in wanted:
+                continue
+            for rec in study.images:
+                if _in_shard(f"{study.name}/{rec.name}", shard):
+                    out.append((study.name, study.mode, rec))
+        return out
+
+    def build_cache(
+        self,
+        num_workers: int | None = None,
+        force: bool = False,
+        study_names=None,
+        shard=None,
+        progress: bool = True,
+        threads_per_image: int | None = None,
+    ) -> BuildSummary:
+        """Fill ``processed/`` for every image (or those of ``study_names``).
+
+        Parameters
+        ----------
+        num_workers
+            Images processed at once (threads: the kernels release the GIL).
+            Default: the CPUs this process may use.
+        force
+            Rebuild images that are already cached and valid.
+        shard
+            ``(i, n)``: build only this builder's share of the images (a stable
+            hash of ``study/image``). Default: from ``SLURM_ARRAY_TASK_ID`` /
+            ``SLURM_ARRAY_TASK_COUNT`` or torchrun's ``RANK`` / ``WORLD_SIZE``
+            when set. Builders may share one folder at once.
+        threads_per_image
+            Kernel threads per image (default 1 when several workers run).
+        """
+        if shard is None:
+            shard = shard_from_env()
+        if shard is not None:
+            i, n = (int(x) for x in shard)
+            if not (n >= 1 and 0 <= i < n):
+                raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+            shard = (i, n)
+        workers = num_workers if num_workers is not None else available_cpus()
+        if workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers!r}")
+        per_image = threads_per_image or (1 if workers > 1 else get_num_threads())
+        targets = self._targets(study_names, shard)
+        os.makedirs(self.processed_dir, exist_ok=True)
+        summary = BuildSummary()
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(targets), desc="neurovfm cache", unit="img", file=sys.stderr)
+
+        def work(t):
+            study, mode, rec = t
+            with thread_limit(per_image):
+                return self._build_one(study, mode, rec, force)
+
+        try:
+            if workers == 1:
+                results = ((t, _call(work, t)) for t in targets)
+                for t, res in results:
+                    self._record(summary, t, res, bar)
+            else:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurovfm-cache") as ex:
+                    futs = {ex.submit(_call, work, t): t for t in targets}
+                    for fut in as_completed(futs):
+                        self._record(summary, futs[fut], fut.result(), bar)
+        finally:
+            if bar is not None:
+                bar.close()
+            summary.seconds = time.perf_counter() - t0
+            self._update_flags(summary)
+        log.info("%s", summary)
+        if progress:
+            print(summary, file=sys.stderr)
+        return summary
+
+    @staticmethod
+    def _record(summary, t, res, bar):
+        study, _mode, rec = t
+        key = f"{study}/{rec.name}"
+        status, reason = res
+        if status == "done":
+            summary.done.append(key)
+        elif status == "skipped":
+            summary.skipped.append(key)
+        elif status == "busy":
+            summary.busy.append(key)
+        else:
+            summary.failed[key] = reason
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
+
+    def _build_one(self, study: str, mode: str, rec: ImageRecord, force: bool):
+        folder = self._dir(study)
+        os.makedirs(folder, exist_ok=True)
+        lock_path = os.path.join(folder, f".{rec.name}.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return "busy", None
+            # Leftovers of an interrupted build of this image (we hold its lock).
+            prefix = f".{rec.name}"
+            for fn in os.listdir(folder):
+                if fn.startswith(prefix) and fn.endswith(".tmp"):
+                    _unlink(os.path.join(folder, fn))
+            if not force and self.entry_status(study, rec.name, verify=True) == "valid":
+                return "skipped", None
+            source = os.path.join(self.data_dir, rec.path)
+            try:
+                fingerprint = _fingerprint(source)
+                self._write_entry(study, mode, rec, source, fingerprint)
+            except Exception as err:  # recorded, the build goes on
+                reason = f"{type(err).__name__}: {err}"
+                side = {"version": PIPELINE_VERSION, "reason": reason, "time": time.time()}
+                _atomic_write_bytes(self._failed_path(study, rec.name), json.dumps(side).encode())
+                return "failed", reason
+            _unlink(self._failed_path(study, rec.name))
+            return "done", None
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _write_entry(self, study, mode, rec, source, fingerprint):
+        from .io import load_image
+        from .preprocess import prepare_for_inference
+
+        folder = self._dir(study)
+        _unlink(self.sidecar_path(study, rec.name))
+        img = load_image(source)
+        prep = prepare_for_inference(img, mode)
+        if prep is None:
+            raise ValueError(f"{source}: volume {img.GetSize()} is smaller than one 4x16x16 token after preprocessing")
+        arrs, mask, view = prep
+        threads = get_num_threads()
+        d, h, w = arrs[0].shape[1:]
+        payloads = {}
+        keys = list(WINDOW_NAMES) if mode == "ct" else ["volume"]
+        for key, arr in zip(keys, arrs):
+            payloads[key] = _core.quantize_u8(arr, threads)
+        payloads["mask"] = mask.reshape(d // 4, h // 16, w // 16)
+        names = self.file_names(rec.name, mode)
+        files = {}
+        for key, arr in payloads.items():
+            final = os.path.join(folder, names[key])
+            fd, tmp = tempfile.mkstemp(prefix=f".{rec.name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            try:
+                info = ptfile.write_tensor(tmp, arr)
+                os.replace(tmp, final)
+            except BaseException:
+                _unlink(tmp)
+                raise
+            files[key] = {"name": names[key], "bytes": info["bytes"], "crc32": info["crc32"]}
+        side = {
+            "version": PIPELINE_VERSION,
+            "study": study,
+            "image": rec.name,
+            "mode": mode,
+            "view": int(view),
+            "shape": [1, int(d), int(h), int(w)],
+            "spacing": [float(x) for x in img.GetSpacing()],
+            "windows": list(WINDOW_NAMES) if mode == "ct" else None,
+            "source": fingerprint,
+            "source_path": rec.path,
+            "files": files,
+            "host": socket.gethostname(),
+            "time": time.time(),
+        }
+        _atomic_write_bytes(self.sidecar_path(study, rec.name), json.dumps(side, indent=1).encode())
+
+    def _update_flags(self, summary: BuildSummary) -> None:
+        """Set the processed flags in metadata.json (this process owns the update)."""
+        changes = {k: True for k in summary.done + summary.skipped}
+        changes.update({k: False for k in summary.failed})
+        if not changes:
+            return
+        lock = os.path.join(self.data_dir, ".metadata.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            meta = DatasetMetadata.from_file(self.metadata_path)  # others may have written it
+            for study in meta:
+                for rec in study.images:
+                    key = f"{study.name}/{rec.name}"
+                    if key in changes:
+                        rec.processed = changes[key]
+            meta.save(self.metadata_path)
+            self.metadata = meta
+        finally:
+            os.close(fd)
+
+    # -- read --------------------------------------------------------------
+    def load_image(self, study: str, image: str, window: str | None = None, as_numpy: bool = False):
+        """A cached image as float32 ``[1, D, H, W]`` in ``[0, 1]`` (``uint8 / 255``).
+
+        Returns a dict (``data``, ``mask``, ``view``, ``mode``, ``window``,
+        ``shape``, ``spacing``); for CT with ``window=None`` a list of three
+        such dicts (brain, blood, bone). ``None`` when the image is not cached,
+        stale, or its files fail the size and structure checks (never serves a
+        corrupt file; ``build_cache`` rebuilds it). Tensors are torch tensors
+        unless ``as_numpy``.
+        """
+        side = self._read_sidecar(study, image)
+        if side is None or side.get("version") != PIPELINE_VERSION:
+            return None
+        mode = side["mode"]
+        if mode == "ct":
+            if window is None:
+                wins = list(WINDOW_NAMES)
+            elif window in WINDOW_NAMES:
+                wins = [window]
+            else:
+                raise ValueError(f"window must be one of {WINDOW_NAMES} or None, got {window!r}")
+        else:
+            if window is not None:
+                raise ValueError(f"{study}/{image} is MRI: window must be None, got {window!r}")
+            wins = ["volume"]
+        folder = self._dir(study)
+        try:
+            mask = self._open(folder, side, "mask")
+            out = []
+            for key in wins:
+                u8 = self._open(folder, side, key)
+                data = _core.dequantize_u8(u8, get_num_threads())
+                out.append(
+                    {
+                        "data": data,
+                        "mask": mask,
+                        "view": side["view"],
+                        "mode": mode,
+                        "window": key if mode == "ct" else None,
+                        "shape": tuple(side["shape"]),
+                        "spacing": tuple(side["spacing"]),
+                    }
+                )
+        except (OSError, ValueError) as err:
+            log.warning("cache entry %s/%s is corrupt and is not served: %s", study, image, err)
+            return None
+        if not as_numpy:
+            import torch
+
+            for d in out:
+                d["data"] = torch.from_numpy(d["data"])
+                d["mask"] = torch.from_numpy(np.array(d["mask"]))
+        if mode == "ct" and window is None:
+            return out
+        return out[0]
+
+    def open_uint8(self, study: str, image: str, key: str):
+        """Zero-copy read-only uint8 view of one cached file (key: window, 'volume' or 'mask'), and the sidecar."""
+        side = self._read_sidecar(study, image)
+        if side is None or side.get("version") != PIPELINE_VERSION:
+            return None, None
+        return self._open(self._dir(study), side, key), side
+
+    @staticmethod
+    def _open(folder, side, key):
+        info = side["files"].get(key)
+        if info is None:
+            raise ValueError(f"no cached file for {key!r}")
+        p = os.path.join(folder, info["name"])
+        if os.path.getsize(p) != info["bytes"]:
+            raise ValueError(f"{p}: size {os.path.getsize(p)} differs from the recorded {info['bytes']}")
+        arr = ptfile.open_tensor(p)
+        expect = tuple(side["shape"]) if key != "mask" else (
+            side["shape"][1] // 4, side["shape"][2] // 16, side["shape"][3] // 16)
+        if arr.shape != expect:
+            raise ValueError(f"{p}: shape {arr.shape}, expected {expect}")
+        return arr
+
+    # -- stats / verify ----------------------------------------------------
+    def get_cache_stats(self) -> dict:
+        """Counts and bytes: studies, images, cached (valid), coverage, failed, stale, bytes on disk."""
+        total_images = cached = failed = stale = 0
+        for study in self.metadata:
+            for rec in study.images:
+                total_images += 1
+                st = self.entry_status(study.name, rec.name)
+                if st == "valid":
+                    cached += 1
+                elif st in ("stale", "corrupt"):
+                    stale += 1
+                if st != "valid" and os.path.exists(self._failed_path(study.name, rec.name)):
+                    failed += 1
+        nbytes = 0
+        if os.path.isdir(self.processed_dir):
+            for root, _dirs, files in os.walk(self.processed_dir):
+                for fn in files:
+                    try:
+                        nbytes += os.path.getsize(os.path.join(root, fn))
+                    except OSError:
+                        pass
+        return {
+            "total_studies": len(self.metadata),
+            "total_images": total_images,
+            "cached_images": cached,
+            "coverage": cached / total_images if total_images else 0.0,
+            "failed_images": failed,
+            "stale_images": stale,
+            "bytes_on_disk": nbytes,
+        }
+
+    def verify(self) -> dict:
+        """Check every entry, CRC-32 included: {'study/image': status} for those not valid."""
+        out = {}
+        for study in self.metadata:
+            for rec in study.images:
+                st = self.entry_status(study.name, rec.name, verify=True)
+                if st != "valid":
+                    out[f"{study.name}/{rec.name}"] = st
+        return out
+
+
+def _call(fn, arg):
+    """Run fn(arg) and turn an unexpected exception into a failure record."""
+    try:
+        return fn(arg)
+    except Exception as err:  # pragma: no cover - defensive
+        return "failed", f"{type(err).__name__}: {err}"

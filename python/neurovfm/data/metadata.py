@@ -1,0 +1,248 @@
+"""DatasetMetadata: which images a dataset holds and how to read them.
+
+A dataset folder looks like::
+
+    data_dir/
+      raw/<study>/<image>.nii.gz          NIfTI files (image name: file name without .nii/.nii.gz)
+      raw/<study>/<image>.dcm             single DICOM files (also multi-frame)
+      raw/<study>/<image>/...             folders holding a DICOM series (any file names)
+      metadata.json                       written by DatasetMetadata.save
+      processed/                          the cache (see neurovfm.data.cache)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Mapping
+
+__all__ = ["DatasetMetadata", "ImageRecord", "StudyRecord", "load_mode_mapping", "MODES"]
+
+log = logging.getLogger("neurovfm")
+
+MODES = ("ct", "mri")
+METADATA_VERSION = 1
+
+
+@dataclass
+class ImageRecord:
+    """One image of a study. ``path`` is relative to ``data_dir``."""
+
+    name: str
+    path: str
+    kind: str  # "nifti", "dicom_file", "dicom_dir" or "other"
+    processed: bool = False
+
+
+@dataclass
+class StudyRecord:
+    name: str
+    mode: str
+    images: list = field(default_factory=list)
+
+    def image(self, name: str) -> ImageRecord:
+        for im in self.images:
+            if im.name == name:
+                return im
+        raise KeyError(f"study {self.name!r} has no image {name!r}")
+
+
+def load_mode_mapping(mode_mapping) -> dict:
+    """A {study: mode} dict from a dict, a CSV file (study,mode) or a JSON object file."""
+    if isinstance(mode_mapping, Mapping):
+        return {str(k): v for k, v in mode_mapping.items()}
+    path = os.fspath(mode_mapping)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: mode mapping file not found")
+    if path.lower().endswith(".json"):
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the JSON mode mapping must be an object {{study: mode}}")
+        return {str(k): v for k, v in data.items()}
+    out = {}
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    for i, row in enumerate(rows):
+        if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) < 2:
+            raise ValueError(f"{path}: line {i + 1} has no mode column (expected 'study,mode')")
+        study, mode = row[0].strip(), row[1].strip()
+        if i == 0 and mode.lower() not in MODES and study.lower() in ("study", "study_id", "studyid", "id", "name"):
+            continue  # header line
+        out[study] = mode
+    return out
+
+
+def _is_nifti(name: str) -> bool:
+    low = name.lower()
+    return low.endswith(".nii") or low.endswith(".nii.gz")
+
+
+def _nifti_stem(name: str) -> str:
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
+
+
+def _holds_dicom(folder: str) -> bool:
+    from .dicom import is_dicom_file
+
+    for root, _dirs, files in os.walk(folder, followlinks=False):
+        for fn in files:
+            if is_dicom_file(os.path.join(root, fn)):
+                return True
+    return False
+
+
+def _scan_study(data_dir: str, study_dir: str) -> list:
+    from .dicom import is_dicom_file
+
+    images = []
+    for entry in sorted(os.scandir(study_dir), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        rel = os.path.relpath(entry.path, data_dir)
+        if entry.is_dir(follow_symlinks=True):
+            if _holds_dicom(entry.path):
+                images.append(ImageRecord(entry.name, rel, "dicom_dir"))
+        elif entry.is_file(follow_symlinks=True):
+            if _is_nifti(entry.name):
+                images.append(ImageRecord(_nifti_stem(entry.name), rel, "nifti"))
+            elif is_dicom_file(entry.path):
+                stem = entry.name[:-4] if entry.name.lower().endswith(".dcm") else entry.name
+                images.append(ImageRecord(stem, rel, "dicom_file"))
+    # A study folder that is itself one DICOM series (files directly inside it)
+    # would give one record per slice: collapse them into one series.
+    dcm_files = [im for im in images if im.kind == "dicom_file"]
+    if len(dcm_files) > 1:
+        images = [im for im in images if im.kind != "dicom_file"]
+        images.append(ImageRecord("series", os.path.relpath(study_dir, data_dir), "dicom_dir"))
+    names = [im.name for im in images]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"{study_dir}: several images share the name(s) {sorted(dup)} (e.g. a.nii and a.nii.gz)")
+    return images
+
+
+class DatasetMetadata:
+    """The studies and images of a dataset folder, with their modes."""
+
+    def __init__(self, data_dir, studies: Iterable[StudyRecord] = ()):
+        self.data_dir = os.path.abspath(os.fspath(data_dir))
+        self._studies = {s.name: s for s in studies}
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_directory(cls, data_dir, mode_mapping) -> "DatasetMetadata":
+        """Scan ``data_dir/raw/<study>/`` for NIfTI files, DICOM files and DICOM folders.
+
+        ``mode_mapping`` maps study names to ``'ct'`` or ``'mri'``: a dict, a CSV
+        file (``study,mode``) or a JSON object file. A study missing from it or
+        with another mode is skipped with a warning that names it.
+        """
+        data_dir = os.path.abspath(os.fspath(data_dir))
+        raw = os.path.join(data_dir, "raw")
+        if not os.path.isdir(raw):
+            raise FileNotFoundError(f"{raw}: no raw/ folder (expected raw/<study>/<images>)")
+        modes = load_mode_mapping(mode_mapping)
+        studies = []
+        for entry in sorted(os.scandir(raw), key=lambda e: e.name):
+            if not entry.is_dir(follow_symlinks=True) or entry.name.startswith("."):
+                continue
+            mode = modes.get(entry.name)
+            if mode is None:
+                warnings.warn(f"study {entry.name!r} is not in the mode mapping: skipped", stacklevel=2)
+                continue
+            m = str(mode).strip().lower()
+            if m not in MODES:
+                warnings.warn(f"study {entry.name!r} has mode {mode!r} (expected 'ct' or 'mri'): skipped", stacklevel=2)
+                continue
+            images = _scan_study(data_dir, entry.path)
+            if not images:
+                warnings.warn(f"study {entry.name!r} holds no NIfTI or DICOM image: skipped", stacklevel=2)
+                continue
+            studies.append(StudyRecord(entry.name, m, images))
+        missing = sorted(set(modes) - {s.name for s in studies} - {e.name for e in os.scandir(raw)})
+        if missing:
+            log.info("mode mapping names %d studies absent from %s: %s", len(missing), raw, missing[:10])
+        return cls(data_dir, studies)
+
+    @classmethod
+    def from_file(cls, path) -> "DatasetMetadata":
+        """Load a ``metadata.json`` written by :meth:`save`."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: metadata file not found")
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            studies = [
+                StudyRecord(s["name"], s["mode"], [ImageRecord(**im) for im in s["images"]])
+                for s in data["studies"]
+            ]
+            data_dir = data.get("data_dir") or os.path.dirname(os.path.abspath(path))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a neurovfm metadata file ({err})") from None
+        # The folder holding metadata.json is the dataset (it may have moved).
+        return cls(os.path.dirname(os.path.abspath(path)) if os.path.basename(path) == "metadata.json" else data_dir, studies)
+
+    def save(self, path=None) -> str:
+        """Write the metadata as JSON (default ``data_dir/metadata.json``), atomically."""
+        path = os.fspath(path) if path is not None else os.path.join(self.data_dir, "metadata.json")
+        data = {
+            "version": METADATA_VERSION,
+            "data_dir": self.data_dir,
+            "studies": [
+                {"name": s.name, "mode": s.mode, "images": [asdict(im) for im in s.images]}
+                for s in self._studies.values()
+            ],
+        }
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".metadata.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    # -- queries ----------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._studies)
+
+    def __contains__(self, study: str) -> bool:
+        return study in self._studies
+
+    def __iter__(self):
+        return iter(self._studies.values())
+
+    def get_study(self, name: str) -> StudyRecord:
+        try:
+            return self._studies[name]
+        except KeyError:
+            raise KeyError(f"no study {name!r} in {self.data_dir}") from None
+
+    def get_all_studies(self) -> list:
+        return list(self._studies.values())
+
+    def get_studies_by_mode(self, mode: str) -> list:
+        m = mode.lower()
+        if m not in MODES:
+            raise ValueError(f"mode must be 'ct' or 'mri', got {mode!r}")
+        return [s for s in self._studies.values() if s.mode == m]
+
+    def num_images(self) -> int:
+        return sum(len(s.images) for s in self._studies.values())
+
+    def __repr__(self) -> str:
+        return f"DatasetMetadata({self.data_dir!r}, {len(self)} studies, {self.num_images()} images)"
