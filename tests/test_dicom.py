@@ -189,6 +189,13 @@ def test_corpus_series_match_simpleitk(corpus, rel, reader, dtype, n):
     assert_matches_sitk(vol, sitk_series(series.files))
 
 
+def test_corpus_tilt_and_slab_warnings(corpus, caplog):
+    with caplog.at_level(logging.WARNING, logger="neurovfm"):
+        dicom.read_dicom(corpus / "ct/head_tilt_ge")
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "18.5 degrees off their normal" in text and "not uniform" in text
+
+
 def test_corpus_enhanced_multiframe(corpus):
     path = corpus / "mr/enhanced_multiframe_t1.dcm"
     vol = dicom.read_dicom(path)
@@ -253,7 +260,7 @@ BAD_CORPUS = [
     ("ct/head_single_slice", UnsupportedImageError, r"single slice"),
     ("edge/dicom/transfer_syntaxes", DicomSeriesError, r"duplicate slice positions.*9 files"),
     ("edge/dicom/transfer_syntaxes/3.dcm", UnsupportedImageError, r"single slice"),
-    ("edge/dicom/dicomdir/DICOMDIR", DicomSeriesError, r"only a DICOMDIR"),
+    ("edge/dicom/dicomdir/DICOMDIR", DicomSeriesError, r"only a DICOMDIR.*pass the folder"),
     ("edge/dicom/dicomdir/98892003/MR700", UnsupportedImageError, r"single slice"),
     ("edge/dicom/dicomdir/98892003", UnsupportedImageError, r"no readable 3D series"),
     ("edge/dicom/dicomdir/TINY_ALPHA", DicomSeriesError, r"no DICOM image series.*non-image"),
@@ -376,6 +383,39 @@ def test_pixel_layouts_and_rescale(tmp_path, ba, bs, pr, slope, intercept, dtype
     expect = stored * (1 if slope is None else slope) + (0 if intercept is None else intercept)
     assert np.array_equal(vol.array, expect.astype(dtype))
     assert_matches_sitk(vol, sitk_series(gdcm_files(tmp_path)))
+
+
+def test_monochrome1_goes_to_simpleitk(tmp_path):
+    # SimpleITK inverts MONOCHROME1 (4095 - x here); the fast path leaves it to it.
+    def mono1(ds, i):
+        ds.PhotometricInterpretation = "MONOCHROME1"
+
+    arrays = rand_slices(3)
+    write_series(tmp_path, arrays, bs=12, extra=mono1)
+    vol = dicom.read_dicom(tmp_path)
+    assert vol.reader == "simpleitk"
+    assert_matches_sitk(vol, sitk_series(gdcm_files(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "iop",
+    [
+        (0.0, 1.0, 0.0, 0.0, 0.0, -1.0),  # sagittal
+        (1.0, 0.0, 0.0, 0.0, 0.0, -1.0),  # coronal
+        (0.0538, 0.965, 0.2566, 0.0181, 0.256, -0.9665),  # oblique, slightly off unit
+    ],
+)
+def test_orientations(tmp_path, iop, caplog):
+    arrays = rand_slices(5, seed=9)
+    order = [4, 2, 0, 3, 1]
+    write_series(tmp_path, [arrays[i] for i in order], iop=iop, z=[-1.1 * i for i in order],
+                 names=[f"{k}" for k in range(5)])
+    vol = dicom.read_dicom(tmp_path)
+    (s,) = dicom.find_series(tmp_path)
+    assert list(s.files) == gdcm_files(tmp_path)
+    assert np.array_equal(vol.array, np.stack(arrays[::-1]))  # ascending along the normal
+    assert_matches_sitk(vol, sitk_series(s.files))
+    assert not any("degrees" in r.getMessage() for r in caplog.records)
 
 
 def test_mixed_rescale_per_slice(tmp_path):

@@ -620,6 +620,10 @@ void convert_frame(const std::uint8_t* raw, std::size_t count, const DicomHeader
   }
 }
 
+std::size_t dtype_size(DType t) {
+  return dispatch_dtype(t, [](auto v) { return sizeof(v); });
+}
+
 bool host_is_little_endian() {
   const std::uint16_t x = 1;
   std::uint8_t b;
@@ -707,7 +711,8 @@ bool dicom_fast_readable(const DicomHeader& h) {
   if (sop != "1.2.840.10008.5.1.4.1.1.2" && sop != "1.2.840.10008.5.1.4.1.1.4" &&
       sop != "1.2.840.10008.5.1.4.1.1.128")
     return false;
-  if (h.photometric != "MONOCHROME1" && h.photometric != "MONOCHROME2") return false;
+  // MONOCHROME1 is inverted by SimpleITK's reader; leave it (and colour) to it.
+  if (h.photometric != "MONOCHROME2") return false;
   if (dicom_output_dtype(h) < 0) return false;
   if (!h.has_ipp || !h.has_iop || !h.has_pixel_spacing) return false;
   const double* v = h.iop;
@@ -805,19 +810,30 @@ void read_dicom_pixels(const std::vector<std::string>& paths,
         throw std::runtime_error(p + ": file is truncated: pixel data needs bytes up to " +
                                  std::to_string(h.pixel_offset + nbytes[i]) + " but the file has " +
                                  std::to_string(size));
-      buf.resize(static_cast<std::size_t>(nbytes[i]));
-      in.seekg(static_cast<std::streamoff>(h.pixel_offset));
-      in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(nbytes[i]));
-      if (in.gcount() != static_cast<std::streamsize>(nbytes[i]))
-        throw std::runtime_error(p + ": could not read the pixel data");
       const std::size_t count = static_cast<std::size_t>((first[i + 1] - first[i]) * frame);
       const DType sd = static_cast<DType>(dicom_stored_dtype(h));
+      // Same type and no rescale: read straight into the output (then clean
+      // the unused bits in place); otherwise through a buffer.
+      const bool direct = sd == od && rescale_kind(h) == Rescale::identity;
+      std::uint8_t* dst_bytes =
+          static_cast<std::uint8_t*>(out) + first[i] * frame * dtype_size(od);
+      std::uint8_t* target = dst_bytes;
+      if (!direct) {
+        buf.resize(static_cast<std::size_t>(nbytes[i]));
+        target = buf.data();
+      }
+      in.seekg(static_cast<std::streamoff>(h.pixel_offset));
+      in.read(reinterpret_cast<char*>(target), static_cast<std::streamsize>(nbytes[i]));
+      if (in.gcount() != static_cast<std::streamsize>(nbytes[i]))
+        throw std::runtime_error(p + ": could not read the pixel data");
+      if (direct && !(h.bits_allocated == 16 && h.bits_stored < 16)) continue;
       dispatch_dtype(od, [&](auto o) {
         using O = decltype(o);
-        O* dst = static_cast<O*>(out) + first[i] * frame;
+        O* dst = reinterpret_cast<O*>(dst_bytes);
         dispatch_dtype(sd, [&](auto s) {
           using S = decltype(s);
-          if constexpr (std::is_integral_v<S>) convert_frame<S, O>(buf.data(), count, h, dst);
+          // In place when direct: element i is read before it is written.
+          if constexpr (std::is_integral_v<S>) convert_frame<S, O>(target, count, h, dst);
         });
       });
     }

@@ -70,7 +70,7 @@ int dicom_output_dtype(const DicomHeader& h);
 // True when read_dicom_pixels can read this file and its geometry is the
 // classic one GDCM takes from ImagePositionPatient / ImageOrientationPatient /
 // PixelSpacing: single-frame CT, MR or PET image storage, uncompressed little
-// endian, monochrome, a supported pixel layout and rescale, a valid (unit,
+// endian, MONOCHROME2 (SimpleITK inverts MONOCHROME1), a supported pixel layout and rescale, a valid (unit,
 // orthogonal within 1e-3, as GDCM's DirectionCosines::IsValid) orientation and
 // a positive pixel spacing.
 bool dicom_fast_readable(const DicomHeader& h);

@@ -62,6 +62,7 @@ _IOP_TOL = 1e-4
 _SPACING_REL_TOL = 1e-4
 _POSITION_TOL = 1e-3  # mm along the slice normal
 _NONUNIFORM_REL_TOL = 0.01
+_TILT_TOL_DEG = 0.5
 
 _VRS = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
@@ -206,7 +207,7 @@ def _walk(root: str) -> list:
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            logger.debug("neurovfm: cannot list %s: %s", d, exc)
+            logger.debug("cannot list %s: %s", d, exc)
             continue
         subdirs = []
         for e in entries:
@@ -290,12 +291,15 @@ def _pydicom_header(path: str):
 
 
 def _is_localizer(h) -> bool:
-    return any(t.strip().upper() == "LOCALIZER" for t in h.image_type.split("\\"))
+    it = h.image_type.upper()
+    return "LOCALIZER" in it and any(t.strip() == "LOCALIZER" for t in it.split("\\"))
 
 
 def _is_colour(h) -> bool:
+    if h.samples_per_pixel > 1:
+        return True
     pi = h.photometric.upper()
-    return h.samples_per_pixel > 1 or any(pi.startswith(c) for c in _COLOUR_PHOTOMETRIC)
+    return pi not in ("MONOCHROME2", "MONOCHROME1", "") and pi.startswith(_COLOUR_PHOTOMETRIC)
 
 
 def _iop_valid(v) -> bool:
@@ -366,7 +370,7 @@ def _scan_files(files: list, threads: int):
             continue
         kept.append((f, h))
     for f, err in unreadable:
-        logger.warning("neurovfm: skipping unreadable DICOM file %s: %s", f, err)
+        logger.warning("skipping unreadable DICOM file %s: %s", f, err)
     return kept, skipped
 
 
@@ -416,8 +420,8 @@ def _make_series(uid: str, members: list, n_geometries: int, n_in_uid: int) -> S
         if n_geometries > 1
         else ""
     )
-    if any(_is_colour(h) for h in hs):
-        c = next(h for h in hs if _is_colour(h))
+    c = next((h for h in hs if _is_colour(h)), None)
+    if c is not None:
         problem = (
             f"colour image (SamplesPerPixel {c.samples_per_pixel}, PhotometricInterpretation "
             f"{c.photometric or '?'}): not a scalar volume"
@@ -563,7 +567,10 @@ def _nothing_found(p: str, files: list, skipped: Counter) -> DicomSeriesError:
     if os.path.isfile(p) and skipped.get("not DICOM"):
         return ImageReadError(p, "not a DICOM file")
     if skipped and set(skipped) <= {"DICOMDIR / directory record"}:
-        reason = "no DICOM image series: only a DICOMDIR / directory records, no image files"
+        reason = (
+            "no DICOM image series: only a DICOMDIR / directory records, no image files "
+            "(pass the folder that holds the images)"
+        )
     else:
         reason = "no DICOM image series found"
     return DicomSeriesError(p, f"{reason} ({len(files)} files examined: {parts})")
@@ -613,7 +620,7 @@ def read_dicom(path, series_uid: Optional[str] = None) -> RawVolume:
     ties = [s for s in usable[1:] if s.n_slices == chosen.n_slices]
     if len(series) > 1:
         others = [s for s in series if s is not chosen]
-        msg = "neurovfm: %s: read series %s from %s among %d series (others: %s)%s"
+        msg = "%s: read series %s from %s among %d series (others: %s)%s"
         args = (
             p,
             _describe(chosen),
@@ -629,7 +636,7 @@ def read_dicom(path, series_uid: Optional[str] = None) -> RawVolume:
     bigger_bad = [s for s in cands if not s.usable and s.n_slices > chosen.n_slices]
     for s in bigger_bad:
         logger.warning(
-            "neurovfm: %s: skipped the larger series %s: %s", p, _describe(s), s.problem
+            "%s: skipped the larger series %s: %s", p, _describe(s), s.problem
         )
     return read_series(chosen, path=p)
 
@@ -639,7 +646,7 @@ def read_series(series: SeriesInfo, path: Optional[str] = None) -> RawVolume:
     where = path if path is not None else series._where()
     if not series.usable:
         series._raise(series._where())
-    _check_spacing(series)
+    _check_geometry(series)
     if series.multiframe:
         vol = _read_sitk_file(series.files[0], series.uid, series.modality)
     elif series.fast_path:
@@ -650,20 +657,39 @@ def read_series(series: SeriesInfo, path: Optional[str] = None) -> RawVolume:
     return vol
 
 
-def _check_spacing(s: SeriesInfo) -> None:
-    if len(s._positions) < 3:
+def _check_geometry(s: SeriesInfo) -> None:
+    """Warns about what SimpleITK reads without complaint but gets approximate."""
+    if len(s._positions) < 2:
         return
-    steps = np.diff(np.asarray(s._positions))
-    lo, hi = float(steps.min()), float(steps.max())
-    if hi - lo > _NONUNIFORM_REL_TOL * max(abs(hi), 1e-12):
-        logger.warning(
-            "neurovfm: %s: slice spacing is not uniform (steps from %.4g to %.4g mm along the "
-            "normal; missing slices or several slabs); the volume uses one mean spacing, as "
-            "SimpleITK does",
-            s.folder,
-            lo,
-            hi,
-        )
+    if len(s._positions) >= 3:
+        steps = np.diff(np.asarray(s._positions))
+        lo, hi = float(steps.min()), float(steps.max())
+        if hi - lo > _NONUNIFORM_REL_TOL * max(abs(hi), 1e-12):
+            logger.warning(
+                "%s: slice spacing is not uniform (steps from %.4g to %.4g mm along the "
+                "normal: missing slices or several slabs); the volume uses one mean spacing, "
+                "as SimpleITK does",
+                s.folder,
+                lo,
+                hi,
+            )
+    h0, hn = s._headers[0], s._headers[-1]
+    cos = _gdcm_iop(h0)
+    if cos is None:
+        return
+    normal = np.cross(cos[:3], cos[3:])
+    stack = np.asarray(hn.ipp, dtype=np.float64) - np.asarray(h0.ipp, dtype=np.float64)
+    norm = float(np.linalg.norm(stack) * np.linalg.norm(normal))
+    if norm > 0:
+        angle = math.degrees(math.acos(min(1.0, abs(float(stack @ normal)) / norm)))
+        if angle > _TILT_TOL_DEG:
+            logger.warning(
+                "%s: the slices are stacked %.1f degrees off their normal (gantry tilt or "
+                "sheared acquisition); the volume keeps SimpleITK's orthogonal geometry, which "
+                "ignores the shear",
+                s.folder,
+                angle,
+            )
 
 
 def _direction(iop) -> tuple:
