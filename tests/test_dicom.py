@@ -19,17 +19,6 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    CTImageStorage,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    MRImageStorage,
-    generate_uid,
-)
-
 from neurovfm import _core
 from neurovfm._threads import set_num_threads
 from neurovfm.data import dicom
@@ -39,6 +28,16 @@ from neurovfm.errors import (
     ImageReadError,
     NeuroVFMError,
     UnsupportedImageError,
+)
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
 )
 
 # ---------------------------------------------------------------------------
@@ -113,12 +112,18 @@ def write_series(
     """Writes one slice per array; slice i at z[i] (default 2.5 * i) along the normal."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    uid = uid or generate_uid()
+    uid = generate_uid() if uid is None else uid
     bs = bs or ba
     r, c = np.array(iop[:3]), np.array(iop[3:])
     normal = np.cross(r, c)
-    dt = {(8, 0): np.uint8, (8, 1): np.int8, (16, 0): np.uint16, (16, 1): np.int16,
-          (32, 0): np.uint32, (32, 1): np.int32}[(ba, pr)]
+    dt = {
+        (8, 0): np.uint8,
+        (8, 1): np.int8,
+        (16, 0): np.uint16,
+        (16, 1): np.int16,
+        (32, 0): np.uint32,
+        (32, 1): np.int32,
+    }[(ba, pr)]
     paths = []
     for i, a in enumerate(arrays):
         ds = Dataset()
@@ -223,7 +228,9 @@ def test_corpus_dicomdir_choice_is_logged(corpus, caplog):
         vol = dicom.read_dicom(corpus / DICOMDIR_REL)
     assert vol.series_uid == CT5N_UID
     assert vol.array.shape == (5, 16, 16)
-    assert any(CT5N_UID in r.getMessage() and "series_uid=" in r.getMessage() for r in caplog.records)
+    assert any(
+        CT5N_UID in r.getMessage() and "series_uid=" in r.getMessage() for r in caplog.records
+    )
     assert_matches_sitk(vol, sitk_series(gdcm_files(corpus / DICOMDIR_REL / "98892001/CT5N")))
 
 
@@ -245,8 +252,11 @@ def test_corpus_dicomdir_series_uid(corpus, caplog):
     assert vol.series_uid == CT2_UID and vol.array.shape == (4, 16, 16)
     assert any("not uniform" in r.getMessage() for r in caplog.records)  # a 202 mm gap
     assert_matches_sitk(vol, sitk_series(gdcm_files(corpus / DICOMDIR_REL / "77654033/CT2")))
-    with pytest.raises(DicomSeriesError, match=r"no series with SeriesInstanceUID 'bogus'.*available.*"
-                       + CT5N_UID.replace(".", r"\.")):
+    with pytest.raises(
+        DicomSeriesError,
+        match=r"no series with SeriesInstanceUID 'bogus'.*available.*"
+        + CT5N_UID.replace(".", r"\."),
+    ):
         dicom.read_dicom(corpus / DICOMDIR_REL, series_uid="bogus")
     # A tiny series whose 7 images each have their own orientation.
     with pytest.raises(UnsupportedImageError, match=r"single slice.*7 images in 7 different"):
@@ -322,8 +332,12 @@ def test_corpus_headers_never_fail_on_any_file(corpus):
 def test_shuffled_extensionless_with_junk(tmp_path):
     arrays = rand_slices(6)
     order = [3, 0, 5, 1, 4, 2]  # file names do not follow the positions
-    write_series(tmp_path, [arrays[i] for i in order], z=[2.5 * i for i in order],
-                 names=[f"IM{k}" for k in range(6)])
+    write_series(
+        tmp_path,
+        [arrays[i] for i in order],
+        z=[2.5 * i for i in order],
+        names=[f"IM{k}" for k in range(6)],
+    )
     (tmp_path / "notes.txt").write_text("not a dicom file\n")
     (tmp_path / "empty").write_bytes(b"")
     (tmp_path / "junk.bin").write_bytes(os.urandom(5000))
@@ -371,9 +385,15 @@ def test_pixel_layouts_and_rescale(tmp_path, ba, bs, pr, slope, intercept, dtype
     big = {8: 1 << 8, 16: 1 << 16, 32: 1 << 31}[ba]
     arrays = [rng.integers(0, big, (7, 5)).astype(np.uint64) for _ in range(3)]
     n = 3
-    write_series(tmp_path, arrays, ba=ba, bs=bs, pr=pr,
-                 slopes=None if slope is None else [slope] * n,
-                 intercepts=None if intercept is None else [intercept] * n)
+    write_series(
+        tmp_path,
+        arrays,
+        ba=ba,
+        bs=bs,
+        pr=pr,
+        slopes=None if slope is None else [slope] * n,
+        intercepts=None if intercept is None else [intercept] * n,
+    )
     vol = dicom.read_dicom(tmp_path)
     assert vol.reader == "fast"
     assert vol.array.dtype == np.dtype(dtype)
@@ -408,8 +428,13 @@ def test_monochrome1_goes_to_simpleitk(tmp_path):
 def test_orientations(tmp_path, iop, caplog):
     arrays = rand_slices(5, seed=9)
     order = [4, 2, 0, 3, 1]
-    write_series(tmp_path, [arrays[i] for i in order], iop=iop, z=[-1.1 * i for i in order],
-                 names=[f"{k}" for k in range(5)])
+    write_series(
+        tmp_path,
+        [arrays[i] for i in order],
+        iop=iop,
+        z=[-1.1 * i for i in order],
+        names=[f"{k}" for k in range(5)],
+    )
     vol = dicom.read_dicom(tmp_path)
     (s,) = dicom.find_series(tmp_path)
     assert list(s.files) == gdcm_files(tmp_path)
@@ -425,7 +450,9 @@ def test_mixed_rescale_per_slice(tmp_path):
     vol = dicom.read_dicom(tmp_path)
     assert vol.reader == "fast" and vol.array.dtype == np.uint16
     assert_matches_sitk(vol, sitk_series(gdcm_files(tmp_path)))
-    write_series(tmp_path / "b", rand_slices(3, seed=4), bs=12, slopes=[0.5, 1, 1], intercepts=[0, 0, 0])
+    write_series(
+        tmp_path / "b", rand_slices(3, seed=4), bs=12, slopes=[0.5, 1, 1], intercepts=[0, 0, 0]
+    )
     vol = dicom.read_dicom(tmp_path / "b")
     assert vol.array.dtype == np.float64
     assert_matches_sitk(vol, sitk_series(gdcm_files(tmp_path / "b")))
@@ -433,8 +460,9 @@ def test_mixed_rescale_per_slice(tmp_path):
 
 @pytest.mark.parametrize("ts", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
 def test_vr_encodings(tmp_path, ts):
-    write_series(tmp_path, rand_slices(3), sop=MRImageStorage, ts=ts, slopes=[1] * 3,
-                 intercepts=[-7] * 3)
+    write_series(
+        tmp_path, rand_slices(3), sop=MRImageStorage, ts=ts, slopes=[1] * 3, intercepts=[-7] * 3
+    )
     h = _core.read_dicom_header(str(next(tmp_path.iterdir())))
     assert h.explicit_vr == (ts == ExplicitVRLittleEndian)
     vol = dicom.read_dicom(tmp_path)
@@ -543,8 +571,9 @@ def test_missing_slice_warns_and_matches_simpleitk(tmp_path, caplog):
     write_series(tmp_path, rand_slices(5), z=[0, 2.5, 5, 10, 12.5])
     with caplog.at_level(logging.WARNING, logger="neurovfm"):
         vol = dicom.read_dicom(tmp_path)
-    assert any("not uniform" in r.getMessage() and str(tmp_path) in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "not uniform" in r.getMessage() and str(tmp_path) in r.getMessage() for r in caplog.records
+    )
     assert_matches_sitk(vol, sitk_series(gdcm_files(tmp_path)))
 
 
@@ -566,8 +595,12 @@ def test_missing_position_refused(tmp_path):
 def test_choice_between_series_and_series_uid(tmp_path, caplog):
     write_series(tmp_path / "a", rand_slices(3), uid="1.2.3.100")
     write_series(tmp_path / "b" / "deeper", rand_slices(5), uid="1.2.3.200")
-    write_series(tmp_path / "c", rand_slices(4), uid="1.2.3.300",
-                 image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    write_series(
+        tmp_path / "c",
+        rand_slices(4),
+        uid="1.2.3.300",
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+    )
     with caplog.at_level(logging.INFO, logger="neurovfm"):
         vol = dicom.read_dicom(tmp_path)
     assert vol.series_uid == "1.2.3.200" and vol.array.shape[0] == 5
@@ -588,8 +621,8 @@ def test_tie_is_warned(tmp_path, caplog):
 
 
 def test_blank_uids_group_by_folder(tmp_path):
-    write_series(tmp_path / "x", rand_slices(3), uid=" ")
-    write_series(tmp_path / "y", rand_slices(4), uid=" ")
+    write_series(tmp_path / "x", rand_slices(3), uid="")
+    write_series(tmp_path / "y", rand_slices(4), uid="")
     series = dicom.find_series(tmp_path)
     assert [(s.uid, s.n_slices) for s in series] == [("", 4), ("", 3)]
     assert dicom.read_dicom(tmp_path).array.shape[0] == 4
@@ -623,7 +656,9 @@ def test_empty_and_missing(tmp_path):
         dicom.read_dicom(tmp_path / "empty")
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("hello")
-    with pytest.raises(DicomSeriesError, match=r"no DICOM image series found \(1 files examined: 1 not DICOM"):
+    with pytest.raises(
+        DicomSeriesError, match=r"no DICOM image series found \(1 files examined: 1 not DICOM"
+    ):
         dicom.read_dicom(tmp_path / "text")
 
 
@@ -680,7 +715,9 @@ def test_every_truncation(tmp_path, sample_bytes):
             assert "truncated" in h.error
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_random_corruption(tmp_path, sample_bytes, data):
     buf = bytearray(sample_bytes)
@@ -713,3 +750,31 @@ def test_corrupted_series_only_library_errors(tmp_path):
         except NeuroVFMError:
             continue
         assert vol.array.ndim == 3
+
+
+def test_larger_broken_series_is_skipped_with_warning(tmp_path, caplog):
+    write_series(tmp_path / "good", rand_slices(3), uid="1.2.3.10")
+    write_series(tmp_path / "dup", rand_slices(5), uid="1.2.3.20", z=[0, 0, 2.5, 5, 7.5])
+    with caplog.at_level(logging.WARNING, logger="neurovfm"):
+        vol = dicom.read_dicom(tmp_path)
+    assert vol.series_uid == "1.2.3.10"
+    assert any(
+        "skipped the larger series 1.2.3.20" in r.getMessage() and "duplicate" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_thread_counts_synthetic(tmp_path):
+    write_series(
+        tmp_path,
+        rand_slices(23, shape=(31, 17), hi=65536),
+        slopes=[1] * 23,
+        intercepts=[-1024] * 23,
+    )
+    out = []
+    for n in (1, 2, 7):
+        set_num_threads(n)
+        vol = dicom.read_dicom(tmp_path)
+        assert vol.array.dtype == np.int32
+        out.append(vol.array.tobytes())
+    assert out[0] == out[1] == out[2]

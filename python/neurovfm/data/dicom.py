@@ -27,7 +27,7 @@ import struct
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -252,7 +252,10 @@ class _PyHeader:
         self.series_uid = str(get("SeriesInstanceUID", ""))
         self.modality = str(get("Modality", ""))
         it = ds.get("ImageType")
-        self.image_type = "\\".join(str(x) for x in it) if it is not None else ""
+        if it is None or isinstance(it, str):
+            self.image_type = str(it or "")
+        else:
+            self.image_type = "\\".join(str(x) for x in it)
         self.series_description = str(get("SeriesDescription", ""))
         self.photometric = str(get("PhotometricInterpretation", ""))
         self.rows = int(get("Rows", 0))
@@ -266,8 +269,10 @@ class _PyHeader:
             self.number_of_frames = int(get("NumberOfFrames", 1))
         except (TypeError, ValueError):
             self.number_of_frames = 1
-        ipp, iop, ps = floats("ImagePositionPatient", 3), floats("ImageOrientationPatient", 6), floats(
-            "PixelSpacing", 2
+        ipp, iop, ps = (
+            floats("ImagePositionPatient", 3),
+            floats("ImageOrientationPatient", 6),
+            floats("PixelSpacing", 2),
         )
         self.has_ipp, self.ipp = ipp is not None, ipp or (0.0, 0.0, 0.0)
         self.has_iop, self.iop = iop is not None, iop or (0.0,) * 6
@@ -497,8 +502,10 @@ def _scan(path):
         raise ImageNotFoundError(f"{p}: no such file or directory")
     if os.path.isdir(p):
         files = _walk(p)
-    else:
+    elif os.path.isfile(p):
         files = [p]
+    else:
+        raise ImageReadError(p, "not a regular file or folder")
     threads = get_num_threads()
     kept, skipped = _scan_files(files, threads)
 
@@ -515,14 +522,19 @@ def _scan(path):
         groups.setdefault(key, []).append((f, h))
 
     series = []
-    for key, members in groups.items():
+    for members in groups.values():
         uid = members[0][1].series_uid
         # Split by geometry: orientation, rows, columns, pixel spacing. Files
         # with identical values are grouped first; distinct values are then
         # merged when within tolerance.
         exact: dict = {}
         for f, h in members:
-            k = (h.rows, h.cols, h.has_iop and tuple(h.iop), h.has_pixel_spacing and tuple(h.pixel_spacing))
+            k = (
+                h.rows,
+                h.cols,
+                h.has_iop and tuple(h.iop),
+                h.has_pixel_spacing and tuple(h.pixel_spacing),
+            )
             exact.setdefault(k, []).append((f, h))
         sub: list = []
         for g_exact in exact.values():
@@ -557,7 +569,9 @@ def find_series(path) -> list:
 
 def _describe(s: SeriesInfo) -> str:
     desc = f" '{s.description}'" if s.description else ""
-    return f"{s.uid or '<no uid>'}{desc} ({s.modality or '?'}, {s.n_slices} slices, {s.rows}x{s.cols})"
+    return (
+        f"{s.uid or '<no uid>'}{desc} ({s.modality or '?'}, {s.n_slices} slices, {s.rows}x{s.cols})"
+    )
 
 
 def _nothing_found(p: str, files: list, skipped: Counter) -> DicomSeriesError:
@@ -635,9 +649,7 @@ def read_dicom(path, series_uid: Optional[str] = None) -> RawVolume:
             logger.info(msg, *args)
     bigger_bad = [s for s in cands if not s.usable and s.n_slices > chosen.n_slices]
     for s in bigger_bad:
-        logger.warning(
-            "%s: skipped the larger series %s: %s", p, _describe(s), s.problem
-        )
+        logger.warning("%s: skipped the larger series %s: %s", p, _describe(s), s.problem)
     return read_series(chosen, path=p)
 
 
@@ -805,8 +817,9 @@ def _read_sitk_series(s: SeriesInfo) -> RawVolume:
     vol = _from_sitk(img, s.folder, s.uid, s.modality)
     if vol.array.shape != (len(s.files), s.rows, s.cols):
         raise UnsupportedImageError(
-            s.folder, f"SimpleITK gave an array of shape {vol.array.shape}, expected "
-            f"{(len(s.files), s.rows, s.cols)}"
+            s.folder,
+            f"SimpleITK gave an array of shape {vol.array.shape}, expected "
+            f"{(len(s.files), s.rows, s.cols)}",
         )
     return vol
 
