@@ -778,3 +778,14 @@ def test_thread_counts_synthetic(tmp_path):
         assert vol.array.dtype == np.int32
         out.append(vol.array.tobytes())
     assert out[0] == out[1] == out[2]
+
+
+def test_corpus_broken_compressed_file_is_named(corpus, tmp_path):
+    src = sorted((corpus / "ct/body_j2k").iterdir())[:3]
+    for f in src:
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    bad = tmp_path / src[1].name
+    bad.write_bytes(bad.read_bytes()[:20000])
+    with pytest.raises(ImageReadError, match="SimpleITK could not read it") as info:
+        dicom.read_dicom(tmp_path)
+    assert info.value.path == str(bad)

@@ -813,6 +813,13 @@ def _read_sitk_series(s: SeriesInfo) -> RawVolume:
         with _QuietSitk():
             img = r.Execute()
     except RuntimeError as exc:
+        # Name the file that fails (error path only: reads the files one by one).
+        with _QuietSitk():
+            for f in s.files:
+                try:
+                    sitk.ReadImage(f)
+                except RuntimeError as exc1:
+                    raise ImageReadError(f, _sitk_reason(exc1)) from None
         raise ImageReadError(s.folder, _sitk_reason(exc)) from None
     vol = _from_sitk(img, s.folder, s.uid, s.modality)
     if vol.array.shape != (len(s.files), s.rows, s.cols):
