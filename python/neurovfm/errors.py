@@ -13,6 +13,7 @@ __all__ = [
     "UnsupportedImageError",
     "DicomSeriesError",
     "ImageTooSmallError",
+    "StackedSliceError",
 ]
 
 
@@ -43,3 +44,11 @@ class DicomSeriesError(ImageReadError):
 
 class ImageTooSmallError(ImageReadError):
     """The volume is too small to resample to the target grid."""
+
+
+class StackedSliceError(DicomSeriesError, UnsupportedImageError):
+    """Every file of a DICOM series holds the same slice (one position, several copies).
+
+    Both a broken series (:class:`DicomSeriesError`) and a 2D image rather than a
+    volume (:class:`UnsupportedImageError`).
+    """

@@ -32,9 +32,11 @@ from typing import Any, Optional
 import numpy as np
 
 from neurovfm import _core
+from neurovfm.data.volume import RawVolume
 from neurovfm._threads import get_num_threads
 from neurovfm.errors import (
     DicomSeriesError,
+    StackedSliceError,
     ImageNotFoundError,
     ImageReadError,
     UnsupportedImageError,
@@ -69,44 +71,6 @@ _VRS = frozenset(
     b"UC UI UL UN UR US UT UV".split()
 )
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-
-
-class StackedSliceError(DicomSeriesError, UnsupportedImageError):
-    """Every file of a series holds the same slice (one position, several copies).
-
-    This is both a broken series (:class:`~neurovfm.errors.DicomSeriesError`) and
-    a 2D image rather than a volume (:class:`~neurovfm.errors.UnsupportedImageError`).
-    """
-
-
-@dataclass
-class RawVolume:
-    """A volume read from DICOM, in SimpleITK's conventions.
-
-    ``array`` has axis order (z, y, x) as ``SimpleITK.GetArrayFromImage`` gives;
-    ``spacing`` and ``origin`` are (x, y, z); ``direction`` is the 3x3 matrix,
-    row-major, as ``SimpleITK.Image.GetDirection()``.
-    """
-
-    array: np.ndarray
-    spacing: tuple
-    origin: tuple
-    direction: tuple
-    path: str
-    series_uid: str
-    modality: str = ""
-    #: ``"fast"`` (compiled reader) or ``"simpleitk"``.
-    reader: str = "fast"
-
-    def to_sitk(self):
-        """The volume as a ``SimpleITK.Image`` (copies the voxels)."""
-        import SimpleITK as sitk
-
-        img = sitk.GetImageFromArray(self.array)
-        img.SetSpacing(tuple(float(v) for v in self.spacing))
-        img.SetOrigin(tuple(float(v) for v in self.origin))
-        img.SetDirection(tuple(float(v) for v in self.direction))
-        return img
 
 
 @dataclass(frozen=True)

@@ -244,4 +244,4 @@ def read_nifti(path: str) -> RawVolume:
         if isinstance(err, ImageReadError):
             raise
         raise ImageReadError(path, f"corrupt or truncated file: {err}") from None
-    return RawVolume(arr, layout.spacing, layout.origin, layout.direction, path)
+    return RawVolume(arr, layout.spacing, layout.origin, layout.direction, path, reader="fast")

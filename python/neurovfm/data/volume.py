@@ -27,6 +27,9 @@ class RawVolume:
     direction: tuple
     path: str = ""
     series_uid: str | None = None
+    modality: str = ""
+    #: Which reader decoded the voxels: "fast" (neurovfm's own) or "simpleitk".
+    reader: str = ""
     # Keeps alive whatever owns the memory behind ``array`` (e.g. a sitk.Image).
     owner: Any = field(default=None, repr=False)
 
@@ -34,7 +37,9 @@ class RawVolume:
     def from_image(cls, img: sitk.Image, path: str = "") -> "RawVolume":
         """Wrap a SimpleITK image without copying its voxels."""
         arr = sitk.GetArrayViewFromImage(img)
-        return cls(arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path), owner=img)
+        return cls(
+            arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path), reader="simpleitk", owner=img
+        )
 
     def to_image(self) -> sitk.Image:
         """A SimpleITK image with this geometry (copies the voxels once)."""
@@ -45,3 +50,5 @@ class RawVolume:
         img.SetOrigin(tuple(float(o) for o in self.origin))
         img.SetDirection(tuple(float(d) for d in self.direction))
         return img
+
+    to_sitk = to_image
