@@ -180,10 +180,10 @@ def test_corrupt_and_truncated_files_are_detected_and_rebuilt(dataset):
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
     brain.write_bytes(bytes(bad))
-    assert cm.verify() == {"ct_body/body_small": "corrupt"}
+    assert cm.verify()["ct_body/body_small"] == "corrupt"
     s = cm.build_cache(num_workers=1, study_names=["ct_body"], progress=False)
     assert s.done == ["ct_body/body_small"] and brain.read_bytes() == good
-    assert cm.verify() == {}
+    assert "ct_body/body_small" not in cm.verify()
     # a changed source makes the entry stale
     src = root / "raw" / "ct_body" / "body_small.nii.gz"
     target = os.readlink(src)
