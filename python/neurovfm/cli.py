@@ -1,0 +1,528 @@
+"""The ``neurovfm`` command line.
+
+One sub-command per task; each is registered by an ``_add_<name>`` function that
+builds its parser and sets ``func`` to the function that runs it (``args -> int``).
+User errors (a missing or unreadable file, a bad option) end with exit code 2 and
+one line ``neurovfm: error: ...`` on stderr; anything else is a bug and keeps its
+traceback.
+
+    python -m neurovfm prepare                       # built-in phantoms, whole pipeline
+    python -m neurovfm prepare scan.nii.gz --mode ct -o tokens.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["UsageError", "build_parser", "main"]
+
+PROG = "neurovfm"
+#: File suffixes ``prepare -o`` can write.
+OUTPUT_SUFFIXES = (".npz", ".pt")
+_VIEW_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
+
+
+class UsageError(Exception):
+    """A mistake of the user (bad option, missing input): exit code 2, one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors become :class:`UsageError` (one line, no usage dump)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _mode(text: str) -> str:
+    m = text.lower()
+    if m not in ("ct", "mri"):
+        raise argparse.ArgumentTypeError(f"invalid mode {text!r} (choose ct or mri)")
+    return m
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+_MAIN_EPILOG = """\
+examples:
+  neurovfm prepare                              run the pipeline on built-in phantoms
+  neurovfm prepare head.nii.gz --mode ct        one scan: shapes, tokens, timings
+  neurovfm prepare dicom_dir/ --mode mri -o t.npz
+
+run 'neurovfm COMMAND --help' for the options of a command.
+"""
+
+_PREPARE_DESCRIPTION = """\
+Run the NeuroVFM preprocessing on a scan, from file to tokens, and report what
+each stage produced and how long it took:
+
+  load_image             read, reorient to RPI, B-spline resample to 1x1x4 mm, crop
+  prepare_for_inference  CT windows (brain, blood, bone) or MRI normalisation, masks
+  tokenize               4x16x16 patches -> tokens [N, 1024], coords, filtered
+
+Without PATH, built-in synthetic phantoms are written to a temporary folder and
+the whole reading path runs on them: the CT as NIfTI, the same CT as a DICOM
+series (mode ct) and a sagittal T1 MR as NIfTI (mode mri)."""
+
+_PREPARE_EPILOG = """\
+examples:
+  neurovfm prepare
+  neurovfm prepare --mode ct --phantom-dir phantoms/    keep the phantom files
+  neurovfm prepare head_ct.nii.gz --mode ct
+  neurovfm prepare study/series_dir --mode mri --series-uid 1.2.840.113619.2.55.3
+  neurovfm prepare head_ct.nii.gz --mode ct -j 4 -o tokens.npz
+  neurovfm prepare t1.nii.gz --mode mri -o tokens.pt    (needs PyTorch)
+
+output file (-o): tokens [C, N, 1024] float32 (C = 3 CT windows brain, blood,
+bone; or 1 for MRI), coords [N, 3] int32, filtered [N] uint8 (1 = background
+token), size [3] int32, arrays [C, D, H, W] float32, channels, mode, view,
+spacing, source. Without PATH, one file per phantom: OUT.<name>.npz.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the whole command line (one sub-parser per command)."""
+    from . import __version__
+
+    parser = _Parser(
+        prog=PROG,
+        description="Fast, exact preprocessing of brain CT and MRI for the NeuroVFM model.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub.required = True
+
+    # Options every command takes.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-j",
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="threads for the kernels and SimpleITK (default: the CPUs this process may use)",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more (-v: the library's choices, e.g. the DICOM series; -vv: debug)",
+    )
+    for add in _COMMANDS:
+        add(sub, common)
+    return parser
+
+
+def _add_prepare(sub, common) -> None:
+    p = sub.add_parser(
+        "prepare",
+        parents=[common],
+        help="file to tokens on a scan (or the built-in phantoms), with timings",
+        description=_PREPARE_DESCRIPTION,
+        epilog=_PREPARE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    p.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help="NIfTI file, DICOM file or DICOM series folder, or any image SimpleITK reads",
+    )
+    p.add_argument(
+        "--mode",
+        type=_mode,
+        metavar="{ct,mri}",
+        help="modality of PATH (required with PATH); without PATH, run only these phantoms",
+    )
+    p.add_argument(
+        "--series-uid", metavar="UID", help="SeriesInstanceUID to read when a DICOM folder holds several series"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT",
+        help="save tokens, coords, filtered and the arrays to OUT.npz (NumPy) or OUT.pt (PyTorch)",
+    )
+    p.add_argument(
+        "--phantom-dir",
+        type=Path,
+        metavar="DIR",
+        help="without PATH: write the phantoms here and keep them (default: a temporary folder)",
+    )
+    p.set_defaults(func=cmd_prepare)
+
+
+# Sub-commands, in the order --help lists them. Planned: metadata, cache, bench, qa.
+_COMMANDS = [_add_prepare]
+
+
+# --- prepare --------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanResult:
+    """What ``prepare`` measured on one scan."""
+
+    name: str
+    path: str
+    mode: str
+    input_size: tuple  # (x, y, z)
+    input_spacing: tuple
+    input_dtype: str
+    input_orientation: str
+    output_shape: tuple  # [D, H, W]
+    output_spacing: tuple  # (x, y, z)
+    view: int
+    tokens: int
+    token_grid: tuple
+    fg_tokens: float  # fraction of tokens without background
+    fg_voxels: float  # fraction of foreground voxels
+    times: dict = field(default_factory=dict)  # stage -> seconds
+    arrays: dict = field(default_factory=dict, repr=False)  # what -o saves
+
+
+def _dtype_name(pixel_id) -> str:
+    import SimpleITK as sitk
+
+    names = {
+        sitk.sitkUInt8: "uint8",
+        sitk.sitkInt8: "int8",
+        sitk.sitkUInt16: "uint16",
+        sitk.sitkInt16: "int16",
+        sitk.sitkUInt32: "uint32",
+        sitk.sitkInt32: "int32",
+        sitk.sitkUInt64: "uint64",
+        sitk.sitkInt64: "int64",
+        sitk.sitkFloat32: "float32",
+        sitk.sitkFloat64: "float64",
+    }
+    return names.get(pixel_id) or sitk.GetPixelIDValueAsString(pixel_id)
+
+
+def _orientation(direction) -> str:
+    import SimpleITK as sitk
+
+    try:
+        return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(d) for d in direction])
+    except RuntimeError:  # pragma: no cover - not a 3x3 direction
+        return "?"
+
+
+def _input_info(path: str, series_uid):
+    """(size, spacing, dtype, orientation) of the input as read, without the voxels
+    where the header says it (files); a DICOM folder is read again."""
+    import SimpleITK as sitk
+
+    if os.path.isfile(path):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        try:
+            reader.ReadImageInformation()
+            dim = reader.GetDimension()
+            if dim >= 3:
+                direction = reader.GetDirection()
+                if dim == 4:
+                    direction = [direction[r * 4 + c] for r in range(3) for c in range(3)]
+                return (
+                    tuple(reader.GetSize()[:3]),
+                    tuple(reader.GetSpacing()[:3]),
+                    _dtype_name(reader.GetPixelID()),
+                    _orientation(direction),
+                )
+        except RuntimeError:
+            pass
+    from .data import read_volume
+
+    vol = read_volume(path, series_uid=series_uid)
+    return (
+        tuple(vol.array.shape[::-1]),
+        tuple(vol.spacing),
+        str(vol.array.dtype),
+        _orientation(vol.direction),
+    )
+
+
+def run_scan(path, mode: str, series_uid=None, name: str = "", keep_arrays: bool = False) -> ScanResult:
+    """File to tokens on one scan, timed per stage."""
+    import numpy as np
+
+    from .data import load_image, prepare_for_inference, tokenize
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    t0 = time.perf_counter()
+    img = load_image(path, series_uid=series_uid)
+    t1 = time.perf_counter()
+    res = prepare_for_inference(img, mode, return_foreground=True)
+    t2 = time.perf_counter()
+    if res is None:
+        raise UsageError(
+            f"{path}: too small for one 4x16x16 token after resampling to 1x1x4 mm "
+            f"(size {tuple(img.GetSize())} in x, y, z)"
+        )
+    arrs, mask, view, fg = res
+    toks = [tokenize(a, mask) for a in arrs]
+    t3 = time.perf_counter()
+
+    size, spacing, dtype, orient = _input_info(path, series_uid)
+    n = toks[0].img.shape[0]
+    out = ScanResult(
+        name=name or os.path.basename(path.rstrip(os.sep)),
+        path=path,
+        mode=mode,
+        input_size=size,
+        input_spacing=spacing,
+        input_dtype=dtype,
+        input_orientation=orient,
+        output_shape=tuple(int(s) for s in arrs[0].shape[1:]),
+        output_spacing=tuple(img.GetSpacing()),
+        view=int(view),
+        tokens=int(n),
+        token_grid=tuple(int(s) for s in toks[0].size),
+        fg_tokens=float(1.0 - mask.mean()) if n else 0.0,
+        fg_voxels=float(np.count_nonzero(fg) / fg.size) if fg.size else 0.0,
+        times={"read+resample": t1 - t0, "prepare": t2 - t1, "tokenize": t3 - t2, "total": t3 - t0},
+    )
+    if keep_arrays:
+        channels = ["brain", "blood", "bone"] if mode == "ct" else ["mri"]
+        out.arrays = {
+            "tokens": np.stack([t.img for t in toks]),
+            "coords": toks[0].coords,
+            "filtered": toks[0].filtered,
+            "size": np.asarray(toks[0].size, np.int32),
+            "arrays": np.concatenate(arrs, axis=0),
+            "channels": channels,
+            "mode": mode,
+            "view": int(view),
+            "spacing": [float(s) for s in img.GetSpacing()],
+            "source": path,
+        }
+    return out
+
+
+def _fmt_mm(values) -> str:
+    return " x ".join(f"{v:.3f}".rstrip("0").rstrip(".") for v in values)
+
+
+def format_result(r: ScanResult) -> str:
+    """The lines ``prepare`` prints for one scan."""
+    t = r.times
+    d, h, w = r.output_shape
+    lines = [
+        f"{r.name}: {r.path} (mode {r.mode})",
+        (
+            f"  input     {' x '.join(map(str, r.input_size))} voxels (x, y, z), "
+            f"{_fmt_mm(r.input_spacing)} mm, {r.input_dtype}, orientation {r.input_orientation}"
+        ),
+        (
+            f"  output    [D, H, W] = [{d}, {h}, {w}], spacing {_fmt_mm(r.output_spacing)} mm (x, y, z), "
+            f"view {r.view} ({_VIEW_NAMES.get(r.view, '?')})"
+        ),
+        (
+            f"  tokens    N = {r.tokens} ({' x '.join(map(str, r.token_grid))}), "
+            f"foreground {100 * r.fg_tokens:.1f}% of tokens, {100 * r.fg_voxels:.1f}% of voxels"
+        ),
+        (
+            f"  time      read+resample {t['read+resample']:.3f} s | prepare {t['prepare']:.3f} s | "
+            f"tokenize {t['tokenize']:.3f} s | total {t['total']:.3f} s"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def _check_output(out: Path | None) -> None:
+    if out is None:
+        return
+    suffix = out.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise UsageError(f"output {str(out)!r} must end with .npz or .pt")
+    if suffix == ".pt":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise UsageError("saving .pt files needs PyTorch (pip install torch); use an .npz output instead")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {str(parent)!r} does not exist")
+
+
+def save_result(r: ScanResult, out: Path) -> None:
+    """Write what ``run_scan(keep_arrays=True)`` kept to ``.npz`` or ``.pt``."""
+    import numpy as np
+
+    a = r.arrays
+    if out.suffix.lower() == ".pt":
+        try:
+            import torch
+        except ImportError:
+            raise UsageError("saving .pt files needs PyTorch (pip install torch); use an .npz output instead") from None
+        payload = {
+            k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in a.items()
+        }
+        torch.save(payload, out)
+    else:
+        payload = {k: np.asarray(v) for k, v in a.items()}
+        with open(out, "wb") as f:  # a file object: numpy must not append .npz
+            np.savez(f, **payload)
+
+
+def _output_for(out: Path | None, name: str, several: bool) -> Path | None:
+    if out is None or not several:
+        return out
+    return out.with_name(f"{out.stem}.{name}{out.suffix}")
+
+
+def cmd_prepare(args) -> int:
+    _check_output(args.output)
+    if args.path is None:
+        if args.series_uid:
+            raise UsageError("--series-uid needs a PATH")
+        return _prepare_phantoms(args)
+    if args.phantom_dir is not None:
+        raise UsageError("--phantom-dir is for the built-in phantoms, without PATH")
+    if args.mode is None:
+        raise UsageError("--mode is required with a PATH (--mode ct or --mode mri)")
+    r = run_scan(args.path, args.mode, args.series_uid, keep_arrays=args.output is not None)
+    print(format_result(r), flush=True)
+    if args.output is not None:
+        save_result(r, args.output)
+        print(f"  saved     {args.output}")
+    return 0
+
+
+def _prepare_phantoms(args) -> int:
+    from . import phantom
+
+    scans = [("ct_nifti", "ct"), ("ct_dicom", "ct"), ("mri_nifti", "mri")]
+    scans = [(name, mode) for name, mode in scans if args.mode in (None, mode)]
+    with tempfile.TemporaryDirectory(prefix="neurovfm-phantoms-") as tmp:
+        folder = args.phantom_dir if args.phantom_dir is not None else Path(tmp)
+        t0 = time.perf_counter()
+        paths = phantom.write_phantoms(folder, names=[name for name, _ in scans])
+        print(f"No PATH given: wrote the built-in phantoms to {folder} ({time.perf_counter() - t0:.1f} s)")
+        failed = 0
+        for name, mode in scans:
+            print()
+            try:
+                r = run_scan(paths[name], mode, name=name, keep_arrays=args.output is not None)
+            except Exception as err:  # noqa: BLE001 - report and go on: the other reading paths still run
+                failed += 1
+                print(f"{name}: {paths[name]} (mode {mode})\n  FAILED    {_one_line(err)}", flush=True)
+                print(f"{PROG}: error: {name}: {_one_line(err)}", file=sys.stderr)
+                continue
+            print(format_result(r), flush=True)
+            out = _output_for(args.output, name, len(scans) > 1)
+            if out is not None:
+                save_result(r, out)
+                print(f"  saved     {out}")
+        print()
+        print(f"{len(scans) - failed} of {len(scans)} phantom scans prepared")
+    return 1 if failed else 0
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (pytest's capture swaps it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _setup(args):
+    """Logging and threads for this run; returns a function that restores them
+    (``main`` may run in-process, e.g. from tests)."""
+    import SimpleITK as sitk
+
+    from . import _threads, set_num_threads
+
+    logger = logging.getLogger("neurovfm")
+    saved_level, saved_handlers = logger.level, list(logger.handlers)
+    saved_threads, saved_sitk = _threads._num_threads, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        h = _StderrHandler()
+        h.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+        logger.addHandler(h)
+    verbose = getattr(args, "verbose", 0)
+    logger.setLevel(logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        set_num_threads(threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+    def restore():
+        logger.setLevel(saved_level)
+        logger.handlers[:] = saved_handlers
+        set_num_threads(saved_threads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(saved_sitk)
+
+    return restore
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+        if err.filename and str(err.filename) not in text:
+            text = f"{err.filename}: {text}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error)."""
+    from .errors import NeuroVFMError
+
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    restore = _setup(args)
+    try:
+        return int(args.func(args))
+    except (UsageError, NeuroVFMError, FileNotFoundError, ValueError) as err:
+        sys.stdout.flush()
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        restore()

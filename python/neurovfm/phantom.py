@@ -1,0 +1,549 @@
+"""A built-in synthetic head phantom, for demos, tests and benchmarks.
+
+The anatomy is one analytic model in patient space (millimetres, LPS: +x left,
++y posterior, +z superior): scalp (skin, fat, galea), a skull with outer and
+inner tables around a diploe, subarachnoid CSF, a folded cortex over white
+matter, deep grey nuclei, the ventricles, the interhemispheric fissure and
+falx, a small haemorrhage with an oedema rim, and a neck with a vertebra.
+Each modality paints it with its own tissue values, with partial-volume edges
+about one voxel wide, and adds its own noise:
+
+- :func:`make_ct_phantom`: an axial CT in HU (int16, LPS direction);
+- :func:`make_mri_phantom`: a sagittal T1-like MR (uint16, Rician noise, a
+  mild bias field, a non-identity, slightly oblique direction).
+
+The voxels are computed from the physical position of each voxel, so a
+phantom can be made at any size, spacing and direction (the benchmark makes a
+512x512x300 CT from the same model). Everything is seeded: the same arguments
+give the same image, bit for bit. Only NumPy, SimpleITK and pydicom are used.
+
+:func:`write_phantoms` writes the CT as NIfTI and as a DICOM series, and the MR
+as NIfTI, so that every reading path of :func:`neurovfm.data.load_image` runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+__all__ = [
+    "CT_TISSUES",
+    "MRI_TISSUES",
+    "PHANTOM_FILES",
+    "make_ct_phantom",
+    "make_mri_phantom",
+    "write_dicom_series",
+    "write_phantoms",
+]
+
+#: CT tissue values (HU).
+CT_TISSUES = {
+    "air": -1000.0,
+    "skin": 45.0,
+    "fat": -90.0,
+    "muscle": 50.0,
+    "table": 1500.0,  # cortical bone of the skull tables
+    "diploe": 700.0,
+    "csf": 5.0,
+    "gm": 38.0,
+    "wm": 27.0,
+    "deep": 35.0,
+    "falx": 55.0,
+    "blood": 70.0,
+    "oedema": 16.0,
+    "vertebra": 1200.0,
+    "marrow": 350.0,
+    "cord": 32.0,
+}
+
+#: T1-like MR tissue values (arbitrary units, 12-bit range).
+MRI_TISSUES = {
+    "air": 0.0,
+    "skin": 520.0,
+    "fat": 980.0,
+    "muscle": 360.0,
+    "table": 40.0,
+    "diploe": 620.0,
+    "csf": 130.0,
+    "gm": 470.0,
+    "wm": 720.0,
+    "deep": 560.0,
+    "falx": 220.0,
+    "blood": 600.0,
+    "oedema": 380.0,
+    "vertebra": 60.0,
+    "marrow": 560.0,
+    "cord": 450.0,
+}
+
+# Head (skin surface) semi-axes in mm: left-right, anterior-posterior, inferior-superior.
+_HEAD = (72.0, 90.0, 82.0)
+# Depths (mm below the skin) of the layer boundaries.
+_FAT, _GALEA, _SKULL, _DIPLOE, _INNER, _DURA, _CORTEX, _WM = 2.0, 4.5, 6.0, 8.0, 11.0, 13.0, 15.0, 19.0
+# Voxels per generation slab (bounds the temporary float32 arrays).
+_SLAB_VOXELS = 1 << 21
+
+
+def _axis_matrix(code: str) -> np.ndarray:
+    """Direction matrix (columns = image axes) from an orientation code such as 'PIR'."""
+    vec = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+    m = np.zeros((3, 3))
+    for col, letter in enumerate(code):
+        row, sign = vec[letter]
+        m[row, col] = sign
+    return m
+
+
+def _rotation_x(deg: float) -> np.ndarray:
+    a = np.deg2rad(deg)
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def _geometry(shape, spacing, direction, centre):
+    """Checked (size, spacing, direction, origin) with the field of view centred on ``centre``."""
+    size = tuple(int(n) for n in shape)
+    sp = tuple(float(s) for s in spacing)
+    if len(size) != 3 or min(size) < 2:
+        raise ValueError(f"shape must be three sizes >= 2 (x, y, z), got {shape!r}")
+    if len(sp) != 3 or min(sp) <= 0:
+        raise ValueError(f"spacing must be three positive values (x, y, z) in mm, got {spacing!r}")
+    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    if not np.allclose(d.T @ d, np.eye(3), atol=1e-9):
+        raise ValueError("direction must be an orthonormal 3x3 matrix")
+    half = d @ ((np.asarray(size) - 1) * np.asarray(sp) / 2.0)
+    # Round the origin to 1/64 mm: exact in float32 (NIfTI) and in a short decimal (DICOM DS).
+    origin = tuple(float(v) for v in np.round((np.asarray(centre, float) - half) * 64.0) / 64.0)
+    return size, sp, d, origin
+
+
+def _fit_scale(size, spacing, d) -> float:
+    """Uniform scale (<= 1) so that the head fits the field of view left-right and
+    front-back; the superior-inferior extent may be cut, as in a real scan."""
+    extent = np.abs(d) @ ((np.asarray(size) - 1) * np.asarray(spacing))  # per patient axis
+    return float(min(1.0, 0.92 * extent[0] / (2 * _HEAD[0]), 0.92 * extent[1] / (2 * _HEAD[1])))
+
+
+def _inside(depth, w):
+    """Fraction of a voxel inside a boundary at signed depth ``depth`` (mm, > 0 inside)."""
+    f = depth * np.float32(1.0 / w)
+    f += np.float32(0.5)
+    np.clip(f, 0.0, 1.0, out=f)
+    return f
+
+
+def _paint(v, frac, value):
+    """v <- v + frac * (value - v), in place."""
+    t = np.subtract(np.float32(value), v)
+    t *= frac
+    v += t
+
+
+def _ellipsoid_depth(x, y, z, c, a):
+    """Approximate depth (mm) inside the ellipsoid centred at ``c`` with semi-axes ``a``."""
+    r = np.sqrt(((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2 + ((z - c[2]) / a[2]) ** 2)
+    return (1.0 - r) * np.float32(min(a))
+
+
+def _whole(lo, hi):
+    return (slice(None),) * 3
+
+
+def _anatomy(x, y, z, tissues: dict, w: float, box=_whole) -> np.ndarray:
+    """Tissue values at anatomical coordinates x, y, z (mm from the head centre).
+
+    ``box(lo, hi)`` gives the slices of the slab that hold the anatomical box
+    ``[lo, hi]`` (or None when the slab misses it); local structures are only
+    computed there.
+    """
+    t = tissues
+    v = full = np.full(x.shape, t["air"], np.float32)
+    xf, yf, zf = x, y, z
+
+    def local(lo, hi, paint, pad=2 * w):
+        sl = box(np.asarray(lo, float) - pad, np.asarray(hi, float) + pad)
+        if sl is not None:
+            paint(full[sl], xf[sl], yf[sl], zf[sl])
+
+    def ellipsoid(c, a, value, width=w, within=None):
+        def paint(vv, xx, yy, zz):
+            f = _inside(_ellipsoid_depth(xx, yy, zz, c, a), width)
+            if within is not None:
+                f *= within(xx, yy, zz)
+            _paint(vv, f, value)
+
+        # The depth is scaled by min(a): the edge ramp reaches max(a) / min(a) times further.
+        pad = width * max(a) / min(a) + 2 * w
+        local([ci - ai for ci, ai in zip(c, a)], [ci + ai for ci, ai in zip(c, a)], paint, pad)
+
+    ax, ay, az = _HEAD
+    rho = np.sqrt(x * x + y * y + z * z)
+    r = np.sqrt((x / ax) ** 2 + (y / ay) ** 2 + (z / az) ** 2)
+    head = rho * (1.0 - r) / np.maximum(r, np.float32(1e-6))  # depth below the skin along the ray
+    del rho, r
+    # Neck: an elliptic cylinder below the skull base.
+    neck = (1.0 - np.sqrt((x / 46.0) ** 2 + ((y - 12.0) / 52.0) ** 2)) * np.float32(49.0)
+    np.minimum(neck, -40.0 - z, out=neck)
+    body = np.maximum(head, neck)
+    del neck
+
+    _paint(v, _inside(body, w), t["skin"])
+    _paint(v, _inside(body - _FAT, w), t["fat"])
+    _paint(v, _inside(body - _GALEA, w), t["muscle"])
+    del body
+
+    # Vertebra and spinal cord, below the skull.
+    def spine(vv, xx, yy, zz):
+        below = _inside(-60.0 - zz, w)
+        rv = np.sqrt(xx * xx + (yy - 18.0) ** 2)
+        _paint(vv, _inside(12.0 - rv, w) * below, t["vertebra"])
+        _paint(vv, _inside(9.5 - rv, w) * below, t["marrow"])
+        rc = np.sqrt(xx * xx + (yy - 36.0) ** 2)
+        _paint(vv, _inside(6.0 - rc, w) * below, t["csf"])
+        _paint(vv, _inside(4.0 - rc, w) * below, t["cord"])
+
+    local([-12.0, 6.0, -1e9], [12.0, 42.0, -60.0], spine)
+    # Skull, meninges, brain.
+    _paint(v, _inside(head - _SKULL, w), t["table"])
+    _paint(v, _inside(head - _DIPLOE, w), t["diploe"])
+    _paint(v, _inside(head - _INNER, w), t["table"])
+    # Where the depth can exceed _DURA - w: |q_i| < a_i (1 - (_DURA - w) / max(a)).
+    lim = np.asarray(_HEAD) * (1.0 - (_DURA - 2 * w) / max(_HEAD)) + 2 * w
+    inner = box(-lim, lim)
+    if inner is not None:  # the brain lies inside the inner table
+        v, x, y, z, head = v[inner], x[inner], y[inner], z[inner], head[inner]
+        _paint(v, _inside(head - _DURA, w), t["csf"])
+        brain = _inside(head - _CORTEX, w)
+        _paint(v, brain, t["gm"])
+        fold = np.sin(0.33 * x + 0.7) * np.sin(0.29 * y + 0.3) * np.sin(0.31 * z + 1.1)
+        fold *= np.float32(2.5)
+        fold += head
+        fold -= np.float32(_WM)
+        _paint(v, _inside(fold, w), t["wm"])
+        del fold, brain, v, x, y, z, head
+
+        def in_brain(xx, yy, zz):
+            rr = np.sqrt((xx / ax) ** 2 + (yy / ay) ** 2 + (zz / az) ** 2)
+            return _inside(np.sqrt(xx * xx + yy * yy + zz * zz) * (1.0 - rr) / np.maximum(rr, 1e-6) - _CORTEX, w)
+
+        # Sulcal CSF in the interhemispheric fissure (above the corpus callosum), with the falx.
+        def fissure(vv, xx, yy, zz):
+            upper = _inside(zz - 12.0, w) * in_brain(xx, yy, zz)
+            axx = np.abs(xx)
+            _paint(vv, _inside(1.6 - axx, w) * upper, t["csf"])
+            _paint(vv, _inside(0.5 - axx, w) * upper, t["falx"])
+
+        local([-1.6, -ay, 12.0], [1.6, ay, az], fissure)
+        # Deep grey nuclei (basal ganglia, thalami).
+        for sx in (-1.0, 1.0):
+            ellipsoid((sx * 18.0, 2.0, 2.0), (9.0, 15.0, 9.0), t["deep"])
+        # Ventricles: lateral, third, fourth.
+        for sx in (-1.0, 1.0):
+            ellipsoid((sx * 9.0, -2.0, 14.0), (5.5, 30.0, 9.0), t["csf"])
+        ellipsoid((0.0, 6.0, 0.0), (2.2, 12.0, 8.0), t["csf"])
+        ellipsoid((0.0, 34.0, -32.0), (5.0, 3.5, 5.0), t["csf"])
+        # A right fronto-parietal haemorrhage with a rim of oedema (right = -x in LPS).
+        c, a = (-36.0, -14.0, 26.0), (8.0, 11.0, 7.0)
+        ellipsoid(c, tuple(1.6 * s for s in a), t["oedema"], 2 * w, in_brain)
+        ellipsoid(c, a, t["blood"])
+    return full
+
+
+def _render(size, spacing, d, origin, centre, scale, tissues, seed, finish) -> np.ndarray:
+    """Voxels (numpy z, y, x order) slab by slab; ``finish(values, rng, slab_physical)``
+    adds the modality's noise in place and returns the stored-type slab."""
+    nx, ny, nz = size
+    sx, sy, sz = spacing
+    rng = np.random.default_rng(seed)
+    out = None
+    per = max(1, _SLAB_VOXELS // (nx * ny))
+    o = np.asarray(origin) - np.asarray(centre, float)
+    i = np.arange(nx, dtype=np.float64) * sx
+    j = np.arange(ny, dtype=np.float64) * sy
+    w = float(np.mean(spacing)) / scale  # partial-volume width in anatomical mm
+    corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)], float)
+    for k0 in range(0, nz, per):
+        k1 = min(nz, k0 + per)
+        k = np.arange(k0, k1, dtype=np.float64) * sz
+
+        def box(lo, hi, k0=k0, k1=k1):
+            # Index range (x, y, z) of the anatomical box [lo, hi], clipped to the slab.
+            lo, hi = np.maximum(lo, -1e4), np.minimum(hi, 1e4)
+            q = lo + corners * (hi - lo)
+            idx = (q * scale - o) @ d / np.asarray(spacing)  # continuous indices, one row per corner
+            a = np.maximum(np.floor(idx.min(0)).astype(int) - 1, (0, 0, k0))
+            b = np.minimum(np.ceil(idx.max(0)).astype(int) + 2, (nx, ny, k1))
+            if np.any(b <= a):
+                return None
+            return (slice(a[2] - k0, b[2] - k0), slice(a[1], b[1]), slice(a[0], b[0]))
+
+        coords = []
+        for row in range(3):
+            p = (
+                (d[row, 2] * k + o[row])[:, None, None]
+                + (d[row, 1] * j)[None, :, None]
+                + (d[row, 0] * i)[None, None, :]
+            )
+            coords.append((p / scale).astype(np.float32))
+        vals = _anatomy(*coords, tissues, w, box)
+        slab = finish(vals, rng, [c * np.float32(scale) for c in coords])
+        if out is None:
+            out = np.empty((nz, ny, nx), slab.dtype)
+        out[k0:k1] = slab
+    return out
+
+
+def _to_image(arr, spacing, d, origin) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(tuple(float(x) for x in d.ravel()))
+    return img
+
+
+def make_ct_phantom(
+    shape=(256, 256, 120),
+    spacing=(0.8, 0.8, 1.5),
+    *,
+    seed: int = 0,
+    noise: float = 6.0,
+    direction=None,
+    centre=(0.0, 12.0, -140.0),
+) -> sitk.Image:
+    """A synthetic axial head CT in Hounsfield units.
+
+    Parameters
+    ----------
+    shape
+        Size in SimpleITK order ``(x, y, z)``; default 256x256x120 (a quick volume).
+    spacing
+        Voxel spacing in mm, ``(x, y, z)``; default 0.8 x 0.8 x 1.5 mm.
+    seed
+        Seed of the noise; the same arguments always give the same image.
+    noise
+        Standard deviation of the Gaussian noise in HU.
+    direction
+        3x3 direction matrix (columns are the image axes); default identity, i.e.
+        an axial acquisition in LPS (x to the left, y posterior, z superior).
+    centre
+        Physical point (mm) at the centre of the field of view, where the head is.
+
+    Returns
+    -------
+    SimpleITK.Image, int16 HU: air -1000 (clipped to -1024..3071 as scanners store
+    it), soft tissue ~45, fat ~-90, skull 700-1500, grey matter ~38, white matter ~27,
+    CSF ~5, a haemorrhage ~70. The head is scaled down uniformly when the field of
+    view is too small for it.
+    """
+    d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+    size, sp, d, origin = _geometry(shape, spacing, d, centre)
+    scale = _fit_scale(size, sp, d)
+
+    def finish(vals, rng, _phys):
+        vals += rng.standard_normal(vals.shape, dtype=np.float32) * np.float32(noise)
+        np.rint(vals, out=vals)
+        np.clip(vals, -1024, 3071, out=vals)
+        return vals.astype(np.int16)
+
+    arr = _render(size, sp, d, origin, centre, scale, CT_TISSUES, seed, finish)
+    return _to_image(arr, sp, d, origin)
+
+
+def make_mri_phantom(
+    shape=(192, 192, 140),
+    spacing=(1.0, 1.0, 1.2),
+    *,
+    seed: int = 1,
+    noise: float = 12.0,
+    orientation: str = "PIR",
+    tilt_deg: float = 6.0,
+    centre=(2.0, -8.0, 35.0),
+) -> sitk.Image:
+    """A synthetic T1-weighted head MR, acquired sagittally by default.
+
+    Parameters
+    ----------
+    shape, spacing
+        SimpleITK order ``(x, y, z)``. Default: sagittal slices of 192x192 at 1 mm,
+        140 of them 1.2 mm apart.
+    seed
+        Seed of the noise.
+    noise
+        Standard deviation of each Gaussian channel of the Rician noise.
+    orientation
+        Orientation code of the image axes before the tilt (as SimpleITK's
+        ``DICOMOrientImageFilter`` names them); ``'PIR'`` is a sagittal
+        acquisition (columns posterior, rows inferior, slices towards the right),
+        ``'LPS'`` an axial one.
+    tilt_deg
+        Rotation of the acquisition about the left-right axis (an oblique scan).
+
+    Returns
+    -------
+    SimpleITK.Image, uint16: background ~0 with Rician noise, WM ~720 > GM ~470 >
+    CSF ~130, bright fat, dark cortical bone, with a mild bias field.
+    """
+    d = _rotation_x(tilt_deg) @ _axis_matrix(orientation.upper())
+    size, sp, d, origin = _geometry(shape, spacing, d, centre)
+    scale = _fit_scale(size, sp, d)
+
+    def finish(vals, rng, phys):
+        x, y, z = phys  # mm from the centre of the field of view
+        # Smooth multiplicative bias field (receive-coil shading).
+        bias = np.float32(0.0008) * x
+        bias -= np.float32(0.0006) * y
+        bias += np.float32(0.0005) * z
+        bias += np.float32(1.0)
+        vals *= bias
+        n1 = rng.standard_normal(vals.shape, dtype=np.float32) * np.float32(noise)
+        n2 = rng.standard_normal(vals.shape, dtype=np.float32) * np.float32(noise)
+        vals += n1
+        np.hypot(vals, n2, out=vals)
+        np.rint(vals, out=vals)
+        np.clip(vals, 0, 65535, out=vals)
+        return vals.astype(np.uint16)
+
+    arr = _render(size, sp, d, origin, centre, scale, MRI_TISSUES, seed, finish)
+    return _to_image(arr, sp, d, origin)
+
+
+def _uid(*parts) -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=["neurovfm-phantom", *map(str, parts)])
+
+
+def write_dicom_series(img: sitk.Image, out_dir, *, seed: int = 0, description: str = "NEUROVFM PHANTOM HEAD") -> list:
+    """Write an int16 HU CT image as a DICOM series of single-frame CT files.
+
+    Stored values are ``HU + 1024`` as unsigned 16-bit (12 bits stored) with
+    RescaleIntercept -1024 and RescaleSlope 1, as CT scanners store them; every
+    slice has ImagePositionPatient, ImageOrientationPatient, PixelSpacing and one
+    SeriesInstanceUID. The UIDs are derived from ``seed`` (deterministic).
+    Returns the file paths in slice order.
+    """
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+    from pydicom.valuerep import format_number_as_ds as ds_str
+
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError("write_dicom_series needs a 3D scalar image")
+    arr = sitk.GetArrayFromImage(img)
+    if arr.min() < -1024 or arr.max() > 3071:
+        raise ValueError("CT values must lie in -1024..3071 HU to be stored with 12 bits")
+    stored = (arr.astype(np.int32) + 1024).astype(np.uint16)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sx, sy, sz = img.GetSpacing()
+    d = np.asarray(img.GetDirection(), float).reshape(3, 3)
+    origin = np.asarray(img.GetOrigin(), float)
+    study, series, frame = _uid(seed, "study"), _uid(seed, "series"), _uid(seed, "frame")
+    iop = [ds_str(float(v)) for v in (*d[:, 0], *d[:, 1])]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ""
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+    ds.Modality = "CT"
+    ds.Manufacturer = "neurovfm"
+    ds.StudyDescription = "HEAD PHANTOM"
+    ds.SeriesDescription = description
+    ds.PatientName = "PHANTOM^HEAD"
+    ds.PatientID = f"NEUROVFM-PHANTOM-{seed}"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.BodyPartExamined = "HEAD"
+    ds.SliceThickness = ds_str(float(sz))
+    ds.SpacingBetweenSlices = ds_str(float(sz))
+    ds.KVP = "120"
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.StudyID = "1"
+    ds.SeriesNumber = 2
+    ds.InstanceNumber = 0
+    ds.ImagePositionPatient = [ds_str(float(v)) for v in origin]
+    ds.ImageOrientationPatient = iop
+    ds.FrameOfReferenceUID = frame
+    ds.PositionReferenceIndicator = ""
+    ds.SliceLocation = ds_str(float(origin[2]))
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(arr.shape[1]), int(arr.shape[2])
+    ds.PixelSpacing = [ds_str(float(sy)), ds_str(float(sx))]  # row spacing, column spacing
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "80"
+    ds.RescaleIntercept = "-1024"
+    ds.RescaleSlope = "1"
+    ds.RescaleType = "HU"
+    ds.PixelData = b""
+    paths = []
+    for k in range(arr.shape[0]):  # one dataset, updated per slice
+        sop = _uid(seed, "instance", k)
+        meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPInstanceUID = sop
+        ds.InstanceNumber = k + 1
+        pos = origin + d[:, 2] * (sz * k)
+        ds.ImagePositionPatient = [ds_str(float(v)) for v in pos]
+        ds.SliceLocation = ds_str(float(pos[2]))
+        ds.PixelData = stored[k].tobytes()
+        path = out / f"IM{k + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+#: What :func:`write_phantoms` writes, by name.
+PHANTOM_FILES = {
+    "ct_nifti": "ct_phantom.nii.gz",
+    "ct_dicom": "ct_phantom_dicom",
+    "mri_nifti": "mri_phantom.nii.gz",
+}
+
+
+def write_phantoms(
+    out_dir, *, seed: int = 0, ct: sitk.Image | None = None, mri: sitk.Image | None = None, names=None
+) -> dict:
+    """Write the phantoms into ``out_dir`` (created if needed).
+
+    Returns a dict of paths (:class:`pathlib.Path`) by name:
+
+    - ``"ct_nifti"``: the CT as ``ct_phantom.nii.gz``;
+    - ``"ct_dicom"``: the same CT as a DICOM series in the folder ``ct_phantom_dicom/``;
+    - ``"mri_nifti"``: the sagittal MR as ``mri_phantom.nii.gz``.
+
+    ``ct`` and ``mri`` replace the default phantoms (e.g. smaller ones in tests);
+    ``names`` writes only some of them.
+    """
+    names = list(PHANTOM_FILES) if names is None else list(names)
+    unknown = [n for n in names if n not in PHANTOM_FILES]
+    if unknown:
+        raise ValueError(f"unknown phantom name(s) {unknown}; choose from {list(PHANTOM_FILES)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {n: out / PHANTOM_FILES[n] for n in names}
+    if "ct_nifti" in paths or "ct_dicom" in paths:
+        ct = make_ct_phantom(seed=seed) if ct is None else ct
+        if "ct_nifti" in paths:
+            sitk.WriteImage(ct, os.fspath(paths["ct_nifti"]), useCompression=True)
+        if "ct_dicom" in paths:
+            write_dicom_series(ct, paths["ct_dicom"], seed=seed)
+    if "mri_nifti" in paths:
+        mri = make_mri_phantom(seed=seed + 1) if mri is None else mri
+        sitk.WriteImage(mri, os.fspath(paths["mri_nifti"]), useCompression=True)
+    return paths

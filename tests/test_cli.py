@@ -1,0 +1,229 @@
+"""The command line: `neurovfm prepare` on the phantoms and on a path, its output
+file, and its errors (exit code 2, one line on stderr)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import neurovfm
+from neurovfm import phantom
+from neurovfm.cli import main
+from neurovfm.data import load_image, prepare_for_inference, tokenize
+
+HAVE_DICOM_READER = importlib.util.find_spec("neurovfm.data.dicom") is not None
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    sitk_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    yield
+    neurovfm.set_num_threads(None)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_threads)
+
+
+@pytest.fixture(scope="module")
+def small_ct(tmp_path_factory) -> Path:
+    """A small CT phantom as .nii.gz: resamples to [28, 192, 192]."""
+    path = tmp_path_factory.mktemp("cli") / "small_ct.nii.gz"
+    sitk.WriteImage(phantom.make_ct_phantom(shape=(96, 96, 40), spacing=(2.0, 2.0, 3.0)), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """`prepare` without PATH, run once in-process (capsys is per test, so the
+    output is captured here): (exit code, stdout, stderr, output folder)."""
+    out_dir = tmp_path_factory.mktemp("demo")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["prepare", "--phantom-dir", str(out_dir / "phantoms"), "-o", str(out_dir / "t.npz")])
+    return rc, out.getvalue(), err.getvalue(), out_dir
+
+
+def _block(stdout: str, name: str) -> str:
+    """The lines printed for one scan."""
+    m = re.search(rf"^{name}: .*?(?=^\S|\Z)", stdout, re.MULTILINE | re.DOTALL)
+    assert m, f"no block for {name} in:\n{stdout}"
+    return m.group(0)
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("neurovfm: error: "), err
+    return lines[0]
+
+
+# --- prepare without PATH (the phantoms) ----------------------------------------------------
+
+
+def test_prepare_phantoms_ct_and_mri(demo):
+    _, out, _, out_dir = demo
+    assert "No PATH given" in out
+    ct = _block(out, "ct_nifti")
+    assert "(mode ct)" in ct
+    assert "input     256 x 256 x 120 voxels (x, y, z), 0.8 x 0.8 x 1.5 mm, int16, orientation LPS" in ct
+    assert "output    [D, H, W] = [44, 192, 192], spacing 1 x 1 x 4 mm (x, y, z), view 0 (axial)" in ct
+    assert "tokens    N = 1584 (11 x 12 x 12), foreground " in ct
+    assert re.search(r"foreground \d+\.\d% of tokens, \d+\.\d% of voxels", ct)
+    assert re.search(
+        r"time      read\+resample [\d.]+ s \| prepare [\d.]+ s \| tokenize [\d.]+ s \| total [\d.]+ s", ct
+    )
+    mri = _block(out, "mri_nifti")
+    assert "(mode mri)" in mri
+    assert "uint16, orientation PIR" in mri
+    assert "output    [D, H, W] = [40, 192, 192], spacing 4 x 1 x 1 mm (x, y, z), view 2 (sagittal)" in mri
+    assert "tokens    N = 1440 (10 x 12 x 12)" in mri
+    # One output file per phantom.
+    for name, channels in (("ct_nifti", 3), ("mri_nifti", 1)):
+        with np.load(out_dir / f"t.{name}.npz") as z:
+            assert z["tokens"].shape[0] == channels
+    assert (out_dir / "phantoms" / "ct_phantom.nii.gz").is_file()  # --phantom-dir keeps them
+
+
+def test_prepare_phantoms_dicom(demo):
+    rc, out, err, _ = demo
+    dcm = _block(out, "ct_dicom")
+    if not HAVE_DICOM_READER:
+        assert rc == 1 and "FAILED" in dcm
+        pytest.skip("neurovfm.data.dicom (the DICOM series reader) is not in this tree yet")
+    assert rc == 0, err
+    assert "3 of 3 phantom scans prepared" in out
+    # The DICOM series is the same CT as the NIfTI: same input, output and tokens.
+    ct = _block(out, "ct_nifti")
+    for prefix in ("  input", "  output", "  tokens"):
+        line = next(ln for ln in ct.splitlines() if ln.startswith(prefix))
+        assert line in dcm
+
+
+def test_prepare_mode_filters_phantoms(tmp_path, capsys):
+    rc = main(["prepare", "--mode", "mri", "--phantom-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "mri_nifti:" in out and "ct_nifti:" not in out and "ct_dicom:" not in out
+    assert "1 of 1 phantom scans prepared" in out
+
+
+# --- prepare PATH -----------------------------------------------------------------------------
+
+
+def test_prepare_path_npz_round_trip(small_ct, tmp_path, capsys):
+    out_file = tmp_path / "tokens.npz"
+    rc = main(["prepare", str(small_ct), "--mode", "CT", "-j", "1", "-o", str(out_file)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "output    [D, H, W] = [28, 192, 192]" in out
+    assert f"saved     {out_file}" in out
+    img = load_image(small_ct)
+    arrs, mask, view = prepare_for_inference(img, "ct")
+    with np.load(out_file) as z:
+        assert z["tokens"].shape == (3, 7 * 12 * 12, 1024) and z["tokens"].dtype == np.float32
+        assert z["arrays"].shape == (3, 28, 192, 192) and z["arrays"].dtype == np.float32
+        assert list(z["channels"]) == ["brain", "blood", "bone"]
+        assert str(z["mode"]) == "ct" and int(z["view"]) == view == 0
+        np.testing.assert_array_equal(z["size"], [7, 12, 12])
+        np.testing.assert_array_equal(z["filtered"], mask)
+        for c in range(3):
+            tok = tokenize(arrs[c], mask)
+            np.testing.assert_array_equal(z["arrays"][c], arrs[c][0])
+            np.testing.assert_array_equal(z["tokens"][c], tok.img)
+            np.testing.assert_array_equal(z["coords"], tok.coords)
+        np.testing.assert_allclose(z["spacing"], [1.0, 1.0, 4.0])
+
+
+def test_prepare_path_pt(small_ct, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    out_file = tmp_path / "tokens.pt"
+    assert main(["prepare", str(small_ct), "--mode", "ct", "-o", str(out_file)]) == 0
+    d = torch.load(out_file, weights_only=True)
+    assert tuple(d["tokens"].shape) == (3, 1008, 1024) and d["tokens"].dtype == torch.float32
+    assert d["coords"].dtype == torch.int32 and d["filtered"].dtype == torch.uint8
+    assert d["channels"] == ["brain", "blood", "bone"] and d["mode"] == "ct"
+
+
+def test_pt_without_torch_is_a_user_error(small_ct, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails
+    rc = main(["prepare", str(small_ct), "--mode", "ct", "-o", str(tmp_path / "x.pt")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert "PyTorch" in _one_error_line(err)
+    assert not (tmp_path / "x.pt").exists()
+
+
+# --- errors: exit code 2, one line on stderr ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prepare", "{missing}", "--mode", "ct"], "no such file or directory"),
+        (["prepare", "{ct}"], "--mode is required"),
+        (["prepare", "{ct}", "--mode", "pet"], "invalid mode 'pet'"),
+        (["prepare", "{ct}", "--mode", "ct", "-o", "{tmp}/x.txt"], "must end with .npz or .pt"),
+        (["prepare", "{ct}", "--mode", "ct", "-o", "{tmp}/no/such/dir/x.npz"], "does not exist"),
+        (["prepare", "{garbage}", "--mode", "ct"], "garbage.nii.gz"),
+        (["prepare", "-j", "0"], "positive integer"),
+        (["prepare", "--series-uid", "1.2.3"], "--series-uid needs a PATH"),
+        (["prepare", "{ct}", "--mode", "ct", "--phantom-dir", "{tmp}"], "--phantom-dir"),
+        ([], "required: COMMAND"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_errors(argv, message, small_ct, tmp_path, capsys):
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"this is not an image\n" * 10)
+    subs = {"{missing}": str(tmp_path / "nope.nii.gz"), "{ct}": str(small_ct), "{garbage}": str(garbage)}
+    argv = [subs.get(a, a).replace("{tmp}", str(tmp_path)) for a in argv]
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert out == ""
+    assert message in _one_error_line(err)
+
+
+def test_help_via_python_m():
+    env = dict(os.environ)
+    src = str(Path(neurovfm.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    res = subprocess.run(
+        [sys.executable, "-m", "neurovfm", "prepare", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage: neurovfm prepare")
+    for text in ("--mode", "--series-uid", "-j N, --threads N", "-o OUT, --output OUT", "examples:"):
+        assert text in res.stdout
+    assert res.stderr == ""
+
+
+def test_help_and_version_in_process(capsys):
+    assert main(["--help"]) == 0
+    assert "prepare" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"neurovfm {neurovfm.__version__}"
+
+
+def test_main_restores_global_state(small_ct, capsys):
+    import logging
+
+    logger = logging.getLogger("neurovfm")
+    level, handlers = logger.level, list(logger.handlers)
+    neurovfm.set_num_threads(3)
+    assert main(["prepare", str(small_ct), "--mode", "ct", "-j", "1", "-v"]) == 0
+    assert neurovfm.get_num_threads() == 3
+    assert logger.level == level and logger.handlers == handlers
