@@ -277,3 +277,23 @@ def test_concurrent_builders(dataset):
     _assert_complete(root, meta)
     flags = json.load(open(root / "metadata.json"))
     assert all(im["processed"] for s in flags["studies"] if s["name"] != "bad_4d" for im in s["images"])
+
+
+def test_cli_metadata_cache_build_stats_verify(tmp_path, data_dir, capsys):
+    from neurovfm.cli import main
+
+    studies = {"ct_body": ("ct", ["ct/body_small.nii.gz"]), "mr_t1": ("mri", ["mr/stroke/T1.nii.gz"])}
+    modes = _make_dataset(tmp_path, data_dir, studies, extra_unmapped=False)
+    (tmp_path / "modes.csv").write_text("study,mode\n" + "".join(f"{k},{v}\n" for k, v in modes.items()))
+    assert main(["metadata", str(tmp_path), "--modes", str(tmp_path / "modes.csv")]) == 0
+    assert "2 studies (1 CT, 1 MRI), 2 images" in capsys.readouterr().out
+    assert main(["cache", "build", str(tmp_path), "-w", "2", "--no-progress"]) == 0
+    assert "2 built" in capsys.readouterr().out
+    assert main(["cache", "stats", str(tmp_path)]) == 0
+    assert "cached         2 (100.0%)" in capsys.readouterr().out
+    assert main(["cache", "verify", str(tmp_path)]) == 0
+    assert main(["cache", "build", str(tmp_path), "--shard", "2/2"]) == 2
+    assert "shard" in capsys.readouterr().err
+    assert main(["cache", "stats", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metadata.json" in err[0]

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "neurovfm/dtype.hpp"
@@ -53,10 +54,13 @@ class StreamResampler {
   int first_axis_, second_axis_;
   AxisPlan plan_[3];
   std::int64_t mid_shape_[3];
-  std::vector<double> mid_;
+  std::unique_ptr<double[]> mid_;
   std::vector<unsigned char> seen_;
   std::int64_t seen_count_ = 0;
 };
+
+// The instruction-set variant in use: "avx2" or "baseline" (same bytes).
+const char* resample_isa();
 
 // Prefilter one line in place (exposed for tests): B-spline coefficients of
 // `n` samples spaced `stride` apart.

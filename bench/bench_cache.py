@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Cache build and cached-volume load: neurovfm's CacheManager against the
+reference procedure (SimpleITK pipeline + torch.save of dicts, a process pool of
+the same size), on one dataset of real scans, in one run.
+
+    PYTHONPATH=python python bench/bench_cache.py                 # 2 workers, 12+ images
+    PYTHONPATH=python python bench/bench_cache.py --workers 2 --copies 2 --repeats 3
+
+Prints images per second for both, the ratio, bytes on disk for both, and the
+time to load one cached CT window and one MRI volume both ways beside the floor
+(a plain copy of the float32 output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import neurovfm  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(ROOT / "python"))
+
+from neurovfm.data.cache import CacheManager  # noqa: E402
+from neurovfm.data.metadata import DatasetMetadata  # noqa: E402
+
+# (study mode, corpus path); each is copied --copies times as separate studies.
+SCANS = [
+    ("ct", "ct/phantom_head_1mm.nii.gz"),
+    ("ct", "ct/phantom_head_5mm"),
+    ("ct", "ct/body_small.nii.gz"),
+    ("ct", "ct/head_tilt_ge"),
+    ("mri", "mr/sag_mprage_peds"),
+    ("mri", "mr/sag_t1_2d_thick"),
+    ("mri", "mr/stroke/T1.nii.gz"),
+    ("mri", "mr/stroke/FLAIR.nii.gz"),
+    ("mri", "mr/MR_Gd.nii.gz"),
+]
+
+
+# --- the reference procedure (seed pipeline) -------------------------------------------------
+
+
+def _ref_read(path):
+    import SimpleITK as sitk
+
+    if os.path.isdir(path):
+        r = sitk.ImageSeriesReader()
+        uids = r.GetGDCMSeriesIDs(path)
+        best = max(uids, key=lambda u: len(r.GetGDCMSeriesFileNames(path, u)))
+        r.SetFileNames(r.GetGDCMSeriesFileNames(path, best))
+        return r.Execute()
+    return sitk.ReadImage(path)
+
+
+def _ref_preprocess(img):
+    import SimpleITK as sitk
+
+    img = sitk.DICOMOrient(img, "RPI")
+    s, n = img.GetSpacing(), img.GetSize()
+    if s[0] == s[1] == s[2]:
+        z = 2
+    else:
+        uniq = [v for v in n if list(n).count(v) == 1]
+        z = list(n).index(min(uniq)) if uniq else int(np.argmax(s))
+    t = [1.0, 1.0, 1.0]
+    t[z] = 4.0
+    size = [int(n[i] * (s[i] / t[i])) for i in range(3)]
+    img = sitk.Resample(img, size, sitk.Transform(), sitk.sitkBSpline, img.GetOrigin(), t,
+                        img.GetDirection(), 0, img.GetPixelID())
+    sl = []
+    for i in range(3):
+        k = 4 if i == z else 16
+        m = size[i]
+        st = (m % k) // 2 if m >= k else 0
+        sl.append(slice(st, st + ((m // k) * k if m >= k else m)))
+    return img[sl[0], sl[1], sl[2]]
+
+
+def _ref_prepare(img, mode):
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(img).astype(np.float64)
+    sp = img.GetSpacing()
+    z = 2 if sp[0] == sp[1] == sp[2] else int(np.argmax(sp))
+    view = 2 - z
+    arr = arr.transpose({0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 1, 0)}[view])
+    if mode == "ct":
+        fg = arr > -500
+        outs = []
+        for w, lv in ((80, 40), (200, 80), (2800, 600)):
+            lo = lv - w / 2
+            outs.append(((np.clip(arr, lo, lv + w / 2) - lo) / (w + 1e-8)).astype(np.float32)[None])
+    else:
+        lo, p10, hi = np.percentile(arr, [0.5, 10, 99.5])
+        fg = arr > p10
+        x = np.clip(arr, lo, hi)
+        outs = [((x - x.min()) / (x.max() - x.min() + 1e-8)).astype(np.float32)[None]]
+    D, H, W = arr.shape
+    mask = (~fg).reshape(D // 4, 4, H // 16, 16, W // 16, 16).any(axis=(1, 3, 5)).astype(np.uint8)
+    return outs, mask, view
+
+
+def _ref_build_one(job):
+    import torch
+
+    src, out_dir, name, mode = job
+    img = _ref_preprocess(_ref_read(src))
+    outs, mask, view = _ref_prepare(img, mode)
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"view": view, "spacing": img.GetSpacing(), "mode": mode}
+    keys = ["brain", "blood", "bone"] if mode == "ct" else [None]
+    for key, arr in zip(keys, outs):
+        fn = f"{name}_{key}.pt" if key else f"{name}.pt"
+        torch.save({"data": torch.from_numpy((arr * 255).astype(np.uint8)), **meta}, os.path.join(out_dir, fn))
+    torch.save({"mask": torch.from_numpy(mask), **meta}, os.path.join(out_dir, f"{name}_mask.pt"))
+    return name
+
+
+def _init_worker(threads):
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def ref_build(jobs, workers):
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(1,)) as ex:
+        list(ex.map(_ref_build_one, jobs))
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _du(path):
+    total = 0
+    for root, _d, files in os.walk(path):
+        for f in files:
+            if f.endswith(".pt"):
+                total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+def _median_time(fn, repeats):
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def make_dataset(root: Path, corpus: Path, copies: int):
+    raw = root / "raw"
+    modes = {}
+    for c in range(copies):
+        for i, (mode, rel) in enumerate(SCANS):
+            src = corpus / rel
+            if not src.exists():
+                continue
+            study = f"s{c}_{i}"
+            d = raw / study
+            d.mkdir(parents=True)
+            dst = d / os.path.basename(rel)
+            # copies, not links: the page cache sees distinct files as in a real dataset
+            if src.is_dir():
+                shutil.copytree(src, dst)
+            else:
+                shutil.copy(src, dst)
+            modes[study] = mode
+    meta = DatasetMetadata.from_directory(root, modes)
+    meta.save()
+    return meta
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--copies", type=int, default=2, help="copies of the scan list (9 scans each)")
+    ap.add_argument("--repeats", type=int, default=3, help="build runs per side (median)")
+    ap.add_argument("--data", default=os.environ.get("NEUROVFM_TEST_DATA", str(ROOT.parent / "shared" / "data")))
+    args = ap.parse_args(argv)
+    corpus = Path(args.data)
+    if not corpus.is_dir():
+        print(f"corpus not found at {corpus}: set NEUROVFM_TEST_DATA", file=sys.stderr)
+        return 1
+    import torch
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="neurovfm-bench-cache-"))
+    try:
+        meta = make_dataset(tmp, corpus, args.copies)
+        n_images = meta.num_images()
+        jobs = []
+        for s in meta:
+            for im in s.images:
+                jobs.append((str(tmp / im.path), str(tmp / "ref_processed" / s.name), im.name, s.mode))
+        print(f"dataset: {len(meta)} studies, {n_images} images (real scans, copies), {args.workers} workers")
+        # warm the page cache and both code paths once
+        ref_build(jobs[:2], args.workers)
+        cm = CacheManager(tmp)
+        cm.build_cache(args.workers, force=True, study_names=[meta.get_all_studies()[0].name], progress=False)
+        ref_t, our_t = [], []
+        for _ in range(args.repeats):  # interleaved
+            shutil.rmtree(tmp / "ref_processed", ignore_errors=True)
+            t = time.perf_counter()
+            ref_build(jobs, args.workers)
+            ref_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            s = cm.build_cache(args.workers, force=True, progress=False)
+            our_t.append(time.perf_counter() - t)
+            assert not s.failed, s.failed
+        rt, ot = statistics.median(ref_t), statistics.median(our_t)
+        print("\ncache build (median of %d, interleaved)" % args.repeats)
+        print(f"  reference : {rt:7.2f} s  {n_images / rt:7.2f} images/s")
+        print(f"  neurovfm  : {ot:7.2f} s  {n_images / ot:7.2f} images/s")
+        print(f"  ratio     : {rt / ot:7.1f}x   (target >= 15x)")
+        rb, ob = _du(tmp / "ref_processed"), _du(tmp / "processed")
+        print(f"  bytes on disk: reference {rb / 1e6:.1f} MB, neurovfm {ob / 1e6:.1f} MB ({ob / rb:.3f}x)")
+
+        print("\ncached volume load (median of 50; page cache warm)")
+        ct = next(s for s in meta if s.mode == "ct" and "phantom_head_1mm" in s.images[0].path)
+        mr = next(s for s in meta if s.mode == "mri" and "sag_mprage" in s.images[0].path)
+        for study, key, win in ((ct, "brain", "brain"), (mr, None, None)):
+            name = study.images[0].name
+            fn = f"{name}_{key}.pt" if key else f"{name}.pt"
+            ref_path = tmp / "ref_processed" / study.name / fn
+
+            def ref_load():
+                d = torch.load(ref_path, weights_only=True)
+                return d["data"].float() / 255
+
+            def our_load():
+                return cm.load_image(study.name, name, window=win)
+
+            out = our_load()["data"]
+            assert np.array_equal(out.numpy(), ref_load().numpy())
+            floor_src = out.numpy().copy()
+            tr = _median_time(ref_load, 50)
+            to = _median_time(our_load, 50)
+            tf = _median_time(lambda: floor_src.copy(), 50)
+            label = f"{study.mode} {name} {tuple(out.shape)}"
+            print(f"  {label}")
+            print(f"    torch.load(dict) + float : {tr * 1e3:7.2f} ms")
+            print(f"    CacheManager.load_image  : {to * 1e3:7.2f} ms   ratio {tr / to:5.1f}x (target >= 3x)")
+            print(f"    floor (copy of output)   : {tf * 1e3:7.2f} ms   ours/floor {to / tf:5.2f} (target <= 1.5)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
