@@ -10,4 +10,8 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" \
   -DPython_EXECUTABLE="$(command -v python3)" "$@" >/dev/null
 cmake --build "$build"
-cp "$build"/_core*.so "$root/python/neurovfm/"
+for so in "$build"/_core*.so; do
+  # copy then rename: never overwrite a module a running process has mapped
+  cp "$so" "$root/python/neurovfm/.$(basename "$so").tmp"
+  mv -f "$root/python/neurovfm/.$(basename "$so").tmp" "$root/python/neurovfm/$(basename "$so")"
+done
