@@ -43,7 +43,7 @@ py::array read_pixels_py(const std::vector<std::string>& paths,
   // checked against the files) before allocating anything.
   const py::ssize_t frames = static_cast<py::ssize_t>(dicom_total_frames(paths, headers));
   const py::ssize_t rows = headers[0].rows, cols = headers[0].cols;
-  py::array out(dtype, std::vector<py::ssize_t>{frames, rows, cols});
+  py::array out = empty_big(dtype, std::vector<py::ssize_t>{frames, rows, cols});
   void* ptr = out.mutable_data();
   {
     py::gil_scoped_release release;

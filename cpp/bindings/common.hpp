@@ -8,8 +8,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "neurovfm/dtype.hpp"
+#include "neurovfm/parallel.hpp"
 
 namespace py = pybind11;
 
@@ -70,8 +72,22 @@ inline VolumeView view3d(const py::array& a, const char* what) {
   return v;
 }
 
+// A new C-contiguous array whose storage comes from big_alloc (huge pages
+// for large volumes); uninitialised.
+inline py::array empty_big(const py::dtype& dt, const std::vector<py::ssize_t>& shape) {
+  std::size_t n = 1;
+  for (auto d : shape) {
+    if (d < 0) throw py::value_error("negative dimension");
+    n *= static_cast<std::size_t>(d);
+  }
+  void* p = big_alloc(n * static_cast<std::size_t>(dt.itemsize()));
+  py::capsule owner(p, [](void* q) { BigFree()(q); });
+  return py::array(dt, shape, p, owner);
+}
+
 void register_resample(py::module_& m);
 void register_intensity(py::module_& m);
 void register_dicom(py::module_& m);
+void register_items(py::module_& m);
 
 }  // namespace neurovfm::bindings

@@ -6,8 +6,32 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#include <cstdlib>
+#include <new>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace neurovfm {
+
+void* big_alloc(std::size_t bytes) {
+  if (bytes == 0) bytes = 1;
+#if defined(__linux__)
+  constexpr std::size_t kHuge = std::size_t(2) << 20;
+  if (bytes >= 2 * kHuge) {
+    void* p = nullptr;
+    const std::size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    if (posix_memalign(&p, kHuge, rounded) != 0 || p == nullptr) throw std::bad_alloc();
+    madvise(p, rounded, MADV_HUGEPAGE);  // advisory: ignore failure
+    return p;
+  }
+#endif
+  void* p = std::malloc(bytes);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+
+void BigFree::operator()(void* p) const { std::free(p); }
 
 int hardware_threads() {
   unsigned h = std::thread::hardware_concurrency();

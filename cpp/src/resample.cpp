@@ -99,8 +99,7 @@ void resample_bspline(const VolumeView& in, const AxisPlan plan[3], void* out, i
   mid_shape[order[1]] = plan[order[1]].n_out;
   std::int64_t mst[3];
   c_strides(mid_shape, mst);
-  std::unique_ptr<double[]> mid(
-      new double[static_cast<std::size_t>(mid_shape[0] * mid_shape[1] * mid_shape[2])]);
+  auto mid = make_big<double>(static_cast<std::size_t>(mid_shape[0] * mid_shape[1] * mid_shape[2]));
   isa().first_two(in.dtype, in.data, in.shape, in.strides, plan, order, mid.get(), mst, threads);
   isa().last(in.dtype, mid.get(), mid_shape, order[2], in.shape, plan, out, threads);
 }
@@ -119,7 +118,7 @@ StreamResampler::StreamResampler(DType dtype, const std::int64_t in_shape[3], in
   first_axis_ = order[0];
   second_axis_ = order[1];
   for (int k = 0; k < 3; ++k) mid_shape_[k] = (k == stream_axis) ? in_shape[k] : plan[k].n_out;
-  mid_.reset(new double[static_cast<std::size_t>(mid_shape_[0] * mid_shape_[1] * mid_shape_[2])]);
+  mid_ = make_big<double>(static_cast<std::size_t>(mid_shape_[0] * mid_shape_[1] * mid_shape_[2]));
   seen_.assign(static_cast<std::size_t>(in_shape[stream_axis]), 0);
 }
 

@@ -220,6 +220,8 @@ void run_pass(const In* in, const std::int64_t in_shape[3], const std::int64_t i
         std::int64_t l = 0;
         if (ls == 1) {
           for (; l < nl; ++l) row[l] = static_cast<double>(p[l]) * c0;
+        } else if (ls == -1) {  // a flipped contiguous axis
+          for (; l < nl; ++l) row[l] = static_cast<double>(p[-l]) * c0;
         } else {
           for (; l < nl; ++l) row[l] = static_cast<double>(p[l * ls]) * c0;
         }
@@ -240,6 +242,8 @@ void run_pass(const In* in, const std::int64_t in_shape[3], const std::int64_t i
           std::int64_t l = 0;
           if (ls == 1) {
             for (; l < nl; ++l) row[l] = static_cast<double>(p[l]) * c0 + z * prev[l];
+          } else if (ls == -1) {
+            for (; l < nl; ++l) row[l] = static_cast<double>(p[-l]) * c0 + z * prev[l];
           } else {
             for (; l < nl; ++l) row[l] = static_cast<double>(p[l * ls]) * c0 + z * prev[l];
           }
@@ -295,7 +299,7 @@ void first_two_passes(const T* in, const std::int64_t shape[3], const std::int64
   std::int64_t st1[3];
   c_strides(shape1, st1);
   // Uninitialised: the pass writes every element (first touch in parallel).
-  std::unique_ptr<double[]> buf(new double[static_cast<std::size_t>(shape1[0] * shape1[1] * shape1[2])]);
+  auto buf = make_big<double>(static_cast<std::size_t>(shape1[0] * shape1[1] * shape1[2]));
   run_pass<T, double>(in, shape, strides, order[0], taps[order[0]], buf.get(), st1, nullptr, threads);
   run_pass<double, double>(buf.get(), shape1, st1, order[1], taps[order[1]], out, out_str, nullptr,
                            threads);

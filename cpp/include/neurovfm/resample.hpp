@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "neurovfm/dtype.hpp"
+#include "neurovfm/parallel.hpp"
 
 namespace neurovfm {
 
@@ -54,7 +55,7 @@ class StreamResampler {
   int first_axis_, second_axis_;
   AxisPlan plan_[3];
   std::int64_t mid_shape_[3];
-  std::unique_ptr<double[]> mid_;
+  BigBuffer<double> mid_;
   std::vector<unsigned char> seen_;
   std::int64_t seen_count_ = 0;
 };

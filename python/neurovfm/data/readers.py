@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .. import _core
 from ..errors import ImageReadError, UnsupportedImageError
 from .volume import RawVolume
 
@@ -236,7 +237,7 @@ def read_nifti(path: str) -> RawVolume:
     layout = nifti_layout(path)
     if not layout.direct:
         return read_with_sitk(path)
-    arr = np.empty(layout.shape, layout.dtype)
+    arr = _core.empty(layout.dtype, layout.shape)
     try:
         with open_voxels(layout) as f:
             read_exactly(f, memoryview(arr).cast("B"), path, layout.nbytes)

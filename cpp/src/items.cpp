@@ -1,0 +1,1 @@
+#include "neurovfm/items.hpp"
