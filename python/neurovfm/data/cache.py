@@ -21,7 +21,6 @@ nothing that reads as valid, and a rerun completes it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -101,6 +100,25 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
     except BaseException:
         _unlink(tmp)
         raise
+
+
+def _try_lock(fd: int, blocking: bool) -> bool:
+    """Exclusive lock on an open file (released when it is closed or the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _unlink(path: str) -> None:
@@ -320,9 +338,7 @@ class CacheManager:
         lock_path = os.path.join(folder, f".{rec.name}.lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_lock(fd, blocking=False):
                 return "busy", None
             # Leftovers of an interrupted build of this image (we hold its lock).
             prefix = f".{rec.name}"
@@ -402,7 +418,7 @@ class CacheManager:
         lock = os.path.join(self.data_dir, ".metadata.lock")
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _try_lock(fd, blocking=True)
             meta = DatasetMetadata.from_file(self.metadata_path)  # others may have written it
             for study in meta:
                 for rec in study.images:
