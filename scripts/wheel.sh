@@ -6,7 +6,8 @@
 #   scripts/wheel.sh install        fresh venv (build/wheel-venv): torch==2.13.0 first, then the wheel
 #                                   with its [test,qa] extras; binary packages only, build tools hidden
 #   scripts/wheel.sh test [ARGS]    python -m pytest ARGS with the venv, build tools hidden,
-#                                   NEUROVFM_EXPECT_INSTALLED=1 (tests/test_packaging.py checks it)
+#                                   NEUROVFM_EXPECT_INSTALLED=1 NEUROVFM_EXPECT_NO_BUILD_TOOLS=1
+#                                   (tests/test_packaging.py checks both)
 #
 # Environment: NEUROVFM_WHEEL_VENV (default build/wheel-venv), PYTHON (default python3),
 # TORCH_SPEC (default torch==2.13.0).
@@ -98,7 +99,8 @@ where = os.path.realpath(neurovfm.__file__)
 print("testing the installed package", where, flush=True)
 sys.exit(where.startswith(src + os.sep) and "wheel.sh: neurovfm is imported from the source tree" or 0)
 ' "$root/python"
-    exec env -u PYTHONPATH PATH="$path" NEUROVFM_EXPECT_INSTALLED=1 "$venv/bin/python" -m pytest "$@"
+    exec env -u PYTHONPATH PATH="$path" NEUROVFM_EXPECT_INSTALLED=1 NEUROVFM_EXPECT_NO_BUILD_TOOLS=1 \
+      "$venv/bin/python" -m pytest "$@"
     ;;
   *)
     sed -n '2,13p' "$0" >&2
