@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 #include <cstdlib>
 #include <new>
 #if defined(__linux__)
@@ -38,6 +42,88 @@ int hardware_threads() {
   return h == 0 ? 1 : static_cast<int>(h);
 }
 
+namespace {
+
+// A process-wide pool of worker threads, started on first use and reused by
+// every parallel_for (starting threads per call costs tens of microseconds,
+// as much as a small kernel). After fork() the child gets a fresh, empty pool:
+// the parent's threads do not exist there (DataLoader workers fork).
+class Pool {
+ public:
+  // Runs job(worker_index) on `extra` pool threads and returns at once.
+  // The caller waits with wait().
+  void run(std::size_t extra, const std::function<void()>* job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (workers_.size() < extra) {
+      try {
+        workers_.emplace_back([this, id = workers_.size()] { loop(id); });
+      } catch (...) {
+        break;  // could not start a thread: fewer helpers
+      }
+    }
+    job_ = job;
+    wanted_ = std::min(extra, workers_.size());
+    taken_ = 0;
+    finished_ = 0;
+    ++generation_;
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [this] { return finished_ == wanted_; });
+    job_ = nullptr;
+  }
+  std::mutex& call_mutex() { return call_mutex_; }
+
+ private:
+  void loop(std::size_t) {
+    std::size_t seen = 0;
+    for (;;) {
+      const std::function<void()>* job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [&] { return generation_ != seen && taken_ < wanted_; });
+        seen = generation_;
+        ++taken_;
+        job = job_;
+      }
+      (*job)();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++finished_;
+      }
+      done_cv_.notify_all();
+    }
+  }
+  std::mutex call_mutex_;  // one parallel_for at a time uses the pool
+  std::mutex mutex_;
+  std::condition_variable cv_, done_cv_;
+  std::vector<std::thread> workers_;
+  const std::function<void()>* job_ = nullptr;
+  std::size_t wanted_ = 0, taken_ = 0, finished_ = 0, generation_ = 0;
+};
+
+Pool* g_pool = nullptr;
+std::once_flag g_atfork_once;
+std::mutex g_pool_init;
+
+void forget_pool_in_child() {
+  // The threads are gone in the child; leak the old pool (its mutexes may be
+  // in any state) and start afresh on next use.
+  g_pool = nullptr;
+  new (&g_pool_init) std::mutex();
+}
+
+Pool& pool() {
+#if defined(__unix__) || defined(__APPLE__)
+  std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, forget_pool_in_child); });
+#endif
+  if (g_pool == nullptr) g_pool = new Pool();  // never destroyed: workers live until exit
+  return *g_pool;
+}
+
+}  // namespace
+
 void parallel_for(std::size_t n, int threads, std::size_t grain,
                   const std::function<void(std::size_t, std::size_t)>& fn) {
   if (n == 0) return;
@@ -53,7 +139,7 @@ void parallel_for(std::size_t n, int threads, std::size_t grain,
   std::atomic<bool> failed{false};
   std::exception_ptr error;
   std::mutex error_mutex;
-  auto worker = [&]() {
+  const std::function<void()> worker = [&]() {
     while (!failed.load(std::memory_order_relaxed)) {
       const std::size_t b = next.fetch_add(1, std::memory_order_relaxed);
       if (b >= blocks) break;
@@ -68,15 +154,21 @@ void parallel_for(std::size_t n, int threads, std::size_t grain,
       }
     }
   };
-  std::vector<std::thread> pool;
-  pool.reserve(nthreads - 1);
-  try {
-    for (std::size_t t = 1; t < nthreads; ++t) pool.emplace_back(worker);
-  } catch (...) {
-    // Could not start a thread: the caller still does all the work below.
+  Pool* p;
+  {
+    std::lock_guard<std::mutex> lock(g_pool_init);
+    p = &pool();
   }
-  worker();
-  for (auto& th : pool) th.join();
+  // Concurrent callers (e.g. several Python threads) or a nested call from a
+  // pool thread would wait on each other: they run the work alone instead.
+  std::unique_lock<std::mutex> busy(p->call_mutex(), std::try_to_lock);
+  if (!busy.owns_lock()) {
+    worker();
+  } else {
+    p->run(nthreads - 1, &worker);
+    worker();
+    p->wait();
+  }
   if (error) std::rethrow_exception(error);
 }
 

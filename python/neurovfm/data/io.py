@@ -231,7 +231,9 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
                 view = _reoriented_view(buf, o)
                 i0 = nz - k0 - kn if flipped else k0
                 if threads > 1:
-                    tickets[r] = sr.submit(view, i0, push_threads)
+                    # The decoder is idle after the last slab: give it all threads.
+                    last = k0 + kn >= nz
+                    tickets[r] = sr.submit(view, i0, threads if last else push_threads)
                 else:
                     sr.push(view, i0, 1)
         out = sr.finish(threads)
