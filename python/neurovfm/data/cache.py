@@ -384,16 +384,13 @@ class CacheManager:
         folder = self._dir(study)
         _unlink(self.sidecar_path(study, rec.name))
         img = load_image(source)
-        prep = prepare_for_inference(img, mode)
+        prep = prepare_for_inference(img, mode, quantize=True)
         if prep is None:
             raise ValueError(f"{source}: volume {img.GetSize()} is smaller than one 4x16x16 token after preprocessing")
         arrs, mask, view = prep
-        threads = get_num_threads()
         d, h, w = arrs[0].shape[1:]
-        payloads = {}
         keys = list(WINDOW_NAMES) if mode == "ct" else ["volume"]
-        for key, arr in zip(keys, arrs):
-            payloads[key] = _core.quantize_u8(arr, threads)
+        payloads = dict(zip(keys, arrs))
         payloads["mask"] = mask.reshape(d // 4, h // 16, w // 16)
         names = self.file_names(rec.name, mode)
         files = {}

@@ -307,6 +307,10 @@ def load_image(path, preprocess: bool = True, series_uid: str | None = None) -> 
     path = os.fspath(path)
     if preprocess and readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
         layout = readers.nifti_layout(path)
+        # Always the streaming path for these files (with one thread it simply
+        # alternates decoding and resampling), so that the bytes never depend
+        # on the thread count: its axis order (in-plane first) differs from the
+        # whole-volume path's (shrink most first) in rare last-bit cases.
         if layout.direct:
             return _preprocess_nifti_streaming(layout)
     vol = read_volume(path, series_uid=series_uid)
