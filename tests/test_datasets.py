@@ -199,18 +199,18 @@ def test_draws_replay_from_seed_epoch_index(ds_root):
             if item["mode"] == "ct":
                 assert item["window"] == ("brain", "blood", "bone")[int(np.searchsorted(cum, rng.random(), "right"))]
             _, flags = _cached(ds_root, item)
-            side = np.array(flags.shape)
             crop = ((0, 0, 0), tuple(flags.shape))
+            hi = [min(m, n) for m, n in zip((2, 4, 4), flags.shape)]
             for _ in range(5):
-                size = rng.integers(1, np.minimum((2, 4, 4), side) + 1)
-                start = rng.integers(0, side - size + 1)
+                size = [rng.randint(1, h) for h in hi]
+                start = [rng.randint(0, n - z) for n, z in zip(flags.shape, size)]
                 box = flags[start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
                 if np.count_nonzero(box == 0) > 0.1 * box.size:
-                    crop = (tuple(int(v) for v in start), tuple(int(v) for v in size))
+                    crop = (tuple(start), tuple(size))
                     break
             assert item["crop"] == crop
-            u = rng.random(4)
-            assert item["transpose"] == (u[0] < 0.5) and item["flips"] == tuple(bool(x < 0.5) for x in u[1:])
+            u = [rng.random() for _ in range(4)]
+            assert item["transpose"] == (u[0] < 0.5) and item["flips"] == tuple(x < 0.5 for x in u[1:])
     # same seed -> same items; another seed or epoch -> other draws
     a = ImageDataset(ds_root, seed=11, random_crop=True, augment=True)
     b = ImageDataset(ds_root, seed=11, random_crop=True, augment=True)

@@ -73,6 +73,23 @@ def _as_tensor(x):
     return x if torch.is_tensor(x) else torch.as_tensor(x)
 
 
+def _empty(shape, dtype):
+    """An uninitialised tensor; in a DataLoader worker, in shared memory, so that
+    sending the batch to the main process needs no further copy (as torch's
+    default_collate does)."""
+    shape = tuple(int(v) for v in shape)
+    if torch.utils.data.get_worker_info() is not None:
+        n = 1
+        for v in shape:
+            n *= v
+        try:
+            storage = torch.UntypedStorage._new_shared(max(n, 1) * torch.empty(0, dtype=dtype).element_size())
+            return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+        except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+            pass
+    return torch.empty(shape, dtype=dtype)
+
+
 def collate_padded(batch) -> dict | None:
     """Stack items, padding to the longest: ``img [B, Nmax, 1024]`` (zeros),
     ``coords [B, Nmax, 3]`` (zeros), ``filtered [B, Nmax]`` (1 = background or
@@ -91,15 +108,17 @@ def collate_padded(batch) -> dict | None:
     B = len(items)
     lengths = torch.tensor([len(f) for f in flags], dtype=torch.int64)
     nmax = int(lengths.max()) if B else 0
-    out_coords = torch.zeros((B, nmax, 3), dtype=coords[0].dtype)
-    out_flags = torch.ones((B, nmax), dtype=torch.uint8)
+    out_coords = _empty((B, nmax, 3), coords[0].dtype)
+    out_flags = _empty((B, nmax), torch.uint8)
     if imgs[0].dim() == 2:
-        out_img = torch.zeros((B, nmax, imgs[0].shape[1]), dtype=imgs[0].dtype)
+        out_img = _empty((B, nmax, imgs[0].shape[1]), imgs[0].dtype)
         for b, im in enumerate(imgs):
             out_img[b, : im.shape[0]] = im
+            out_img[b, im.shape[0]:] = 0
     elif imgs[0].dim() == 4:
         shape = [max(im.shape[k] for im in imgs) for k in range(4)]
-        out_img = torch.zeros([B] + shape, dtype=imgs[0].dtype)
+        out_img = _empty([B] + shape, imgs[0].dtype)
+        out_img.zero_()
         for b, im in enumerate(imgs):
             out_img[b, : im.shape[0], : im.shape[1], : im.shape[2], : im.shape[3]] = im
     else:
@@ -107,7 +126,9 @@ def collate_padded(batch) -> dict | None:
     for b in range(B):
         n = int(lengths[b])
         out_coords[b, :n] = coords[b]
+        out_coords[b, n:] = 0
         out_flags[b, :n] = flags[b]
+        out_flags[b, n:] = 1
     out = {
         "img": out_img,
         "coords": out_coords,
@@ -154,9 +175,9 @@ def collate_packed(batch, drop_background: bool = False, patch_drop: float = 0.0
         studies.setdefault(it.get("study"), []).append(j)
     order = [j for js in studies.values() for j in js]
     items = [items[j] for j in order]
-    imgs, coords, flags = [], [], []
+    keeps = []
     for it in items:
-        im, co, fl = _as_tensor(it["img"]), _as_tensor(it["coords"]), _as_tensor(it["filtered"])
+        im, fl = _as_tensor(it["img"]), _as_tensor(it["filtered"])
         if im.dim() != 2:
             raise ValueError(f"collate_packed needs token items [N, 1024] (tokenize=True), got {tuple(im.shape)}")
         keep = None
@@ -167,22 +188,32 @@ def collate_packed(batch, drop_background: bool = False, patch_drop: float = 0.0
             k = n - int(n * float(patch_drop))
             sel = torch.randperm(n, generator=generator)[:k].sort().values
             keep = sel if keep is None else keep[sel]
-        if keep is not None:
-            im, co, fl = im[keep], co[keep], fl[keep]
-        imgs.append(im)
-        coords.append(co)
-        flags.append(fl)
-    lengths = torch.tensor([len(f) for f in flags], dtype=torch.int64)
+        keeps.append(keep)
+    lengths = torch.tensor([len(_as_tensor(it["filtered"])) if kp is None else len(kp)
+                            for it, kp in zip(items, keeps)], dtype=torch.int64)
     cu = torch.zeros(len(items) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lengths, 0)
+    total = int(cu[-1])
+    im0 = _as_tensor(items[0]["img"])
+    out_img = _empty((total, im0.shape[1]), im0.dtype)
+    out_coords = _empty((total, 3), _as_tensor(items[0]["coords"]).dtype)
+    out_flags = _empty((total,), torch.uint8)
+    for j, (it, keep) in enumerate(zip(items, keeps)):
+        a, b = int(cu[j]), int(cu[j + 1])
+        for src, dst in ((it["img"], out_img), (it["coords"], out_coords), (it["filtered"], out_flags)):
+            src = _as_tensor(src)
+            if keep is None:
+                dst[a:b] = src
+            else:
+                torch.index_select(src, 0, keep, out=dst[a:b])
     per_study = torch.tensor([int(lengths[i : i + len(js)].sum()) for i, js in _starts(studies)], dtype=torch.int64)
     cu_s = torch.zeros(len(studies) + 1, dtype=torch.int32)
     cu_s[1:] = torch.cumsum(per_study, 0)
     study_index = torch.repeat_interleave(torch.arange(len(studies)), torch.tensor([len(js) for js in studies.values()]))
     out = {
-        "img": torch.cat(imgs) if imgs else torch.zeros((0, 1024)),
-        "coords": torch.cat(coords),
-        "filtered": torch.cat(flags),
+        "img": out_img,
+        "coords": out_coords,
+        "filtered": out_flags,
         "image_index": torch.repeat_interleave(torch.arange(len(items)), lengths),
         "cu_seqlens": cu,
         "cu_seqlens_study": cu_s,

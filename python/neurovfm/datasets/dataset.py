@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import bisect
 import csv
+import hashlib
 import json
 import logging
 import mmap
 import multiprocessing
 import os
+import random
+import struct
 from collections.abc import Mapping
 from typing import Callable
 
@@ -43,6 +46,7 @@ CROP_MIN_FOREGROUND = 0.1
 #: Random crops tried before falling back to the whole volume.
 CROP_TRIES = 5
 
+_U64 = (1 << 64) - 1
 _DTYPES = {torch.float32: "float32", torch.uint8: "uint8", "float32": "float32", "uint8": "uint8"}
 
 
@@ -218,8 +222,10 @@ class ImageDataset(torch.utils.data.Dataset):
     swapped after the crop) and ``flips`` (d, h, w axes of the result flipped
     after the swap).
 
-    Draw order per item (reproducible): window (CT only), then up to 5 crops
-    (2 draws each: sizes, starts), then 4 uniforms (swap, flip d, h, w).
+    Draw order per item, from :meth:`rng` (reproducible): ``random()`` for the
+    window (CT only); per crop try ``randint(1, hi_k)`` for the three sizes then
+    ``randint(0, side_k - size_k)`` for the three starts; then four ``random() <
+    0.5`` (swap, flip d, h, w).
     """
 
     def __init__(
@@ -386,20 +392,23 @@ class ImageDataset(torch.utils.data.Dataset):
         """Zero-copy read-only view of a cached ``.pt`` file. The first time a file is
         seen (per process, per size and mtime) :func:`ptfile.open_tensor` checks its
         whole structure; later calls only map it at the data offset found then."""
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
             if st.st_size != nbytes:
                 raise ValueError(f"{path}: size {st.st_size} differs from the recorded {nbytes}")
             stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
             layout = self._layouts.get(path)
             if layout is not None and layout[0] == stamp:
-                _, offset, dtype, shape = layout
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+                _, offset, dtype, shape, count = layout
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
+        finally:
+            os.close(fd)  # the mmap holds its own descriptor
         arr = ptfile.open_tensor(path)
         base = np.frombuffer(_mmap_of(arr), dtype=np.uint8)
         offset = arr.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-        self._layouts[path] = (stamp, offset, arr.dtype, arr.shape)
+        self._layouts[path] = (stamp, offset, arr.dtype, arr.shape, arr.size)
         return arr
 
     def _from_raw(self, i: int, key: str):
@@ -435,10 +444,16 @@ class ImageDataset(torch.utils.data.Dataset):
         return self._from_raw(i, key)
 
     # -- randomness -----------------------------------------------------------------------------
-    def rng(self, index: int, epoch: int | None = None) -> np.random.Generator:
-        """The generator of item ``index`` at ``epoch`` (default: the current one)."""
+    def rng(self, index: int, epoch: int | None = None) -> random.Random:
+        """The generator of item ``index`` at ``epoch`` (default: the current one).
+
+        A Mersenne Twister (:class:`random.Random`) seeded with a BLAKE2b digest of
+        ``(seed, epoch, index)`` (64 bits each): cheap to create per item, the same
+        in every process, independent of which worker builds the item.
+        """
         ep = self.epoch if epoch is None else int(epoch)
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, ep, int(index)])))
+        key = struct.pack("<QQQ", self.seed & _U64, ep & _U64, int(index) & _U64)
+        return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=32).digest(), "little"))
 
     def _window(self, rng) -> int:
         u = rng.random()
@@ -448,25 +463,30 @@ class ImageDataset(torch.utils.data.Dataset):
         return k
 
     def _crop(self, rng, flags):
-        side = np.array(flags.shape, dtype=np.int64)
-        hi = np.minimum(np.array(self.max_crop_size, dtype=np.int64), side)
+        side = flags.shape
+        hi = [min(m, s) for m, s in zip(self.max_crop_size, side)]
         for _ in range(CROP_TRIES):
-            size = rng.integers(1, hi + 1)
-            start = rng.integers(0, side - size + 1)
+            size = [rng.randint(1, h) for h in hi]
+            start = [rng.randint(0, s - z) for s, z in zip(side, size)]
             box = flags[start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
             if np.count_nonzero(box == 0) > CROP_MIN_FOREGROUND * box.size:
-                return tuple(int(v) for v in start), tuple(int(v) for v in size)
+                return tuple(start), tuple(size)
         return (0, 0, 0), tuple(int(v) for v in side)
 
     # -- items ----------------------------------------------------------------------------------
     def __getitem__(self, index):
+        return self.get_item(index)
+
+    def get_item(self, index: int, epoch: int | None = None):
+        """Item ``index`` as drawn at ``epoch`` (default: the current epoch)."""
+        ep = self.epoch if epoch is None else int(epoch)
         index = int(index)
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         try:
-            item = self._item(index)
+            item = self._item(index, ep)
         except Exception as err:
             e = self._entries[index]
             lib = err
@@ -485,9 +505,9 @@ class ImageDataset(torch.utils.data.Dataset):
             item = self.transform(item)
         return item
 
-    def _item(self, index: int) -> dict:
+    def _item(self, index: int, epoch: int) -> dict:
         e = self._entries[index]
-        rng = self.rng(index)
+        rng = self.rng(index, epoch)
         window = WINDOW_NAMES[self._window(rng)] if e.mode == "ct" else None
         vol, flags = self._volume(index, window or "volume")
         if self.random_crop:
@@ -496,9 +516,8 @@ class ImageDataset(torch.utils.data.Dataset):
             start, size = (0, 0, 0), tuple(int(v) for v in flags.shape)
         transpose, flips = False, (False, False, False)
         if self.augment:
-            u = rng.random(4)
-            transpose = bool(u[0] < 0.5)
-            flips = (bool(u[1] < 0.5), bool(u[2] < 0.5), bool(u[3] < 0.5))
+            transpose = rng.random() < 0.5
+            flips = (rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5)
         img, coords, filtered, grid = _core.make_item(
             vol, flags, start, size, transpose, flips, self.img_dtype, self.tokenize, self._threads()
         )
