@@ -126,21 +126,28 @@ struct Rows {
 
 // The uint8 patch at base (steps ss) into rows of dst.
 void gather_u8(const std::uint8_t* base, const std::int64_t ss[3], std::uint8_t* dst, Rows r) {
-  if (ss[2] == 1 || ss[2] == -1) {
-    const bool back = ss[2] == -1;
+  const std::int64_t s0 = ss[0], s1 = ss[1], dz = r.dz, dy = r.dy;  // locals: no reloads after stores
+  if (ss[2] == 1) {
+    for (std::int64_t z = 0; z < kTokD; ++z) {
+      const std::uint8_t* p = base + z * s0;
+      std::uint8_t* q = dst + z * dz;
+      for (std::int64_t y = 0; y < kTokH; ++y) std::memcpy(q + y * dy, p + y * s1, 16);
+    }
+  } else if (ss[2] == -1) {
     for (std::int64_t z = 0; z < kTokD; ++z)
-      for (std::int64_t y = 0; y < kTokH; ++y) copy16(dst + z * r.dz + y * r.dy, base + z * ss[0] + y * ss[1], back);
+      for (std::int64_t y = 0; y < kTokH; ++y) copy16(dst + z * dz + y * dy, base + z * s0 + y * s1, true);
   } else if (ss[1] == 1 || ss[1] == -1) {
     // H and W swapped on a source with contiguous rows: read rows, transpose.
     alignas(16) std::uint8_t rows[256], tr[256];
-    const bool back = ss[1] == -1;
+    const bool back = s1 == -1;
+    const std::int64_t s2 = ss[2];
     for (std::int64_t z = 0; z < kTokD; ++z) {
-      for (std::int64_t x = 0; x < kTokW; ++x) copy16(rows + 16 * x, base + z * ss[0] + x * ss[2], back);
-      if (r.dy == kTokW) {
-        transpose16(rows, dst + z * r.dz);
+      for (std::int64_t x = 0; x < kTokW; ++x) copy16(rows + 16 * x, base + z * s0 + x * s2, back);
+      if (dy == kTokW) {
+        transpose16(rows, dst + z * dz);
       } else {
         transpose16(rows, tr);
-        for (std::int64_t y = 0; y < kTokH; ++y) std::memcpy(dst + z * r.dz + y * r.dy, tr + 16 * y, 16);
+        for (std::int64_t y = 0; y < kTokH; ++y) std::memcpy(dst + z * dz + y * dy, tr + 16 * y, 16);
       }
     }
   } else {
@@ -268,10 +275,17 @@ void make_item(const VolumeView& volume, const VolumeView& flags, const ItemPlan
   const auto* fsrc = static_cast<const std::uint8_t*>(flags.data);
   const std::int64_t row = g.extent[2], plane = g.extent[1] * g.extent[2];
   parallel_for(static_cast<std::size_t>(n), threads, 32, [&](std::size_t b, std::size_t e) {
+    const std::int64_t b0 = static_cast<std::int64_t>(b);
+    std::int64_t t[3] = {b0 / (g.grid[1] * g.grid[2]), (b0 / g.grid[2]) % g.grid[1], b0 % g.grid[2]};
     for (std::size_t i = b; i < e; ++i) {
       const std::int64_t ti = static_cast<std::int64_t>(i);
-      const std::int64_t t[3] = {ti / (g.grid[1] * g.grid[2]), (ti / g.grid[2]) % g.grid[1],
-                                 ti % g.grid[2]};
+      if (i != b && ++t[2] == g.grid[2]) {  // raster order: advance (d, h, w) without divisions
+        t[2] = 0;
+        if (++t[1] == g.grid[1]) {
+          t[1] = 0;
+          ++t[0];
+        }
+      }
       if (out_coords)
         for (int k = 0; k < 3; ++k) out_coords[3 * ti + k] = static_cast<std::int32_t>(t[k]);
       if (fsrc && out_flags) {
