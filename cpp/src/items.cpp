@@ -7,7 +7,8 @@
 #include "neurovfm/parallel.hpp"
 #include "neurovfm/tokens.hpp"
 
-#if defined(__SSE2__) || defined(_M_X64)
+// NEUROVFM_ITEMS_PORTABLE builds the plain C++ paths only (to test that they give the same bytes).
+#if (defined(__SSE2__) || defined(_M_X64)) && !defined(NEUROVFM_ITEMS_PORTABLE)
 #include <immintrin.h>
 #define NEUROVFM_ITEMS_SSE2 1
 #endif
