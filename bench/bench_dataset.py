@@ -23,8 +23,10 @@ Timed: ``__getitem__`` in this process (each variant runs all items as one
 block, blocks alternate ``--runs`` times and the fastest block of each counts,
 which resists preemption on a shared machine; kernel threads and torch threads
 both set to ``--threads``), and the same through a DataLoader with 2 workers
-(``batch_size=None``, persistent workers, one warm-up pass, best of
-``--loader-passes``; 1 kernel thread per worker). Prints items/s, token bytes/s
+(persistent workers, one warm-up pass, best of ``--loader-passes``; 1 kernel
+thread per worker): items one by one (``batch_size=None``), and batches of 4
+items collated (neurovfm: ``collate_packed``, which allocates in shared memory
+inside workers; reference: ``torch.cat`` of the items). Prints items/s, token bytes/s
 and ratios; per image, the item time against the floor, and the fused kernel
 alone (volume already mapped and resident) against the floor.
 """
@@ -53,7 +55,7 @@ import torch
 from neurovfm import _core
 from neurovfm.data.cache import CacheManager
 from neurovfm.data.metadata import DatasetMetadata
-from neurovfm.datasets import ImageDataset
+from neurovfm.datasets import ImageDataset, collate_packed
 
 SCANS = [
     ("ct", "ct/phantom_head_1mm.nii.gz"),
@@ -148,11 +150,15 @@ def time_in_process(ds, ds8, ref_dir, pairs, runs=5):
     neurovfm drew. Returns ({side: seconds}, float32 token bytes)."""
     plans = [_plan(ds.get_item(i, e)) for i, e in pairs]
     nbytes = sum(ds.get_item(i, e)["img"].numel() * 4 for i, e in pairs)
+    def run(fn, args):  # each result is dropped before the next, as a training loop consumes items
+        for a in args:
+            fn(*a)
+
     blocks = {
-        "ref": lambda: [reference_item(ref_dir, p) for p in plans],
-        "ours": lambda: [ds.get_item(i, e) for i, e in pairs],
-        "ref8": lambda: [reference_item(ref_dir, p, torch.uint8) for p in plans],
-        "ours8": lambda: [ds8.get_item(i, e) for i, e in pairs],
+        "ref": lambda: run(reference_item, [(ref_dir, p) for p in plans]),
+        "ours": lambda: run(ds.get_item, pairs),
+        "ref8": lambda: run(reference_item, [(ref_dir, p, torch.uint8) for p in plans]),
+        "ours8": lambda: run(ds8.get_item, pairs),
     }
     best = {k: float("inf") for k in blocks}
     for _ in range(runs):
@@ -163,13 +169,29 @@ def time_in_process(ds, ds8, ref_dir, pairs, runs=5):
     return best, nbytes
 
 
-def time_loader(dataset, workers, passes):
-    """Best of ``passes`` passes (after a warm-up pass) through a DataLoader: (seconds, items per pass)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=True,
-                                         shuffle=False)
-    n = 0
+def reference_collate(items):
+    """What a seed training loop does with variable-length items: concatenate."""
+    lengths = torch.tensor([len(it["filtered"]) for it in items])
+    cu = torch.zeros(len(items) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    return {"img": torch.cat([it["img"] for it in items]), "coords": torch.cat([it["coords"] for it in items]),
+            "filtered": torch.cat([it["filtered"] for it in items]), "cu_seqlens": cu,
+            "path": [it["path"] for it in items]}
+
+
+def time_loader(dataset, workers, passes, batch=None, collate=None):
+    """Best of ``passes`` passes (after a warm-up pass) through a DataLoader: (seconds, items per pass).
+    ``batch``: items per batch (fixed consecutive batches) with ``collate``; None: items one by one."""
+    if batch is None:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=True,
+                                             shuffle=False)
+    else:
+        batches = [list(range(k, min(k + batch, len(dataset)))) for k in range(0, len(dataset), batch)]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                             persistent_workers=True, collate_fn=collate)
+    n = len(dataset)
     for _ in loader:  # warm-up: starts the workers, warms the page cache
-        n += 1
+        pass
     best = float("inf")
     for _ in range(passes):
         t0 = time.perf_counter()
@@ -261,6 +283,13 @@ def main(argv=None):
             t["ref8"], _ = time_loader(RefDataset(ref_dir, plans, torch.uint8), 2, args.loader_passes)
             t["ours8"], _ = time_loader(EpochPairs(d8, pairs), 2, args.loader_passes)
             rows.append(("DataLoader, 2 workers", vname, cnt, nbytes, t))
+            t = {}
+            t["ref"], cnt = time_loader(RefDataset(ref_dir, plans), 2, args.loader_passes, 4, reference_collate)
+            t["ours"], _ = time_loader(EpochPairs(d32, pairs), 2, args.loader_passes, 4, collate_packed)
+            t["ref8"], _ = time_loader(RefDataset(ref_dir, plans, torch.uint8), 2, args.loader_passes, 4,
+                                       reference_collate)
+            t["ours8"], _ = time_loader(EpochPairs(d8, pairs), 2, args.loader_passes, 4, collate_packed)
+            rows.append(("DataLoader 2w, batch 4", vname, cnt, nbytes, t))
 
         print(f"{'run':24s} {'items':14s} {'n':>5s} | {'ref f32':>9s} {'ours f32':>9s} {'ratio':>6s} | "
               f"{'ref u8':>9s} {'ours u8':>9s} {'vs ref f32':>10s} {'vs ref u8':>9s} | {'ours f32 GB/s':>13s}")
