@@ -20,7 +20,7 @@ def corpus_dir() -> Path | None:
     env = os.environ.get("NEUROVFM_TEST_DATA")
     if not env or not Path(env).is_dir():
         return None
-    return Path(env)
+    return Path(env).resolve()  # absolute: tests symlink corpus files from other folders
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <locale>
+#include <sstream>
 #include <stdexcept>
 #include <string_view>
 #include <type_traits>
@@ -110,6 +112,36 @@ bool long_vr(const char* v) {
   return false;
 }
 
+// libc++ before LLVM 20 (Apple's toolchains included) has no floating-point
+// std::from_chars; there, a stream imbued with the classic locale parses the
+// value (also correctly rounded). NEUROVFM_NO_FP_FROM_CHARS forces that path
+// (to test it on other platforms).
+#if (defined(_LIBCPP_VERSION) && _LIBCPP_VERSION < 200000) || defined(NEUROVFM_NO_FP_FROM_CHARS)
+#define NEUROVFM_FP_FROM_CHARS 0
+#else
+#define NEUROVFM_FP_FROM_CHARS 1
+#endif
+
+// Parses the whole of `item` as a decimal number; false when anything is left over.
+bool parse_double(std::string_view item, double& v) {
+#if NEUROVFM_FP_FROM_CHARS
+  const auto r = std::from_chars(item.data(), item.data() + item.size(), v);
+  return r.ec == std::errc() && r.ptr == item.data() + item.size();
+#else
+  // Only what from_chars' general format takes: no leading '+', no hex.
+  if (item.empty() || item.front() == '+') return false;
+  for (char c : item)
+    if (!((c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E' ||
+          c == 'i' || c == 'n' || c == 'f' || c == 'a' || c == 'I' || c == 'N' || c == 'F' ||
+          c == 'A'))
+      return false;
+  std::istringstream in{std::string(item)};
+  in.imbue(std::locale::classic());
+  in >> v;
+  return !in.fail() && in.peek() == std::char_traits<char>::eof();
+#endif
+}
+
 std::string_view trim(std::string_view s) {
   auto blank = [](char c) { return c == ' ' || c == '\0' || c == '\t' || c == '\r' || c == '\n'; };
   while (!s.empty() && blank(s.front())) s.remove_prefix(1);
@@ -127,8 +159,7 @@ int parse_ds(std::string_view s, double* out, int max) {
     if (!item.empty() && item.front() == '+') item.remove_prefix(1);
     if (item.empty()) break;
     double v = 0;
-    const auto r = std::from_chars(item.data(), item.data() + item.size(), v);
-    if (r.ec != std::errc() || r.ptr != item.data() + item.size() || !std::isfinite(v)) break;
+    if (!parse_double(item, v) || !std::isfinite(v)) break;
     out[n++] = v;
     if (bs == std::string_view::npos) break;
     s.remove_prefix(bs + 1);

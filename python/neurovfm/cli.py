@@ -8,6 +8,8 @@ traceback.
 
     python -m neurovfm prepare                       # built-in phantoms, whole pipeline
     python -m neurovfm prepare scan.nii.gz --mode ct -o tokens.npz
+    python -m neurovfm qa scan.nii.gz --mode ct -o qa.png
+    python -m neurovfm bench                         # quick benchmarks (source checkout)
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ examples:
   neurovfm prepare                              run the pipeline on built-in phantoms
   neurovfm prepare head.nii.gz --mode ct        one scan: shapes, tokens, timings
   neurovfm prepare dicom_dir/ --mode mri -o t.npz
+  neurovfm metadata /data/ds --modes modes.csv  describe a dataset folder
+  neurovfm cache build /data/ds -w 16           build its uint8 cache
+  neurovfm qa head.nii.gz --mode ct -o qa.png   PNG montage of the preprocessed volume
+  neurovfm bench                                quick benchmarks against the reference
 
 run 'neurovfm COMMAND --help' for the options of a command.
 """
@@ -245,12 +251,26 @@ def _add_cache(sub, common) -> None:
     b.add_argument("--study", action="append", metavar="NAME", help="only this study (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_cache_build)
-    st = csub.add_parser("stats", parents=[common], help="coverage, failures, bytes on disk", formatter_class=_Formatter)
+    st = csub.add_parser(
+        "stats",
+        parents=[common],
+        help="coverage, failures, bytes on disk",
+        description="Count the studies and images of DATA_DIR, those cached, failed or stale, and the bytes on disk.",
+        epilog="examples:\n  neurovfm cache stats /data/ds\n  neurovfm cache stats /data/ds --json > stats.json\n",
+        formatter_class=_Formatter,
+    )
     st.add_argument("data_dir", metavar="DATA_DIR")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=cmd_cache_stats)
-    v = csub.add_parser("verify", parents=[common], help="check every cached file (sizes and CRC-32)",
-                        formatter_class=_Formatter)
+    v = csub.add_parser(
+        "verify",
+        parents=[common],
+        help="check every cached file (sizes and CRC-32)",
+        description="Check every cache entry: sidecar, source fingerprint, pipeline version, sizes and CRC-32.\n"
+        "Prints the images that are not cached and valid; exit code 1 when there are any.",
+        epilog="examples:\n  neurovfm cache verify /data/ds\n  neurovfm cache verify /data/ds || neurovfm cache build /data/ds\n",
+        formatter_class=_Formatter,
+    )
     v.add_argument("data_dir", metavar="DATA_DIR")
     v.set_defaults(func=cmd_cache_verify)
 
@@ -312,8 +332,224 @@ def cmd_cache_verify(args) -> int:
     return 1 if problems else 0
 
 
-# Sub-commands, in the order --help lists them. Planned: bench, qa.
-_COMMANDS = [_add_prepare, _add_metadata, _add_cache]
+# --- qa -------------------------------------------------------------------------------------
+
+_QA_DESCRIPTION = """\
+Write a PNG montage of the preprocessed volume, as the model receives it: the
+centre slice across each axis of [D, H, W] (columns) for each channel (rows: the
+CT windows brain, blood and bone, or the normalised MRI). Background tokens are
+shaded, each panel edge carries the patient direction it faces (R/L, A/P, S/I),
+and the title gives the shape, the voxel spacing and the view.
+
+The scan is read and preprocessed as by 'neurovfm prepare'; with --cache, the
+image is read from a built cache instead. Needs matplotlib
+(pip install "neurovfm[qa]")."""
+
+_QA_EPILOG = """\
+examples:
+  neurovfm qa head_ct.nii.gz --mode ct -o qa.png
+  neurovfm qa study/series_dir --mode mri -o t1_qa.png
+  neurovfm qa --cache /data/ds --study s001 --image head -o s001_head.png
+  neurovfm qa --cache /data/ds --study s002 -o s002.pdf     (study of one image)
+"""
+
+
+def _add_qa(sub, common) -> None:
+    p = sub.add_parser(
+        "qa",
+        parents=[common],
+        help="PNG montage of the preprocessed volume (3 axes x CT windows, token mask, orientation)",
+        description=_QA_DESCRIPTION,
+        epilog=_QA_EPILOG,
+        formatter_class=_Formatter,
+    )
+    p.add_argument("scan", nargs="?", metavar="SCAN", help="NIfTI file, DICOM file or DICOM series folder")
+    p.add_argument("--mode", type=_mode, metavar="{ct,mri}", help="modality of SCAN (required with SCAN)")
+    p.add_argument("--series-uid", metavar="UID", help="SeriesInstanceUID when a DICOM folder holds several series")
+    p.add_argument("--cache", metavar="DATA_DIR", help="read the image from this dataset's cache instead of a scan")
+    p.add_argument("--study", metavar="NAME", help="with --cache: the study")
+    p.add_argument("--image", metavar="NAME", help="with --cache: the image (default: the study's only image)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("qa.png"), metavar="OUT",
+        help="the montage: .png (default qa.png), .pdf or .svg",
+    )
+    p.add_argument("--dpi", type=_positive_int, default=100, metavar="N", help="resolution (default 100)")
+    p.set_defaults(func=cmd_qa)
+
+
+def cmd_qa(args) -> int:
+    from . import qa
+
+    out = args.output
+    if out.suffix.lower() not in qa.SUFFIXES:
+        raise UsageError(f"output {str(out)!r} must end with {', '.join(qa.SUFFIXES)}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {str(parent)!r} does not exist")
+    if (args.scan is None) == (args.cache is None):
+        raise UsageError("give a SCAN (with --mode) or --cache DATA_DIR --study NAME")
+    if args.scan is not None:
+        if args.mode is None:
+            raise UsageError("--mode is required with a SCAN (--mode ct or --mode mri)")
+        for opt in ("study", "image"):
+            if getattr(args, opt) is not None:
+                raise UsageError(f"--{opt} is for --cache, not for a SCAN")
+        if not os.path.exists(args.scan):
+            raise UsageError(f"{args.scan}: no such file or directory")
+    else:
+        if args.study is None:
+            raise UsageError("--cache needs --study NAME")
+        if args.mode is not None or args.series_uid is not None:
+            raise UsageError("--mode and --series-uid are for a SCAN; a cached image knows its mode")
+    try:
+        qa._import_figure()
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    t0 = time.perf_counter()
+    print("reading the cached image" if args.scan is None else f"reading and preprocessing {args.scan}", flush=True)
+    try:
+        if args.scan is not None:
+            vol = qa.load_scan(args.scan, args.mode, series_uid=args.series_uid)
+        else:
+            vol = qa.load_cached(args.cache, args.study, args.image)
+    except KeyError as err:
+        raise UsageError(err.args[0] if err.args else str(err)) from None
+    path = qa.save_montage(vol, out, dpi=args.dpi)
+    d, h, w = vol.shape
+    print(
+        f"wrote {path}: {vol.name}, {vol.mode.upper()}, [D, H, W] = [{d}, {h}, {w}], view {vol.view} "
+        f"({_VIEW_NAMES.get(vol.view, '?')}), D/H/W towards {'/'.join(qa.orientation_letters(vol.view, vol.direction))} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    return 0
+
+
+# --- bench ----------------------------------------------------------------------------------
+
+#: The benchmark scripts ``bench`` runs, in order: (name, file, quick arguments, what).
+BENCHMARKS = (
+    ("prepare", "bench_prepare.py", ["--quick"], "file to tokens against the reference"),
+    ("cache", "bench_cache.py", ["--quick"], "cache build and cached loads against the reference"),
+    ("dataset", "bench_dataset.py", ["--quick"], "dataset items against the reference"),
+)
+
+_BENCH_DESCRIPTION = """\
+Run the benchmarks of a source checkout (bench/*.py) in their quick mode, each
+beside the reference pipeline in the same run: bench_prepare.py (file to
+tokens), then bench_cache.py and bench_dataset.py when present. Each prints its
+own table; see bench/README.md. The benchmarks are not part of the installed
+package: they are found in --bench-dir, $NEUROVFM_BENCH_DIR, the checkout the
+package was imported from, or ./bench of the current folder or a parent.
+
+The real-scan corpus is read from $NEUROVFM_TEST_DATA (default ../shared/data
+beside the checkout); cases whose data is missing are skipped."""
+
+_BENCH_EPILOG = """\
+examples:
+  neurovfm bench                               all quick benchmarks (a few minutes)
+  neurovfm bench --only prepare -j 4           file to tokens only, 4 threads
+  neurovfm bench --full                        the full runs (5 repeats, peak RSS, ...)
+  neurovfm bench --list                        show what would run
+  neurovfm bench --bench-dir ~/src/neurovfm/bench
+"""
+
+
+def _add_bench(sub, common) -> None:
+    p = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="quick benchmarks against the reference (needs a source checkout's bench/)",
+        description=_BENCH_DESCRIPTION,
+        epilog=_BENCH_EPILOG,
+        formatter_class=_Formatter,
+    )
+    names = [b[0] for b in BENCHMARKS]
+    p.add_argument(
+        "--only", metavar="NAMES",
+        help=f"comma-separated benchmarks to run, from {','.join(names)} (default: all present)",
+    )
+    p.add_argument("--full", action="store_true", help="the full runs instead of the quick ones")
+    p.add_argument("--bench-dir", type=Path, metavar="DIR", help="folder holding bench_prepare.py")
+    p.add_argument("--list", action="store_true", help="print the commands and exit")
+    p.set_defaults(func=cmd_bench)
+
+
+def find_bench_dir(explicit=None) -> Path:
+    """The folder of the benchmark scripts (see ``neurovfm bench --help``)."""
+    if explicit is not None:
+        d = Path(explicit)
+        if not (d / BENCHMARKS[0][1]).is_file():
+            raise UsageError(f"{d}: no {BENCHMARKS[0][1]} there (--bench-dir must be a checkout's bench/ folder)")
+        return d
+    candidates = []
+    env = os.environ.get("NEUROVFM_BENCH_DIR")
+    if env:
+        candidates.append(Path(env))
+    pkg = Path(__file__).resolve().parent
+    candidates.append(pkg.parent.parent / "bench")  # python/neurovfm -> checkout/bench
+    cwd = Path.cwd().resolve()
+    candidates += [d / "bench" for d in (cwd, *cwd.parents)]
+    for d in candidates:
+        if (d / BENCHMARKS[0][1]).is_file():
+            return d
+    raise UsageError(
+        "benchmark scripts not found: they live in bench/ of a source checkout, not in the installed "
+        "package; run from the checkout, or pass --bench-dir DIR (or set NEUROVFM_BENCH_DIR)"
+    )
+
+
+def cmd_bench(args) -> int:
+    import subprocess
+
+    names = [b[0] for b in BENCHMARKS]
+    wanted = names if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in names]
+    if unknown or not wanted:
+        raise UsageError(f"--only: unknown benchmark(s) {unknown or args.only!r}; choose from {','.join(names)}")
+    bench_dir = find_bench_dir(args.bench_dir)
+    env = dict(os.environ)
+    # The scripts benchmark the very package this command runs from.
+    pkg_parent = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
+    runs = []
+    for name, fn, quick, what in BENCHMARKS:
+        if name not in wanted:
+            continue
+        script = bench_dir / fn
+        if not script.is_file():
+            if args.only is not None:
+                raise UsageError(f"{script}: not found")
+            print(f"{PROG} bench: {fn} not present in {bench_dir}, skipped", flush=True)
+            continue
+        cmd = [sys.executable, str(script)] + ([] if args.full else list(quick))
+        if args.threads is not None:
+            cmd += ["--threads", str(args.threads)] if name == "prepare" else []
+            cmd += ["--workers", str(args.threads)] if name == "cache" else []
+        runs.append((name, what, cmd))
+    if args.list:
+        for name, what, cmd in runs:
+            print(f"{name}: {what}\n  {' '.join(cmd)}")
+        return 0
+    failed = []
+    t_all = time.perf_counter()
+    for i, (name, what, cmd) in enumerate(runs, 1):
+        print(f"\n=== [{i}/{len(runs)}] {name}: {what}\n    {' '.join(cmd)}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd, env=env, cwd=str(bench_dir.parent))
+        dt = time.perf_counter() - t0
+        status = "ok" if rc == 0 else f"FAILED (exit code {rc})"
+        print(f"=== [{i}/{len(runs)}] {name}: {status}, {dt:.1f} s", flush=True)
+        if rc != 0:
+            failed.append(name)
+    print(f"\n{len(runs) - len(failed)} of {len(runs)} benchmarks ran ({time.perf_counter() - t_all:.1f} s)")
+    if failed:
+        print(f"{PROG}: error: benchmark(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# Sub-commands, in the order --help lists them.
+_COMMANDS = [_add_prepare, _add_metadata, _add_cache, _add_qa, _add_bench]
 
 
 # --- prepare --------------------------------------------------------------------------------

@@ -232,7 +232,7 @@ class CacheManager:
         except OSError:
             return "stale"
         folder = self._dir(study)
-        for key, info in side.get("files", {}).items():
+        for info in side.get("files", {}).values():
             p = os.path.join(folder, info["name"])
             try:
                 if os.path.getsize(p) != info["bytes"]:

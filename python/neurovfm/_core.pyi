@@ -1,0 +1,237 @@
+"""Type stubs of ``neurovfm._core``, the compiled kernels (private; use the package).
+
+Keep in sync with ``cpp/bindings/*.cpp``: ``tests/test_stubs.py`` checks that every
+attribute of the built module is declared here and the other way round, with the
+same parameter names and the same parameters having defaults.
+
+Volumes are 3-D NumPy arrays of uint8, int8, uint16, int16, uint32, int32, float32
+or float64 (bool is read as uint8), in native byte order; they may be strided views
+but are never copied. ``threads`` is the number of threads a kernel may use.
+"""
+
+from collections.abc import Sequence
+from typing import Optional, SupportsFloat, SupportsIndex, SupportsInt, Union
+
+import numpy as np
+import numpy.typing as npt
+
+_Int = Union[SupportsInt, SupportsIndex]
+_Float = Union[SupportsFloat, SupportsIndex]
+_Int3 = Sequence[_Int]  # exactly 3 values
+_Float3 = Sequence[_Float]  # exactly 3 values
+_DType = npt.DTypeLike
+
+# --- module.cpp -----------------------------------------------------------------------------
+
+def hardware_threads() -> int:
+    """std::thread::hardware_concurrency() (at least 1)."""
+
+def empty(dtype: _DType, shape: Sequence[_Int]) -> npt.NDArray[np.generic]:
+    """Uninitialised C-contiguous array for a large volume (huge pages where available)."""
+
+def resample_isa() -> str:
+    """Instruction set of the resampling kernels in use: ``'avx2'`` or ``'baseline'``."""
+
+# --- bind_resample.cpp ----------------------------------------------------------------------
+
+def resample_bspline(
+    volume: npt.NDArray[np.generic],
+    n_out: _Int3,
+    start: _Int3,
+    out_spacing: _Float3,
+    in_spacing: _Float3,
+    threads: _Int = 1,
+    last_axis: _Int = -1,
+) -> npt.NDArray[np.generic]:
+    """Cubic B-spline resampling of a 3-D array (NumPy axis order) onto a cropped grid."""
+
+class StreamResampler:
+    """B-spline resampling of a volume pushed in slabs along one axis."""
+
+    def __init__(
+        self,
+        dtype: _DType,
+        shape: _Int3,
+        stream_axis: _Int,
+        n_out: _Int3,
+        start: _Int3,
+        out_spacing: _Float3,
+        in_spacing: _Float3,
+    ) -> None: ...
+    def push(self, slab: npt.NDArray[np.generic], i0: _Int, threads: _Int = 1) -> None:
+        """Resample the slab whose first index along the stream axis is ``i0``."""
+
+    def submit(self, slab: npt.NDArray[np.generic], i0: _Int, threads: _Int = 1) -> int:
+        """Queue a push on a background thread; returns its ticket. Do not modify ``slab``
+        before :meth:`wait` of that ticket."""
+
+    def wait(self, ticket: _Int) -> None:
+        """Wait for every push up to ``ticket``; re-raises the first error."""
+
+    def close(self) -> None:
+        """Drain and stop the background thread."""
+
+    def finish(self, threads: _Int = 1) -> npt.NDArray[np.generic]:
+        """The resampled volume, once every slice was pushed (``ValueError`` otherwise)."""
+
+def copy_contiguous(volume: npt.NDArray[np.generic], threads: _Int = 1) -> npt.NDArray[np.generic]:
+    """C-contiguous copy of a strided 3-D view (applies a reorientation)."""
+
+def tokenize(
+    volume: npt.NDArray[np.generic], threads: _Int = 1
+) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.int32]]:
+    """``[D, H, W]`` -> (``[N, 1024]`` tokens of the volume's dtype, ``[N, 3]`` int32 coords)."""
+
+def token_background(foreground: npt.NDArray[np.generic], threads: _Int = 1) -> npt.NDArray[np.uint8]:
+    """Per-token background flags (uint8 ``[N]``) from a bool/uint8 voxel foreground mask."""
+
+# --- bind_intensity.cpp ---------------------------------------------------------------------
+
+def ct_windows(
+    volume: npt.NDArray[np.generic],
+    windows: Sequence[Sequence[_Float]],
+    fg_threshold: _Float,
+    token_flags: bool = True,
+    voxel_mask: bool = False,
+    threads: _Int = 1,
+) -> tuple[list[npt.NDArray[np.float32]], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
+    """CT windows ``[(width, level), ...]`` -> (float32 ``[1, D, H, W]`` per window, token
+    flags or None, voxel foreground mask or None)."""
+
+def percentiles(
+    volume: npt.NDArray[np.generic], q: Sequence[_Float], threads: _Int = 1
+) -> tuple[list[float], float, float]:
+    """Exact NumPy-linear percentiles (``q`` in percent) -> (values, min, max)."""
+
+def mri_normalise(
+    volume: npt.NDArray[np.generic],
+    lo: _Float,
+    hi: _Float,
+    vmin: _Float,
+    vmax: _Float,
+    fg_threshold: _Float,
+    token_flags: bool = True,
+    voxel_mask: bool = False,
+    threads: _Int = 1,
+) -> tuple[npt.NDArray[np.float32], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
+    """MRI clip + min-max normalisation -> (float32 ``[1, D, H, W]``, token flags or None,
+    voxel foreground mask or None)."""
+
+def quantize_u8(values: npt.NDArray[np.float32], threads: _Int = 1) -> npt.NDArray[np.uint8]:
+    """``uint8(v * 255)`` by truncation, computed in float32 (C-contiguous input)."""
+
+def dequantize_u8(values: npt.NDArray[np.uint8], threads: _Int = 1) -> npt.NDArray[np.float32]:
+    """``float32(v) / 255`` (C-contiguous input)."""
+
+# --- bind_dicom.cpp -------------------------------------------------------------------------
+
+class DicomHeader:
+    """Header fields of one DICOM file, as read by the fast parser (no constructor:
+    made by :func:`read_dicom_header` and :func:`read_dicom_headers`)."""
+
+    @property
+    def is_dicom(self) -> bool: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def transfer_syntax(self) -> str: ...
+    @property
+    def media_storage_sop_class_uid(self) -> str: ...
+    @property
+    def sop_class_uid(self) -> str: ...
+    @property
+    def series_uid(self) -> str: ...
+    @property
+    def modality(self) -> str: ...
+    @property
+    def image_type(self) -> str: ...
+    @property
+    def series_description(self) -> str: ...
+    @property
+    def photometric(self) -> str: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def cols(self) -> int: ...
+    @property
+    def samples_per_pixel(self) -> int: ...
+    @property
+    def bits_allocated(self) -> int: ...
+    @property
+    def bits_stored(self) -> int: ...
+    @property
+    def high_bit(self) -> int: ...
+    @property
+    def pixel_representation(self) -> int: ...
+    @property
+    def number_of_frames(self) -> int: ...
+    @property
+    def has_instance_number(self) -> bool: ...
+    @property
+    def instance_number(self) -> int: ...
+    @property
+    def has_ipp(self) -> bool: ...
+    @property
+    def has_iop(self) -> bool: ...
+    @property
+    def has_pixel_spacing(self) -> bool: ...
+    @property
+    def ipp(self) -> tuple[float, float, float]: ...
+    @property
+    def iop(self) -> tuple[float, float, float, float, float, float]: ...
+    @property
+    def pixel_spacing(self) -> tuple[float, float]: ...
+    @property
+    def has_rescale(self) -> bool: ...
+    @property
+    def slope(self) -> float: ...
+    @property
+    def intercept(self) -> float: ...
+    @property
+    def has_preamble(self) -> bool: ...
+    @property
+    def explicit_vr(self) -> bool: ...
+    @property
+    def file_size(self) -> int: ...
+    @property
+    def has_pixel_data(self) -> bool: ...
+    @property
+    def float_pixel_data(self) -> bool: ...
+    @property
+    def pixel_offset(self) -> int: ...
+    @property
+    def pixel_length(self) -> int: ...
+    @property
+    def encapsulated(self) -> bool: ...
+    @property
+    def little_endian(self) -> bool: ...
+    @property
+    def uncompressed_native(self) -> bool: ...
+    @property
+    def stored_dtype(self) -> Optional[np.dtype]:
+        """NumPy dtype of the stored pixels, or None when the fast path cannot read them."""
+
+    @property
+    def output_dtype(self) -> Optional[np.dtype]:
+        """NumPy dtype GDCM/SimpleITK give this file after rescaling, or None."""
+
+    @property
+    def fast_readable(self) -> bool:
+        """True when the compiled reader can read this file exactly as SimpleITK would."""
+
+def read_dicom_header(path: str) -> DicomHeader:
+    """Parse the header of one DICOM file up to its pixel data (never raises for a bad
+    file: see ``.error``)."""
+
+def read_dicom_headers(paths: Sequence[str], threads: _Int) -> list[DicomHeader]:
+    """Parse many DICOM headers in parallel (never raises for a bad file)."""
+
+def read_dicom_pixels(
+    paths: Sequence[str], headers: Sequence[DicomHeader], dtype: _DType, threads: _Int
+) -> npt.NDArray[np.generic]:
+    """Read uncompressed little-endian frames into a new ``(frames, rows, cols)`` array,
+    rescaled as GDCM does and converted to ``dtype``. ``RuntimeError`` names the file on
+    any problem."""
+
+# --- bind_items.cpp -------------------------------------------------------------------------
+# (nothing bound yet)

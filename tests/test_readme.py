@@ -1,0 +1,373 @@
+"""Every code block of README.md is executed or checked, so the README cannot rot.
+
+Convention (also stated at the end of the README):
+
+- every fenced block names its language: ``python``, ``bash`` or ``text``;
+- ``python`` blocks run as scripts, ``bash`` blocks as ``bash -euo pipefail`` scripts,
+  each in a fresh copy of a workspace holding ``scan.nii.gz`` (a small CT phantom),
+  ``t1.nii.gz`` (an MR phantom), ``modes.csv`` and the dataset ``ds/`` (studies s001
+  CT and s002 MRI, metadata written and cache built). ``python``/``python3`` are
+  this interpreter, ``neurovfm`` its console script; benchmarks come from this
+  checkout's ``bench/`` and see an empty corpus (their cases skip);
+- in ``bash`` blocks, ``pip install ...`` commands are not run (they would build or
+  download): the package name and extras they name must be this package's;
+  ``torchrun`` lines run only where torch is installed;
+- a block after ``<!-- readme-test: ci -->`` is what CI runs: each of its commands
+  must be in ``.ci/run``, in order, and the last one must end ``.ci/run``;
+- a ``text`` block after ``<!-- readme-test: layout -->`` lists the cache files:
+  every file of a built cache must match one line and every line some file;
+- a ``text`` block after ``<!-- readme-test: paths -->`` lists paths of the checkout:
+  each must exist.
+
+Also: the API section names every public name of the package's modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+import neurovfm
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+CI_RUN = REPO / ".ci" / "run"
+LANGS = ("python", "bash", "text")
+
+
+@dataclass
+class Block:
+    lang: str
+    code: str
+    line: int  # line of the opening fence
+    marker: str | None
+
+
+def parse_blocks(text: str) -> list:
+    blocks = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^```(\S*)\s*$", lines[i])
+        if not m:
+            i += 1
+            continue
+        start = i
+        j = i + 1
+        while j < len(lines) and lines[j].strip() != "```":
+            j += 1
+        assert j < len(lines), f"README.md:{start + 1}: unclosed code block"
+        marker = None
+        k = start - 1
+        while k >= 0 and not lines[k].strip():
+            k -= 1
+        if k >= 0:
+            mm = re.match(r"^<!--\s*readme-test:\s*(\w+)\s*-->$", lines[k].strip())
+            marker = mm.group(1) if mm else None
+        blocks.append(Block(m.group(1), "\n".join(lines[start + 1 : j]) + "\n", start + 1, marker))
+        i = j + 1
+    return blocks
+
+
+BLOCKS = parse_blocks(README.read_text())
+
+
+def _ids(blocks):
+    return [f"line{b.line}-{b.lang}" + (f"-{b.marker}" if b.marker else "") for b in blocks]
+
+
+def test_every_block_is_tagged_and_covered():
+    assert BLOCKS, "no code blocks found in README.md"
+    for b in BLOCKS:
+        assert b.lang in LANGS, f"README.md:{b.line}: code block language {b.lang!r}, use one of {LANGS}"
+        if b.lang == "text":
+            assert b.marker in ("layout", "paths"), f"README.md:{b.line}: a text block needs a readme-test marker"
+        if b.marker == "ci":
+            assert b.lang == "bash"
+
+
+# --- the workspace ---------------------------------------------------------------------------
+
+
+def _package_env() -> dict:
+    """Environment for subprocesses: the package this test imported, whatever the cwd."""
+    env = dict(os.environ)
+    if os.environ.get("NEUROVFM_EXPECT_INSTALLED") != "1":
+        src = str(Path(neurovfm.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    from neurovfm import phantom
+    from neurovfm.data import CacheManager, DatasetMetadata
+
+    ws = tmp_path_factory.mktemp("readme_ws")
+    ct = phantom.make_ct_phantom(shape=(96, 96, 40), spacing=(2.0, 2.0, 3.0))
+    mr = phantom.make_mri_phantom(shape=(64, 96, 96), spacing=(2.0, 2.0, 2.0))
+    sitk.WriteImage(ct, str(ws / "scan.nii.gz"), useCompression=True)
+    sitk.WriteImage(mr, str(ws / "t1.nii.gz"), useCompression=True)
+    for study, name, src in (("s001", "head.nii.gz", "scan.nii.gz"), ("s002", "t1.nii.gz", "t1.nii.gz")):
+        (ws / "ds" / "raw" / study).mkdir(parents=True)
+        shutil.copyfile(ws / src, ws / "ds" / "raw" / study / name)
+    (ws / "modes.csv").write_text("study,mode\ns001,ct\ns002,mri\n")
+    DatasetMetadata.from_directory(ws / "ds", ws / "modes.csv").save()
+    summary = CacheManager(ws / "ds").build_cache(num_workers=1, progress=False)
+    assert not summary.failed, summary
+    (ws / "empty_corpus").mkdir()
+    return ws
+
+
+@pytest.fixture
+def run_dir(workspace, tmp_path) -> Path:
+    d = tmp_path / "run"
+    shutil.copytree(workspace, d)
+    return d
+
+
+def _shims(where: Path) -> Path:
+    """python, python3 -> this interpreter; neurovfm -> its console script (or -m)."""
+    bin_dir = where / ".shims"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("python", "python3"):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    script = Path(sys.executable).parent / "neurovfm"
+    if os.environ.get("NEUROVFM_EXPECT_INSTALLED") == "1" and script.exists():
+        (bin_dir / "neurovfm").write_text(f'#!/bin/sh\nexec "{script}" "$@"\n')
+    else:
+        (bin_dir / "neurovfm").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m neurovfm "$@"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return bin_dir
+
+
+# --- pip lines -------------------------------------------------------------------------------
+
+
+def _project() -> tuple:
+    """(name, extras) of this package: from its installed metadata, else pyproject.toml."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("neurovfm")
+        if Path(str(dist.locate_file(""))).resolve() in Path(neurovfm.__file__).resolve().parents:
+            return dist.metadata["Name"], set(dist.metadata.get_all("Provides-Extra") or [])
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    with open(REPO / "pyproject.toml", "rb") as f:
+        proj = tomllib.load(f)["project"]
+    return proj["name"], set(proj.get("optional-dependencies", {}))
+
+
+def check_pip(command: str) -> None:
+    """A documented ``pip install`` names this package (or the checkout) and real extras."""
+    words = shlex.split(command)
+    assert words[:2] == ["pip", "install"], command
+    targets = [w for w in words[2:] if not w.startswith("-")]
+    assert targets, f"{command!r}: nothing to install"
+    name, extras = _project()
+    for t in targets:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+|\.)(?:\[([A-Za-z0-9_,-]+)\])?", t)
+        assert m, f"{command!r}: cannot read {t!r}"
+        what, wanted = m.group(1), m.group(2)
+        if what == ".":
+            assert (REPO / "pyproject.toml").is_file()
+        else:
+            assert what.lower() == name.lower(), f"{command!r}: the package is {name!r}"
+        unknown = set((wanted or "").split(",")) - {""} - extras
+        assert not unknown, f"{command!r}: no extra(s) {sorted(unknown)} (the package has {sorted(extras)})"
+
+
+def bash_script(code: str) -> tuple:
+    """The block as a script to run, and the pip commands it documents."""
+    out, pips = [], []
+    have_torch = importlib.util.find_spec("torch") is not None
+    for line in code.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            out.append(line)
+            continue
+        command = stripped.split(" #", 1)[0].strip()
+        parts = [p.strip() for p in command.split("&&")]
+        keep = []
+        for p in parts:
+            if p.startswith("pip install"):
+                pips.append(p)
+            elif p.startswith("torchrun") and not have_torch:
+                continue
+            else:
+                keep.append(p)
+        if keep:
+            out.append(" && ".join(keep))
+    return "\n".join(out) + "\n", pips
+
+
+# --- running the blocks ----------------------------------------------------------------------
+
+RUNNABLE = [b for b in BLOCKS if b.lang in ("python", "bash") and b.marker is None]
+
+
+@pytest.mark.parametrize("block", RUNNABLE, ids=_ids(RUNNABLE))
+def test_block_runs(block, run_dir):
+    env = _package_env()
+    env["NEUROVFM_BENCH_DIR"] = str(REPO / "bench")
+    env["NEUROVFM_TEST_DATA"] = str(run_dir / "empty_corpus")
+    env["NEUROVFM_NUM_THREADS"] = "2"
+    env["MPLBACKEND"] = "Agg"
+    for var in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "RANK", "WORLD_SIZE"):
+        env.pop(var, None)
+    if block.lang == "python":
+        (run_dir / "readme_block.py").write_text(block.code)
+        cmd = [sys.executable, "readme_block.py"]
+    else:
+        script, pips = bash_script(block.code)
+        for p in pips:
+            check_pip(p)
+        if sys.platform == "win32":
+            pytest.skip("bash blocks run on POSIX systems (their pip lines were checked)")
+        env["PATH"] = os.pathsep.join([str(_shims(run_dir)), env.get("PATH", "")])
+        (run_dir / "readme_block.sh").write_text(script)
+        cmd = ["bash", "-euo", "pipefail", "readme_block.sh"]
+    res = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, (
+        f"README.md:{block.line}: {block.lang} block failed (exit code {res.returncode})\n"
+        f"--- block ---\n{block.code}--- stdout ---\n{res.stdout[-4000:]}\n--- stderr ---\n{res.stderr[-4000:]}"
+    )
+
+
+def test_documented_outputs_exist_after_the_blocks(run_dir):
+    """The files the examples promise appear (qa.png from the QA block, tokens.npz, ...)."""
+    qa_blocks = [b for b in RUNNABLE if "neurovfm qa " in b.code]
+    assert qa_blocks, "the README shows no `neurovfm qa` example"
+    if importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("matplotlib not installed")
+    if sys.platform == "win32":
+        pytest.skip("bash blocks run on POSIX systems")
+    env = _package_env()
+    env["PATH"] = os.pathsep.join([str(_shims(run_dir)), env.get("PATH", "")])
+    script, _ = bash_script(qa_blocks[0].code)
+    (run_dir / "qa_block.sh").write_text(script)
+    subprocess.run(
+        ["bash", "-euo", "pipefail", "qa_block.sh"], cwd=run_dir, env=env, check=True, capture_output=True, timeout=600
+    )
+    for m in re.finditer(r"-o (\S+\.png)", qa_blocks[0].code):
+        out = run_dir / m.group(1)
+        assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", out
+
+
+def test_pip_lines_are_checked():
+    pips = [p for b in BLOCKS if b.lang == "bash" for p in bash_script(b.code)[1]]
+    assert any(p == "pip install neurovfm" for p in pips)
+    for p in pips:
+        check_pip(p)
+    with pytest.raises(AssertionError, match="no extra"):
+        check_pip('pip install "neurovfm[nonexistent]"')
+    with pytest.raises(AssertionError, match="the package is"):
+        check_pip("pip install neurovfn")
+
+
+# --- checked blocks --------------------------------------------------------------------------
+
+
+def _commands(text: str) -> list:
+    out = []
+    for line in text.splitlines():
+        s = line.split(" #", 1)[0].strip()
+        if s and not s.startswith("#"):
+            out.append(s)
+    return out
+
+
+def test_ci_block_is_what_ci_runs():
+    ci = [b for b in BLOCKS if b.marker == "ci"]
+    assert len(ci) == 1, "README.md needs exactly one block marked readme-test: ci (Run the tests)"
+    documented = _commands(ci[0].code)
+    run = _commands(CI_RUN.read_text())
+    pos = 0
+    for cmd in documented:
+        assert cmd in run[pos:], f".ci/run does not run {cmd!r} (after its earlier steps)"
+        pos = run.index(cmd, pos) + 1
+    assert run[-1] == documented[-1], f".ci/run must end with the README's test command {documented[-1]!r}"
+
+
+def _layout_patterns(code: str) -> list:
+    pats = []
+    for line in code.splitlines():
+        tok = line.split()[0] if line.strip() else ""
+        if not tok.startswith("processed/"):
+            continue
+        rx = re.escape(tok).replace(re.escape("<study>"), "[^/]+").replace(re.escape("<image>"), "[^/]+")
+        pats.append((tok, re.compile(rx + "$")))
+    return pats
+
+
+def test_layout_block_matches_a_built_cache(tmp_path):
+    from neurovfm import phantom
+    from neurovfm.data import CacheManager, DatasetMetadata
+
+    (block,) = [b for b in BLOCKS if b.marker == "layout"]
+    pats = _layout_patterns(block.code)
+    assert len(pats) >= 7
+    ds = tmp_path / "ds"
+    for study in ("s001", "s002", "s003"):
+        (ds / "raw" / study).mkdir(parents=True)
+    sitk.WriteImage(
+        phantom.make_ct_phantom(shape=(64, 64, 24), spacing=(3.0, 3.0, 5.0)), str(ds / "raw" / "s001" / "head.nii.gz")
+    )
+    sitk.WriteImage(
+        phantom.make_mri_phantom(shape=(32, 64, 64), spacing=(4.0, 3.0, 3.0)), str(ds / "raw" / "s002" / "t1.nii.gz")
+    )
+    (ds / "raw" / "s003" / "broken.nii.gz").write_bytes(b"not an image")
+    DatasetMetadata.from_directory(ds, {"s001": "ct", "s002": "mri", "s003": "ct"}).save()
+    summary = CacheManager(ds).build_cache(num_workers=1, progress=False)
+    assert list(summary.failed) == ["s003/broken"]
+    files = sorted(p.relative_to(ds).as_posix() for p in (ds / "processed").rglob("*") if p.is_file())
+    used = set()
+    for f in files:
+        hits = [tok for tok, rx in pats if rx.match(f)]
+        assert hits, f"cache file {f} is not in the README's layout"
+        used.update(hits)
+    assert sorted({tok for tok, _ in pats} - used) == [], "layout lines no cache file matches"
+
+
+def test_paths_block_exists():
+    (block,) = [b for b in BLOCKS if b.marker == "paths"]
+    for line in block.code.splitlines():
+        if line.strip():
+            path = line.split()[0]
+            assert (REPO / path).exists(), f"README.md layout names {path}, which does not exist"
+
+
+# --- the API section -------------------------------------------------------------------------
+
+API_MODULES = ["neurovfm", "neurovfm.data", "neurovfm.errors", "neurovfm.phantom", "neurovfm.qa"]
+if importlib.util.find_spec("neurovfm.datasets") is not None:
+    API_MODULES.append("neurovfm.datasets")
+
+
+@pytest.mark.parametrize("modname", API_MODULES)
+def test_api_section_names_every_public_name(modname):
+    text = README.read_text()
+    api = text[text.index("\n## API") : text.index("\n## ", text.index("\n## API") + 1)]
+    mod = importlib.import_module(modname)
+    names = getattr(mod, "__all__", None)
+    assert names, f"{modname} has no __all__"
+    code = " ".join(re.findall(r"`([^`]+)`", api))
+    missing = [n for n in names if not re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", code)]
+    assert not missing, f"README.md's API section does not document {modname}: {missing}"
