@@ -18,24 +18,110 @@
 
 namespace neurovfm {
 
+namespace {
+
+// Large buffers freed recently, kept for reuse. Touching fresh memory is slow
+// (a page fault per page, and on virtual machines that hand freed memory back
+// to the host, far slower); volumes of one dataset have similar sizes, so the
+// next image reuses the last one's buffers. Bounded: at most kKeep buffers and
+// kKeepBytes in all; neurovfm::release_cached_buffers() empties it.
+constexpr std::size_t kKeep = 6;
+constexpr std::size_t kKeepBytes = std::size_t(768) << 20;
+constexpr std::size_t kHuge = std::size_t(2) << 20;
+
+struct Block {
+  void* p;
+  std::size_t bytes;
+};
+
+std::mutex g_cache_mutex;
+std::vector<Block> g_cache;  // most recently freed last
+std::mutex g_sizes_mutex;
+std::vector<Block> g_live;  // sizes of big blocks handed out
+
+std::size_t cached_bytes() {
+  std::size_t t = 0;
+  for (const auto& b : g_cache) t += b.bytes;
+  return t;
+}
+
+}  // namespace
+
+void release_cached_buffers() {
+  std::vector<Block> drop;
+  {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    drop.swap(g_cache);
+  }
+  for (auto& b : drop) std::free(b.p);
+}
+
 void* big_alloc(std::size_t bytes) {
   if (bytes == 0) bytes = 1;
-#if defined(__linux__)
-  constexpr std::size_t kHuge = std::size_t(2) << 20;
-  if (bytes >= 2 * kHuge) {
-    void* p = nullptr;
-    const std::size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    if (posix_memalign(&p, kHuge, rounded) != 0 || p == nullptr) throw std::bad_alloc();
-    madvise(p, rounded, MADV_HUGEPAGE);  // advisory: ignore failure
+  if (bytes < 2 * kHuge) {
+    void* p = std::malloc(bytes);
+    if (!p) throw std::bad_alloc();
     return p;
   }
-#endif
-  void* p = std::malloc(bytes);
+  const std::size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* p = nullptr;
+  {
+    // The smallest cached block that fits and wastes at most half of itself.
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    std::size_t best = g_cache.size();
+    for (std::size_t i = 0; i < g_cache.size(); ++i)
+      if (g_cache[i].bytes >= rounded && g_cache[i].bytes <= 2 * rounded &&
+          (best == g_cache.size() || g_cache[i].bytes < g_cache[best].bytes))
+        best = i;
+    if (best < g_cache.size()) {
+      p = g_cache[best].p;
+      const std::size_t got = g_cache[best].bytes;
+      g_cache.erase(g_cache.begin() + static_cast<std::ptrdiff_t>(best));
+      std::lock_guard<std::mutex> lk(g_sizes_mutex);
+      g_live.push_back({p, got});
+      return p;
+    }
+  }
+#if defined(__linux__)
+  if (posix_memalign(&p, kHuge, rounded) != 0 || p == nullptr) throw std::bad_alloc();
+  madvise(p, rounded, MADV_HUGEPAGE);  // advisory: ignore failure
+#else
+  p = std::malloc(rounded);
   if (!p) throw std::bad_alloc();
+#endif
+  std::lock_guard<std::mutex> lk(g_sizes_mutex);
+  g_live.push_back({p, rounded});
   return p;
 }
 
-void BigFree::operator()(void* p) const { std::free(p); }
+void BigFree::operator()(void* p) const {
+  if (p == nullptr) return;
+  std::size_t bytes = 0;
+  {
+    std::lock_guard<std::mutex> lk(g_sizes_mutex);
+    for (std::size_t i = 0; i < g_live.size(); ++i)
+      if (g_live[i].p == p) {
+        bytes = g_live[i].bytes;
+        g_live[i] = g_live.back();
+        g_live.pop_back();
+        break;
+      }
+  }
+  if (bytes == 0 || bytes > kKeepBytes) {
+    std::free(p);
+    return;
+  }
+  std::vector<Block> drop;
+  {
+    std::lock_guard<std::mutex> lock(g_cache_mutex);
+    g_cache.push_back({p, bytes});
+    while (g_cache.size() > kKeep || cached_bytes() > kKeepBytes) {
+      drop.push_back(g_cache.front());
+      g_cache.erase(g_cache.begin());
+    }
+  }
+  for (auto& b : drop) std::free(b.p);
+}
 
 int hardware_threads() {
   unsigned h = std::thread::hardware_concurrency();

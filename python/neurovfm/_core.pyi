@@ -29,6 +29,9 @@ def hardware_threads() -> int:
 def empty(dtype: _DType, shape: Sequence[_Int]) -> npt.NDArray[np.generic]:
     """Uninitialised C-contiguous array for a large volume (huge pages where available)."""
 
+def release_cached_buffers() -> None:
+    """Free the large buffers the kernels keep for reuse between volumes."""
+
 def resample_isa() -> str:
     """Instruction set of the resampling kernels in use: ``'avx2'`` or ``'baseline'``."""
 

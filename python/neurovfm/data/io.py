@@ -215,7 +215,8 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
     rshape = _reoriented_view(np.empty((nz, ny, nx), np.uint8), o).shape
     sr = _core.StreamResampler(layout.dtype, rshape, stream_axis, *plan.kernel_args())
     per = max(1, _SLAB_BYTES // (ny * nx * layout.dtype.itemsize))
-    ring = [np.empty((min(per, nz), ny, nx), layout.dtype) for _ in range(3)]
+    # Ring buffers from the kernels' allocator: reused from one file to the next.
+    ring = [_core.empty(layout.dtype, (min(per, nz), ny, nx)) for _ in range(3)]
     tickets = [0] * len(ring)
     # One thread decodes (here), the rest resample slabs as they arrive.
     push_threads = max(1, threads - 1)
