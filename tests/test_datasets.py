@@ -215,7 +215,9 @@ def test_draws_replay_from_seed_epoch_index(ds_root):
     a = ImageDataset(ds_root, seed=11, random_crop=True, augment=True)
     b = ImageDataset(ds_root, seed=11, random_crop=True, augment=True)
     c = ImageDataset(ds_root, seed=12, random_crop=True, augment=True)
-    draws = lambda d: [(d[i]["crop"], d[i]["flips"], d[i]["transpose"], d[i]["window"]) for i in range(len(d))]
+    def draws(d):
+        return [(d[i]["crop"], d[i]["flips"], d[i]["transpose"], d[i]["window"]) for i in range(len(d))]
+
     assert draws(a) == draws(b)
     assert draws(a) != draws(c)
     b.set_epoch(1)

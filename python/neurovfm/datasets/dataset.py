@@ -98,7 +98,7 @@ def load_study_labels(study_labels) -> dict:
             raise ValueError(f"{path}: expected 'study,label' (or 'study,label1,label2,...') columns")
     width = len(rows[0]) if rows else 0
     out = {}
-    for line, row in enumerate(rows, start=1):
+    for row in rows:
         study = row[0].strip()
         if len(row) != width:
             raise ValueError(f"{path}: study {study!r} has {len(row) - 1} label columns, expected {width - 1}")
