@@ -212,7 +212,8 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
     j = o.perm.index(2)  # new sitk axis fed by old sitk axis 2
     stream_axis = 2 - j
     flipped = o.flip[j]
-    rshape = _reoriented_view(np.empty((nz, ny, nx), np.uint8), o).shape
+    # Shape of the reoriented volume (a zero-byte broadcast view stands in for it).
+    rshape = _reoriented_view(np.broadcast_to(np.uint8(0), (nz, ny, nx)), o).shape
     sr = _core.StreamResampler(layout.dtype, rshape, stream_axis, *plan.kernel_args())
     per = max(1, _SLAB_BYTES // (ny * nx * layout.dtype.itemsize))
     # Ring buffers from the kernels' allocator: reused from one file to the next.
