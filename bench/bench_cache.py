@@ -50,74 +50,20 @@ SCANS = [
 
 
 # --- the reference procedure (seed pipeline) -------------------------------------------------
+# SimpleITK read + DICOMOrient + B-spline Resample + crop and the NumPy prepare
+# are the tests' reference (tests/reference.py); the cache part is the seed's:
+# torch.save of a dict per file, a process pool.
 
-
-def _ref_read(path):
-    import SimpleITK as sitk
-
-    if os.path.isdir(path):
-        r = sitk.ImageSeriesReader()
-        uids = r.GetGDCMSeriesIDs(path)
-        best = max(uids, key=lambda u: len(r.GetGDCMSeriesFileNames(path, u)))
-        r.SetFileNames(r.GetGDCMSeriesFileNames(path, best))
-        return r.Execute()
-    return sitk.ReadImage(path)
-
-
-def _ref_preprocess(img):
-    import SimpleITK as sitk
-
-    img = sitk.DICOMOrient(img, "RPI")
-    s, n = img.GetSpacing(), img.GetSize()
-    if s[0] == s[1] == s[2]:
-        z = 2
-    else:
-        uniq = [v for v in n if list(n).count(v) == 1]
-        z = list(n).index(min(uniq)) if uniq else int(np.argmax(s))
-    t = [1.0, 1.0, 1.0]
-    t[z] = 4.0
-    size = [int(n[i] * (s[i] / t[i])) for i in range(3)]
-    img = sitk.Resample(img, size, sitk.Transform(), sitk.sitkBSpline, img.GetOrigin(), t,
-                        img.GetDirection(), 0, img.GetPixelID())
-    sl = []
-    for i in range(3):
-        k = 4 if i == z else 16
-        m = size[i]
-        st = (m % k) // 2 if m >= k else 0
-        sl.append(slice(st, st + ((m // k) * k if m >= k else m)))
-    return img[sl[0], sl[1], sl[2]]
-
-
-def _ref_prepare(img, mode):
-    import SimpleITK as sitk
-
-    arr = sitk.GetArrayFromImage(img).astype(np.float64)
-    sp = img.GetSpacing()
-    z = 2 if sp[0] == sp[1] == sp[2] else int(np.argmax(sp))
-    view = 2 - z
-    arr = arr.transpose({0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 1, 0)}[view])
-    if mode == "ct":
-        fg = arr > -500
-        outs = []
-        for w, lv in ((80, 40), (200, 80), (2800, 600)):
-            lo = lv - w / 2
-            outs.append(((np.clip(arr, lo, lv + w / 2) - lo) / (w + 1e-8)).astype(np.float32)[None])
-    else:
-        lo, p10, hi = np.percentile(arr, [0.5, 10, 99.5])
-        fg = arr > p10
-        x = np.clip(arr, lo, hi)
-        outs = [((x - x.min()) / (x.max() - x.min() + 1e-8)).astype(np.float32)[None]]
-    D, H, W = arr.shape
-    mask = (~fg).reshape(D // 4, 4, H // 16, 16, W // 16, 16).any(axis=(1, 3, 5)).astype(np.uint8)
-    return outs, mask, view
+sys.path.insert(0, str(ROOT / "tests"))
+import reference as R  # noqa: E402
 
 
 def _ref_build_one(job):
     import torch
 
     src, out_dir, name, mode = job
-    img = _ref_preprocess(_ref_read(src))
-    outs, mask, view = _ref_prepare(img, mode)
+    img = R.ref_preprocess(R.ref_read(src))
+    outs, mask, view = R.ref_prepare(img, mode)
     os.makedirs(out_dir, exist_ok=True)
     meta = {"view": view, "spacing": img.GetSpacing(), "mode": mode}
     keys = ["brain", "blood", "bone"] if mode == "ct" else [None]

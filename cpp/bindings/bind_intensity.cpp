@@ -18,16 +18,17 @@ py::ssize_t token_count(const VolumeView& v, bool with_tokens) {
 }
 
 py::tuple ct_windows_py(const py::array& in, const std::vector<std::array<double, 2>>& windows,
-                        double fg_threshold, bool token_flags, bool voxel_mask, int threads) {
+                        double fg_threshold, bool token_flags, bool voxel_mask, int threads,
+                        bool quantize) {
   VolumeView v = view3d(in, "ct_windows");
   if (windows.size() > 8) throw py::value_error("ct_windows: at most 8 windows");
   const py::ssize_t n = token_count(v, token_flags);
   const std::vector<py::ssize_t> shape{1, v.shape[0], v.shape[1], v.shape[2]};
   py::list outs;
-  std::vector<float*> ptrs;
+  std::vector<void*> ptrs;
   std::vector<Window> ws;
   for (const auto& w : windows) {
-    py::array_t<float> a(shape);
+    py::array a = quantize ? py::array(py::array_t<std::uint8_t>(shape)) : py::array(py::array_t<float>(shape));
     ptrs.push_back(a.mutable_data());
     outs.append(a);
     ws.push_back(Window{w[0], w[1]});
@@ -47,8 +48,8 @@ py::tuple ct_windows_py(const py::array& in, const std::vector<std::array<double
   }
   {
     py::gil_scoped_release release;
-    ct_windows(v, ws.data(), static_cast<int>(ws.size()), ptrs.data(), fg_threshold, tbp, fgp,
-               threads);
+    ct_windows(v, ws.data(), static_cast<int>(ws.size()), ptrs.data(), quantize, fg_threshold, tbp,
+               fgp, threads);
   }
   return py::make_tuple(outs, tb, fg);
 }
@@ -67,11 +68,13 @@ py::tuple percentiles_py(const py::array& in, const std::vector<double>& q, int 
 }
 
 py::tuple mri_normalise_py(const py::array& in, double lo, double hi, double mn, double mx,
-                           double fg_threshold, bool token_flags, bool voxel_mask, int threads) {
+                           double fg_threshold, bool token_flags, bool voxel_mask, int threads,
+                           bool quantize) {
   VolumeView v = view3d(in, "mri_normalise");
   const py::ssize_t n = token_count(v, token_flags);
-  py::array_t<float> out(std::vector<py::ssize_t>{1, v.shape[0], v.shape[1], v.shape[2]});
-  float* op = out.mutable_data();
+  const std::vector<py::ssize_t> shape{1, v.shape[0], v.shape[1], v.shape[2]};
+  py::array out = quantize ? py::array(py::array_t<std::uint8_t>(shape)) : py::array(py::array_t<float>(shape));
+  void* op = out.mutable_data();
   py::object tb = py::none(), fg = py::none();
   std::uint8_t* tbp = nullptr;
   std::uint8_t* fgp = nullptr;
@@ -87,7 +90,7 @@ py::tuple mri_normalise_py(const py::array& in, double lo, double hi, double mn,
   }
   {
     py::gil_scoped_release release;
-    mri_normalise(v, lo, hi, mn, mx, fg_threshold, op, tbp, fgp, threads);
+    mri_normalise(v, lo, hi, mn, mx, fg_threshold, op, quantize, tbp, fgp, threads);
   }
   return py::make_tuple(out, tb, fg);
 }
@@ -127,14 +130,16 @@ py::array_t<float> dequantize_py(const py::array& in, int threads) {
 void register_intensity(py::module_& m) {
   m.def("ct_windows", &ct_windows_py, py::arg("volume"), py::arg("windows"),
         py::arg("fg_threshold"), py::arg("token_flags") = true, py::arg("voxel_mask") = false,
-        py::arg("threads") = 1,
-        "CT windows [(width, level), ...] -> (list of float32 [1, D, H, W], token flags, mask).");
+        py::arg("threads") = 1, py::arg("quantize") = false,
+        "CT windows [(width, level), ...] -> (list of float32 (or quantised uint8) [1, D, H, W], "
+        "token flags, mask).");
   m.def("percentiles", &percentiles_py, py::arg("volume"), py::arg("q"), py::arg("threads") = 1,
         "Exact NumPy-linear percentiles (q in percent) -> (values, min, max).");
   m.def("mri_normalise", &mri_normalise_py, py::arg("volume"), py::arg("lo"), py::arg("hi"),
         py::arg("vmin"), py::arg("vmax"), py::arg("fg_threshold"), py::arg("token_flags") = true,
-        py::arg("voxel_mask") = false, py::arg("threads") = 1,
-        "MRI clip + min-max normalisation -> (float32 [1, D, H, W], token flags, mask).");
+        py::arg("voxel_mask") = false, py::arg("threads") = 1, py::arg("quantize") = false,
+        "MRI clip + min-max normalisation -> (float32 (or quantised uint8) [1, D, H, W], token flags, "
+        "mask).");
   m.def("quantize_u8", &quantize_py, py::arg("values"), py::arg("threads") = 1,
         "uint8(v * 255) by truncation, computed in float32.");
   m.def("dequantize_u8", &dequantize_py, py::arg("values"), py::arg("threads") = 1,

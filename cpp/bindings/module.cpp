@@ -35,6 +35,8 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("dtype"), py::arg("shape"),
       "Uninitialised C-contiguous array for a large volume (huge pages where available).");
+  m.def("release_cached_buffers", &neurovfm::release_cached_buffers,
+        "Free the large buffers the kernels keep for reuse between volumes.");
   m.def("resample_isa", &neurovfm::resample_isa, "Instruction set of the resampling kernels in use.");
   neurovfm::bindings::register_resample(m);
   neurovfm::bindings::register_intensity(m);

@@ -29,6 +29,9 @@ def hardware_threads() -> int:
 def empty(dtype: _DType, shape: Sequence[_Int]) -> npt.NDArray[np.generic]:
     """Uninitialised C-contiguous array for a large volume (huge pages where available)."""
 
+def release_cached_buffers() -> None:
+    """Free the large buffers the kernels keep for reuse between volumes."""
+
 def resample_isa() -> str:
     """Instruction set of the resampling kernels in use: ``'avx2'`` or ``'baseline'``."""
 
@@ -94,9 +97,10 @@ def ct_windows(
     token_flags: bool = True,
     voxel_mask: bool = False,
     threads: _Int = 1,
-) -> tuple[list[npt.NDArray[np.float32]], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
-    """CT windows ``[(width, level), ...]`` -> (float32 ``[1, D, H, W]`` per window, token
-    flags or None, voxel foreground mask or None)."""
+    quantize: bool = False,
+) -> tuple[list[npt.NDArray[np.generic]], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
+    """CT windows ``[(width, level), ...]`` -> (float32 ``[1, D, H, W]`` per window, or
+    uint8 ``v * 255`` with ``quantize``; token flags or None; voxel foreground mask or None)."""
 
 def percentiles(
     volume: npt.NDArray[np.generic], q: Sequence[_Float], threads: _Int = 1
@@ -113,9 +117,10 @@ def mri_normalise(
     token_flags: bool = True,
     voxel_mask: bool = False,
     threads: _Int = 1,
-) -> tuple[npt.NDArray[np.float32], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
-    """MRI clip + min-max normalisation -> (float32 ``[1, D, H, W]``, token flags or None,
-    voxel foreground mask or None)."""
+    quantize: bool = False,
+) -> tuple[npt.NDArray[np.generic], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
+    """MRI clip + min-max normalisation -> (float32 ``[1, D, H, W]`` or, with ``quantize``,
+    uint8 ``v * 255``; token flags or None; voxel foreground mask or None)."""
 
 def quantize_u8(values: npt.NDArray[np.float32], threads: _Int = 1) -> npt.NDArray[np.uint8]:
     """``uint8(v * 255)`` by truncation, computed in float32 (C-contiguous input)."""
@@ -235,3 +240,21 @@ def read_dicom_pixels(
 
 # --- bind_items.cpp -------------------------------------------------------------------------
 # (nothing bound yet)
+
+# --- bind_items.cpp -------------------------------------------------------------------------
+
+def make_item(
+    volume: npt.NDArray[np.uint8],
+    flags: Optional[npt.NDArray[np.uint8]] = None,
+    crop_start: Optional[_Int3] = None,
+    crop_size: Optional[_Int3] = None,
+    transpose_hw: bool = False,
+    flips: Sequence[bool] = (False, False, False),
+    dtype: str = "float32",
+    tokens: bool = True,
+    threads: _Int = 1,
+) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.int32], npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
+    """One training item from a uint8 volume ``[D, H, W]`` or ``[1, D, H, W]`` and its token
+    flags ``[D/4, H/16, W/16]``: crop (token box), swap H/W, flip, convert (float32 ``x / 255``
+    or uint8) and tokenise in one pass -> (img ``[N, 1024]`` or ``[1, D', H', W']``, coords
+    int32 ``[N, 3]``, flags uint8 ``[N]``, grid int32 ``[3]``)."""

@@ -36,8 +36,23 @@ def _cgroup_cpu_limit() -> int | None:
     return None
 
 
+_cpus_cache: tuple | None = None
+
+
 def available_cpus() -> int:
-    """CPUs this process may run on: affinity mask, capped by a cgroup quota."""
+    """CPUs this process may run on: affinity mask, capped by a cgroup quota.
+
+    Read once per process (and again in a forked child)."""
+    global _cpus_cache
+    pid = os.getpid()
+    if _cpus_cache is not None and _cpus_cache[0] == pid:
+        return _cpus_cache[1]
+    n = _read_available_cpus()
+    _cpus_cache = (pid, n)
+    return n
+
+
+def _read_available_cpus() -> int:
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

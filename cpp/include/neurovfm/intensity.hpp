@@ -13,13 +13,15 @@ struct Window {
 };
 
 // `in` is a [D, H, W] view (any strides). For each window w, out[w] receives
-// (clip(x, L - W/2, L + W/2) - (L - W/2)) / (W + 1e-8) as float32 (C order),
-// computed in double. token_bg (may be null) receives per 4x16x16 token 1 when
-// any voxel is background (x <= fg_threshold); fg (may be null) the voxel
-// foreground mask (x > fg_threshold). D, H, W must be multiples of 4, 16, 16
-// when token_bg is given.
-void ct_windows(const VolumeView& in, const Window* windows, int n_windows, float* const* out,
-                double fg_threshold, std::uint8_t* token_bg, std::uint8_t* fg, int threads);
+// (clip(x, L - W/2, L + W/2) - (L - W/2)) / (W + 1e-8) computed in double, as
+// float32 (C order), or with `quantize` as uint8(float32 value * 255) by
+// truncation (the cache's values). token_bg (may be null) receives per
+// 4x16x16 token 1 when any voxel is background (x <= fg_threshold); fg (may be
+// null) the voxel foreground mask (x > fg_threshold). D, H, W must be
+// multiples of 4, 16, 16 when token_bg is given.
+void ct_windows(const VolumeView& in, const Window* windows, int n_windows, void* const* out,
+                bool quantize, double fg_threshold, std::uint8_t* token_bg, std::uint8_t* fg,
+                int threads);
 
 // Exact percentiles (NumPy's default linear interpolation) of all voxels,
 // values taken as double; q in percent. Also returns the minimum and maximum.
@@ -28,11 +30,13 @@ void ct_windows(const VolumeView& in, const Window* windows, int n_windows, floa
 void percentiles(const VolumeView& in, const double* q, int nq, double* result, double* vmin,
                  double* vmax, int threads);
 
-// MRI: out = (clip(x, lo, hi) - mn) / (mx - mn + 1e-8) as float32, with
-// mn = max(lo, min(x)), mx = min(hi, max(x)); foreground is x > fg_threshold.
+// MRI: out = (clip(x, lo, hi) - mn) / (mx - mn + 1e-8) in double, as float32
+// (or quantised uint8, as ct_windows). The caller passes mn and mx, the
+// minimum and maximum of clip(x, lo, hi) (i.e. max(lo, min(x)) and
+// min(hi, max(x))); foreground is x > fg_threshold.
 void mri_normalise(const VolumeView& in, double lo, double hi, double mn, double mx,
-                   double fg_threshold, float* out, std::uint8_t* token_bg, std::uint8_t* fg,
-                   int threads);
+                   double fg_threshold, void* out, bool quantize, std::uint8_t* token_bg,
+                   std::uint8_t* fg, int threads);
 
 }  // namespace neurovfm
 

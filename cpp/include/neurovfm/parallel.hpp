@@ -21,13 +21,16 @@ int hardware_threads();
 
 // Uninitialised storage for large intermediate volumes: 2 MiB aligned and
 // marked for transparent huge pages on Linux (far fewer page faults and TLB
-// misses on first touch); plain new[] elsewhere or for small sizes.
+// misses on first touch); plain malloc for small sizes. Freed large buffers
+// are kept (bounded) and reused by the next allocation of a similar size.
 struct BigFree {
   void operator()(void* p) const;
 };
 template <typename T>
 using BigBuffer = std::unique_ptr<T[], BigFree>;
 void* big_alloc(std::size_t bytes);
+// Frees the large buffers kept for reuse (see big_alloc).
+void release_cached_buffers();
 template <typename T>
 BigBuffer<T> make_big(std::size_t n) {
   return BigBuffer<T>(static_cast<T*>(big_alloc(n * sizeof(T))));

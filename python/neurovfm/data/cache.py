@@ -174,6 +174,7 @@ class CacheManager:
             )
         self.metadata = DatasetMetadata.from_file(self.metadata_path)
         self.processed_dir = os.path.join(self.data_dir, "processed")
+        self._sidecars = {}
 
     # -- paths -------------------------------------------------------------
     def _dir(self, study: str) -> str:
@@ -196,11 +197,26 @@ class CacheManager:
 
     # -- validity ----------------------------------------------------------
     def _read_sidecar(self, study: str, image: str):
+        """The sidecar as a dict (None when absent or unreadable); parsed files
+        are remembered while their size and modification time stay the same."""
+        path = self.sidecar_path(study, image)
         try:
-            with open(self.sidecar_path(study, image)) as f:
-                return json.load(f)
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        hit = self._sidecars.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            with open(path) as f:
+                side = json.load(f)
         except (OSError, ValueError):
             return None
+        if len(self._sidecars) > 4096:
+            self._sidecars.clear()
+        self._sidecars[path] = (key, side)
+        return side
 
     def entry_status(self, study: str, image: str, verify: bool = False) -> str:
         """``'valid'``, ``'missing'``, ``'stale'`` (source or pipeline changed) or ``'corrupt'``."""
@@ -368,16 +384,13 @@ class CacheManager:
         folder = self._dir(study)
         _unlink(self.sidecar_path(study, rec.name))
         img = load_image(source)
-        prep = prepare_for_inference(img, mode)
+        prep = prepare_for_inference(img, mode, quantize=True)
         if prep is None:
             raise ValueError(f"{source}: volume {img.GetSize()} is smaller than one 4x16x16 token after preprocessing")
         arrs, mask, view = prep
-        threads = get_num_threads()
         d, h, w = arrs[0].shape[1:]
-        payloads = {}
         keys = list(WINDOW_NAMES) if mode == "ct" else ["volume"]
-        for key, arr in zip(keys, arrs):
-            payloads[key] = _core.quantize_u8(arr, threads)
+        payloads = dict(zip(keys, arrs))
         payloads["mask"] = mask.reshape(d // 4, h // 16, w // 16)
         names = self.file_names(rec.name, mode)
         files = {}
@@ -391,7 +404,7 @@ class CacheManager:
             except BaseException:
                 _unlink(tmp)
                 raise
-            files[key] = {"name": names[key], "bytes": info["bytes"], "crc32": info["crc32"]}
+            files[key] = {"name": names[key], **info}
         side = {
             "version": PIPELINE_VERSION,
             "study": study,
@@ -458,7 +471,12 @@ class CacheManager:
             wins = ["volume"]
         folder = self._dir(study)
         try:
-            mask = self._open(folder, side, "mask")
+            # The token flags are small: kept with the (cached) sidecar.
+            mask = side.get("_mask")
+            if mask is None:
+                mask = np.array(self._open(folder, side, "mask"))
+                mask.flags.writeable = False
+                side["_mask"] = mask
             out = []
             for key in wins:
                 u8 = self._open(folder, side, key)
@@ -482,7 +500,7 @@ class CacheManager:
 
             for d in out:
                 d["data"] = torch.from_numpy(d["data"])
-                d["mask"] = torch.from_numpy(np.array(d["mask"]))
+                d["mask"] = torch.from_numpy(d["mask"].copy())
         if mode == "ct" and window is None:
             return out
         return out[0]
@@ -500,9 +518,12 @@ class CacheManager:
         if info is None:
             raise ValueError(f"no cached file for {key!r}")
         p = os.path.join(folder, info["name"])
-        if os.path.getsize(p) != info["bytes"]:
-            raise ValueError(f"{p}: size {os.path.getsize(p)} differs from the recorded {info['bytes']}")
-        arr = ptfile.open_tensor(p)
+        if "offset" in info:
+            arr = ptfile.open_at(p, info["offset"], info["dtype"], info["shape"], info["bytes"])
+        else:
+            if os.path.getsize(p) != info["bytes"]:
+                raise ValueError(f"{p}: size {os.path.getsize(p)} differs from the recorded {info['bytes']}")
+            arr = ptfile.open_tensor(p)
         expect = tuple(side["shape"]) if key != "mask" else (
             side["shape"][1] // 4, side["shape"][2] // 16, side["shape"][3] // 16)
         if arr.shape != expect:

@@ -212,10 +212,12 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
     j = o.perm.index(2)  # new sitk axis fed by old sitk axis 2
     stream_axis = 2 - j
     flipped = o.flip[j]
-    rshape = _reoriented_view(np.empty((nz, ny, nx), np.uint8), o).shape
+    # Shape of the reoriented volume (a zero-byte broadcast view stands in for it).
+    rshape = _reoriented_view(np.broadcast_to(np.uint8(0), (nz, ny, nx)), o).shape
     sr = _core.StreamResampler(layout.dtype, rshape, stream_axis, *plan.kernel_args())
     per = max(1, _SLAB_BYTES // (ny * nx * layout.dtype.itemsize))
-    ring = [np.empty((min(per, nz), ny, nx), layout.dtype) for _ in range(3)]
+    # Ring buffers from the kernels' allocator: reused from one file to the next.
+    ring = [_core.empty(layout.dtype, (min(per, nz), ny, nx)) for _ in range(3)]
     tickets = [0] * len(ring)
     # One thread decodes (here), the rest resample slabs as they arrive.
     push_threads = max(1, threads - 1)
@@ -231,7 +233,9 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
                 view = _reoriented_view(buf, o)
                 i0 = nz - k0 - kn if flipped else k0
                 if threads > 1:
-                    tickets[r] = sr.submit(view, i0, push_threads)
+                    # The decoder is idle after the last slab: give it all threads.
+                    last = k0 + kn >= nz
+                    tickets[r] = sr.submit(view, i0, threads if last else push_threads)
                 else:
                     sr.push(view, i0, 1)
         out = sr.finish(threads)
@@ -305,6 +309,10 @@ def load_image(path, preprocess: bool = True, series_uid: str | None = None) -> 
     path = os.fspath(path)
     if preprocess and readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
         layout = readers.nifti_layout(path)
+        # Always the streaming path for these files (with one thread it simply
+        # alternates decoding and resampling), so that the bytes never depend
+        # on the thread count: its axis order (in-plane first) differs from the
+        # whole-volume path's (shrink most first) in rare last-bit cases.
         if layout.direct:
             return _preprocess_nifti_streaming(layout)
     vol = read_volume(path, series_uid=series_uid)

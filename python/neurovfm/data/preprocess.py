@@ -42,7 +42,9 @@ def _check_mode(mode) -> str:
     return m
 
 
-def prepare_for_inference(img: sitk.Image, mode: str, z_dim: int | None = None, return_foreground: bool = False):
+def prepare_for_inference(
+    img: sitk.Image, mode: str, z_dim: int | None = None, return_foreground: bool = False, quantize: bool = False
+):
     """Turn a preprocessed image into model-ready arrays.
 
     Parameters
@@ -56,6 +58,9 @@ def prepare_for_inference(img: sitk.Image, mode: str, z_dim: int | None = None, 
         else the axis of the largest spacing.
     return_foreground
         Also return the voxel foreground mask (bool ``[D, H, W]``).
+    quantize
+        Return ``uint8(v * 255)`` (truncated; the cache's values) instead of
+        the float32 arrays, computed in the same pass.
 
     Returns
     -------
@@ -89,14 +94,14 @@ def prepare_for_inference(img: sitk.Image, mode: str, z_dim: int | None = None, 
     threads = get_num_threads()
     if m == "ct":
         arrs, mask, fg = _core.ct_windows(
-            arr, [(w, lv) for _, w, lv in CT_WINDOWS], CT_FOREGROUND_HU, True, return_foreground, threads
+            arr, [(w, lv) for _, w, lv in CT_WINDOWS], CT_FOREGROUND_HU, True, return_foreground, threads, quantize
         )
     else:
         (lo, p_fg, hi), vmin, vmax = _core.percentiles(arr, list(MRI_PERCENTILES), threads)
         # min and max of clip(x, lo, hi), as the reference computes them.
         mn = min(max(vmin, lo), hi)
         mx = min(max(vmax, lo), hi)
-        out, mask, fg = _core.mri_normalise(arr, lo, hi, mn, mx, p_fg, True, return_foreground, threads)
+        out, mask, fg = _core.mri_normalise(arr, lo, hi, mn, mx, p_fg, True, return_foreground, threads, quantize)
         arrs = [out]
     del arr
     if return_foreground:

@@ -8,6 +8,7 @@ reads them back as zero-copy, read-only NumPy views of a memory map.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import pickle
@@ -75,7 +76,8 @@ def _pickle_tensor(storage: str, numel: int, shape, strides) -> bytes:
 def write_tensor(path, array: np.ndarray) -> dict:
     """Write ``array`` (C-contiguous) as a torch-compatible ``.pt`` file.
 
-    Returns ``{"bytes": file size, "crc32": CRC-32 of the tensor bytes}``. The
+    Returns ``{"bytes": file size, "crc32": CRC-32 of the tensor bytes,
+    "offset": byte offset of the tensor data, "dtype", "shape"}``. The
     caller makes the write atomic (temporary name, then rename).
     """
     a = np.ascontiguousarray(array)
@@ -95,13 +97,12 @@ def write_tensor(path, array: np.ndarray) -> dict:
     central = []
     offset = 0
     data_crc = 0
+    data_offset = 0
     with open(path, "wb") as f:
         for name, data in entries:
             fname = (_PREFIX + name).encode()
             crc = zlib.crc32(data) & 0xFFFFFFFF
             size = len(data) if not isinstance(data, memoryview) else data.nbytes
-            if name == "data/0":
-                data_crc = crc
             # Pad the extra field so that every entry's data is 64-byte aligned.
             start = offset + 30 + len(fname)
             pad = (-(start + 4)) % _ALIGN
@@ -109,6 +110,9 @@ def write_tensor(path, array: np.ndarray) -> dict:
             header = struct.pack(
                 "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, size, size, len(fname), len(extra)
             )
+            if name == "data/0":
+                data_crc = crc
+                data_offset = offset + len(header) + len(fname) + len(extra)
             f.write(header + fname + extra)
             f.write(data)
             central.append((fname, crc, size, offset))
@@ -122,7 +126,7 @@ def write_tensor(path, array: np.ndarray) -> dict:
             offset += len(rec) + len(fname)
         f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central), offset - cd_start, cd_start, 0))
         offset += 22
-    return {"bytes": offset, "crc32": data_crc}
+    return {"bytes": offset, "crc32": data_crc, "offset": data_offset, "dtype": a.dtype.str, "shape": list(a.shape)}
 
 
 class _Meta(pickle.Unpickler):
@@ -233,3 +237,23 @@ class _BytesView:
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
+
+
+def open_at(path, offset: int, dtype, shape, expected_bytes: int) -> np.ndarray:
+    """Zero-copy view of a tensor whose data offset is known (e.g. recorded at
+    write time): checks the file size, maps it, no archive parsing."""
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size != expected_bytes:
+            raise PtFormatError(f"{path}: {size} bytes, expected {expected_bytes}: truncated or replaced")
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    dt = np.dtype(dtype)
+    count = math.prod(shape)
+    if offset < 0 or offset + count * dt.itemsize > size:
+        mm.close()
+        raise PtFormatError(f"{path}: tensor data outside the file")
+    return np.frombuffer(mm, dtype=dt, count=count, offset=offset).reshape(shape)

@@ -1,0 +1,68 @@
+"""Training data from the neurovfm cache (this package imports torch).
+
+* :class:`ImageDataset`: items of 4x16x16 tokens built by one fused pass over the
+  memory-mapped uint8 cache (random crop, flips, H/W swap, uint8 -> float32).
+* :class:`StudyAwareBatchSampler`: batches of whole studies, equal batch counts
+  on every DDP rank.
+* :func:`collate_padded` and :func:`collate_packed`: batches of items with
+  different token counts.
+
+Training example (``TRAINING_EXAMPLE`` below; the tests run it as written, with
+only the two paths replaced)::
+
+    import functools
+
+    from torch.utils.data import DataLoader
+
+    from neurovfm.datasets import ImageDataset, StudyAwareBatchSampler, collate_packed
+
+    data_dir = "path/to/dataset"        # metadata.json, raw/, processed/ (the cache)
+    labels = "path/to/labels.csv"       # study,label
+
+    dataset = ImageDataset(data_dir, random_crop=True, augment=True, study_labels=labels, seed=0)
+    sampler = StudyAwareBatchSampler(dataset, batch_size=16, shuffle=True, seed=0)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=2,
+        persistent_workers=True,
+        collate_fn=functools.partial(collate_packed, drop_background=True),
+    )
+    for epoch in range(2):
+        sampler.set_epoch(epoch)  # new study order; also sets the dataset's epoch (new crops)
+        for batch in loader:
+            tokens = batch["img"]             # [T, 1024] float32, all images' tokens
+            cu_seqlens = batch["cu_seqlens"]  # [B + 1] int32, per image (per study: cu_seqlens_study)
+            coords = batch["coords"]          # [T, 3] token (d, h, w) positions
+            labels_b = batch["label"]         # [B] tensor
+            # model(tokens, coords, cu_seqlens, batch["max_seqlen"]) ...
+
+Under DDP (torchrun), the sampler takes the world size and rank from
+``torch.distributed``; every rank yields the same number of batches.
+"""
+
+from .collate import collate_packed, collate_padded, labels_to_tensor
+from .dataset import ImageDataset, load_study_labels
+from .sampler import StudyAwareBatchSampler
+
+__all__ = [
+    "TRAINING_EXAMPLE",
+    "ImageDataset",
+    "StudyAwareBatchSampler",
+    "collate_packed",
+    "collate_padded",
+    "labels_to_tensor",
+    "load_study_labels",
+]
+
+
+def _example() -> str:
+    doc = __doc__ or ""
+    start = doc.index("    import functools")
+    end = doc.index("\nUnder DDP")
+    lines = doc[start:end].rstrip().splitlines()
+    return "\n".join(line.removeprefix("    ") for line in lines) + "\n"
+
+
+#: The README's training example, as runnable code.
+TRAINING_EXAMPLE = _example()

@@ -1,0 +1,233 @@
+"""Collate functions for items with different token counts.
+
+* :func:`collate_padded`: ``img [B, Nmax, 1024]``, padding marked as background
+  (``filtered = 1``) and in ``padding_mask``, with ``lengths``.
+* :func:`collate_packed`: all tokens concatenated ``[T, 1024]`` with cumulative
+  sequence lengths per image and per study (the varlen attention layout of
+  FlashAttention / ``torch.nn.attention`` nested tensors), optional removal of
+  background tokens and random patch drop.
+
+Both drop ``None`` items (images skipped by ``ImageDataset(on_error="skip")``)
+and return ``None`` when nothing is left. Every key that is not a token tensor
+(``path``, ``study``, ``image``, ``mode``, ``window``, ``crop``, ...) becomes a
+list in batch order; ``label`` becomes a tensor when every label is numeric
+(int64 for ints/bools, float32 otherwise; multilabel lists of one length give
+``[B, K]``), else a list.
+
+Use options with ``functools.partial``, e.g.
+``collate_fn=functools.partial(collate_packed, drop_background=True)``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+__all__ = ["collate_packed", "collate_padded", "labels_to_tensor"]
+
+_TOKEN_KEYS = ("img", "coords", "filtered", "size")
+
+
+def labels_to_tensor(labels):
+    """A tensor of the labels when they are all numbers (or equal-length lists of numbers), else the list."""
+    if not labels:
+        return labels
+
+    def num(v):
+        return isinstance(v, numbers.Number) and not isinstance(v, complex)
+
+    if all(num(v) for v in labels):
+        if all(isinstance(v, (bool, numbers.Integral)) for v in labels):
+            return torch.tensor([int(v) for v in labels], dtype=torch.int64)
+        return torch.tensor([float(v) for v in labels], dtype=torch.float32)
+    if all(isinstance(v, (list, tuple)) for v in labels):
+        k = {len(v) for v in labels}
+        if len(k) == 1 and all(num(x) for v in labels for x in v):
+            if all(isinstance(x, (bool, numbers.Integral)) for v in labels for x in v):
+                return torch.tensor([[int(x) for x in v] for v in labels], dtype=torch.int64)
+            return torch.tensor([[float(x) for x in v] for v in labels], dtype=torch.float32)
+    if torch.is_tensor(labels[0]) and all(torch.is_tensor(v) and v.shape == labels[0].shape for v in labels):
+        return torch.stack(labels)
+    return list(labels)
+
+
+def _items(batch):
+    items = [b for b in batch if b is not None]
+    return items or None
+
+
+def _metadata(items, out):
+    keys = []
+    for it in items:
+        for k in it:
+            if k not in _TOKEN_KEYS and k not in keys:
+                keys.append(k)
+    for k in keys:
+        vals = [it.get(k) for it in items]
+        out[k] = labels_to_tensor(vals) if k == "label" else vals
+    return out
+
+
+def _as_tensor(x):
+    return x if torch.is_tensor(x) else torch.as_tensor(x)
+
+
+def _empty(shape, dtype):
+    """An uninitialised tensor; in a DataLoader worker, in shared memory, so that
+    sending the batch to the main process needs no further copy (as torch's
+    default_collate does)."""
+    shape = tuple(int(v) for v in shape)
+    if torch.utils.data.get_worker_info() is not None:
+        n = 1
+        for v in shape:
+            n *= v
+        try:
+            storage = torch.UntypedStorage._new_shared(max(n, 1) * torch.empty(0, dtype=dtype).element_size())
+            return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+        except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+            pass
+    return torch.empty(shape, dtype=dtype)
+
+
+def collate_padded(batch) -> dict | None:
+    """Stack items, padding to the longest: ``img [B, Nmax, 1024]`` (zeros),
+    ``coords [B, Nmax, 3]`` (zeros), ``filtered [B, Nmax]`` (1 = background or
+    padding), ``padding_mask [B, Nmax]`` bool (True = padding), ``lengths [B]``
+    int64, ``size [B, 3]`` int32, and the metadata lists.
+
+    Items with ``tokenize=False`` (``img [1, D, H, W]``) are zero-padded to
+    ``[B, 1, Dmax, Hmax, Wmax]``; their token tensors are padded as above.
+    """
+    items = _items(batch)
+    if items is None:
+        return None
+    imgs = [_as_tensor(it["img"]) for it in items]
+    coords = [_as_tensor(it["coords"]) for it in items]
+    flags = [_as_tensor(it["filtered"]) for it in items]
+    B = len(items)
+    lengths = torch.tensor([len(f) for f in flags], dtype=torch.int64)
+    nmax = int(lengths.max()) if B else 0
+    out_coords = _empty((B, nmax, 3), coords[0].dtype)
+    out_flags = _empty((B, nmax), torch.uint8)
+    if imgs[0].dim() == 2:
+        out_img = _empty((B, nmax, imgs[0].shape[1]), imgs[0].dtype)
+        for b, im in enumerate(imgs):
+            out_img[b, : im.shape[0]] = im
+            out_img[b, im.shape[0]:] = 0
+    elif imgs[0].dim() == 4:
+        shape = [max(im.shape[k] for im in imgs) for k in range(4)]
+        out_img = _empty([B] + shape, imgs[0].dtype)
+        out_img.zero_()
+        for b, im in enumerate(imgs):
+            out_img[b, : im.shape[0], : im.shape[1], : im.shape[2], : im.shape[3]] = im
+    else:
+        raise ValueError(f"collate_padded: img must be [N, 1024] or [1, D, H, W], got {tuple(imgs[0].shape)}")
+    for b in range(B):
+        n = int(lengths[b])
+        out_coords[b, :n] = coords[b]
+        out_coords[b, n:] = 0
+        out_flags[b, :n] = flags[b]
+        out_flags[b, n:] = 1
+    out = {
+        "img": out_img,
+        "coords": out_coords,
+        "filtered": out_flags,
+        "padding_mask": torch.arange(nmax)[None, :] >= lengths[:, None],
+        "lengths": lengths,
+        "size": torch.stack([_as_tensor(it["size"]).to(torch.int32) for it in items]),
+    }
+    return _metadata(items, out)
+
+
+def collate_packed(batch, drop_background: bool = False, patch_drop: float = 0.0,
+                   generator: torch.Generator | None = None) -> dict | None:
+    """Concatenate the tokens of all items (varlen layout).
+
+    Items are reordered so that the images of a study are consecutive (studies
+    in order of first appearance; StudyAwareBatchSampler already gives that
+    order). Returns ``img [T, 1024]``, ``coords [T, 3]``, ``filtered [T]``,
+    ``image_index [T]`` (int64, the item each token belongs to), ``cu_seqlens``
+    (int32 ``[B + 1]``, per image), ``cu_seqlens_study`` (int32 ``[S + 1]``),
+    ``max_seqlen`` and ``max_seqlen_study`` (ints), ``lengths [B]``,
+    ``study_index [B]`` (int64, study position of each image), ``size [B, 3]``
+    and the metadata lists (in the new order).
+
+    Parameters
+    ----------
+    drop_background
+        Remove tokens with ``filtered == 1`` (an image may then have 0 tokens).
+    patch_drop
+        Fraction in ``[0, 1)`` of each image's (remaining) tokens to drop at
+        random: ``n - floor(n * patch_drop)`` tokens are kept, in raster order.
+    generator
+        ``torch.Generator`` for ``patch_drop``; default: torch's global generator
+        (seeded differently in each DataLoader worker).
+    """
+    if not 0.0 <= float(patch_drop) < 1.0:
+        raise ValueError(f"patch_drop must be in [0, 1), got {patch_drop!r}")
+    items = _items(batch)
+    if items is None:
+        return None
+    # group images of one study together, studies in order of first appearance
+    studies: dict = {}
+    for j, it in enumerate(items):
+        studies.setdefault(it.get("study"), []).append(j)
+    order = [j for js in studies.values() for j in js]
+    items = [items[j] for j in order]
+    keeps = []
+    for it in items:
+        im, fl = _as_tensor(it["img"]), _as_tensor(it["filtered"])
+        if im.dim() != 2:
+            raise ValueError(f"collate_packed needs token items [N, 1024] (tokenize=True), got {tuple(im.shape)}")
+        keep = None
+        if drop_background:
+            keep = torch.nonzero(fl == 0).flatten()
+        if patch_drop > 0:
+            n = len(fl) if keep is None else len(keep)
+            k = n - int(n * float(patch_drop))
+            sel = torch.randperm(n, generator=generator)[:k].sort().values
+            keep = sel if keep is None else keep[sel]
+        keeps.append(keep)
+    lengths = torch.tensor([len(_as_tensor(it["filtered"])) if kp is None else len(kp)
+                            for it, kp in zip(items, keeps)], dtype=torch.int64)
+    cu = torch.zeros(len(items) + 1, dtype=torch.int32)
+    cu[1:] = torch.cumsum(lengths, 0)
+    total = int(cu[-1])
+    im0 = _as_tensor(items[0]["img"])
+    out_img = _empty((total, im0.shape[1]), im0.dtype)
+    out_coords = _empty((total, 3), _as_tensor(items[0]["coords"]).dtype)
+    out_flags = _empty((total,), torch.uint8)
+    for j, (it, keep) in enumerate(zip(items, keeps)):
+        a, b = int(cu[j]), int(cu[j + 1])
+        for src, dst in ((it["img"], out_img), (it["coords"], out_coords), (it["filtered"], out_flags)):
+            src = _as_tensor(src)
+            if keep is None:
+                dst[a:b] = src
+            else:
+                torch.index_select(src, 0, keep, out=dst[a:b])
+    per_study = torch.tensor([int(lengths[i : i + len(js)].sum()) for i, js in _starts(studies)], dtype=torch.int64)
+    cu_s = torch.zeros(len(studies) + 1, dtype=torch.int32)
+    cu_s[1:] = torch.cumsum(per_study, 0)
+    study_index = torch.repeat_interleave(torch.arange(len(studies)), torch.tensor([len(js) for js in studies.values()]))
+    out = {
+        "img": out_img,
+        "coords": out_coords,
+        "filtered": out_flags,
+        "image_index": torch.repeat_interleave(torch.arange(len(items)), lengths),
+        "cu_seqlens": cu,
+        "cu_seqlens_study": cu_s,
+        "max_seqlen": int(lengths.max()) if len(items) else 0,
+        "max_seqlen_study": int(per_study.max()) if len(studies) else 0,
+        "lengths": lengths,
+        "study_index": study_index,
+        "size": torch.stack([_as_tensor(it["size"]).to(torch.int32) for it in items]),
+    }
+    return _metadata(items, out)
+
+
+def _starts(studies):
+    i = 0
+    for js in studies.values():
+        yield i, js
+        i += len(js)
