@@ -6,6 +6,8 @@ Each derives from the builtin exception users already catch, so
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "NeuroVFMError",
     "ImageNotFoundError",
@@ -28,7 +30,7 @@ class ImageNotFoundError(NeuroVFMError, FileNotFoundError):
 class ImageReadError(NeuroVFMError, ValueError):
     """The file exists but cannot be read as an image."""
 
-    def __init__(self, path, reason: str):
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")

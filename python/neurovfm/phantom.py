@@ -24,9 +24,11 @@ as NIfTI, so that every reading path of :func:`neurovfm.data.load_image` runs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 __all__ = [
@@ -305,13 +307,13 @@ def _to_image(arr, spacing, d, origin) -> sitk.Image:
 
 
 def make_ct_phantom(
-    shape=(256, 256, 120),
-    spacing=(0.8, 0.8, 1.5),
+    shape: Sequence[int] = (256, 256, 120),
+    spacing: Sequence[float] = (0.8, 0.8, 1.5),
     *,
     seed: int = 0,
     noise: float = 6.0,
-    direction=None,
-    centre=(0.0, 12.0, -140.0),
+    direction: npt.ArrayLike | None = None,
+    centre: Sequence[float] = (0.0, 12.0, -140.0),
 ) -> sitk.Image:
     """A synthetic axial head CT in Hounsfield units.
 
@@ -353,14 +355,14 @@ def make_ct_phantom(
 
 
 def make_mri_phantom(
-    shape=(192, 192, 140),
-    spacing=(1.0, 1.0, 1.2),
+    shape: Sequence[int] = (192, 192, 140),
+    spacing: Sequence[float] = (1.0, 1.0, 1.2),
     *,
     seed: int = 1,
     noise: float = 12.0,
     orientation: str = "PIR",
     tilt_deg: float = 6.0,
-    centre=(2.0, -8.0, 35.0),
+    centre: Sequence[float] = (2.0, -8.0, 35.0),
 ) -> sitk.Image:
     """A synthetic T1-weighted head MR, acquired sagittally by default.
 
@@ -416,7 +418,9 @@ def _uid(*parts) -> str:
     return generate_uid(entropy_srcs=["neurovfm-phantom", *map(str, parts)])
 
 
-def write_dicom_series(img: sitk.Image, out_dir, *, seed: int = 0, description: str = "NEUROVFM PHANTOM HEAD") -> list:
+def write_dicom_series(
+    img: sitk.Image, out_dir: str | os.PathLike[str], *, seed: int = 0, description: str = "NEUROVFM PHANTOM HEAD"
+) -> list[Path]:
     """Write an int16 HU CT image as a DICOM series of single-frame CT files.
 
     Stored values are ``HU + 1024`` as unsigned 16-bit (12 bits stored) with
@@ -517,7 +521,12 @@ PHANTOM_FILES = {
 
 
 def write_phantoms(
-    out_dir, *, seed: int = 0, ct: sitk.Image | None = None, mri: sitk.Image | None = None, names=None
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    ct: sitk.Image | None = None,
+    mri: sitk.Image | None = None,
+    names: Iterable[str] | None = None,
 ) -> dict:
     """Write the phantoms into ``out_dir`` (created if needed).
 

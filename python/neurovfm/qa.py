@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -126,7 +127,7 @@ def _channels(mode: str) -> list:
     return ["MRI (normalised)"]
 
 
-def load_scan(path, mode: str, series_uid: Optional[str] = None) -> QAVolume:
+def load_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None = None) -> QAVolume:
     """Read and preprocess a scan (:func:`~neurovfm.data.load_image` +
     :func:`~neurovfm.data.prepare_for_inference`) for a montage."""
     from .data import load_image, prepare_for_inference
@@ -151,7 +152,7 @@ def load_scan(path, mode: str, series_uid: Optional[str] = None) -> QAVolume:
     )
 
 
-def load_cached(data_dir, study: str, image: Optional[str] = None) -> QAVolume:
+def load_cached(data_dir: str | os.PathLike[str], study: str, image: str | None = None) -> QAVolume:
     """An image of a built cache (:class:`~neurovfm.data.CacheManager`) for a montage.
 
     ``image`` may be left out when the study holds one image. The cache keeps no
@@ -282,7 +283,7 @@ def render_montage(vol: QAVolume, dpi: int = 100, panel_inches: float = 3.4) -> 
     return fig
 
 
-def save_montage(vol: QAVolume, output, dpi: int = 100) -> Path:
+def save_montage(vol: QAVolume, output: str | os.PathLike[str], dpi: int = 100) -> Path:
     """Render ``vol`` and write it to ``output`` (``.png``, ``.pdf`` or ``.svg``); returns the path."""
     out = Path(output)
     if out.suffix.lower() not in SUFFIXES:
@@ -293,14 +294,14 @@ def save_montage(vol: QAVolume, output, dpi: int = 100) -> Path:
 
 
 def qa(
-    source: Union[str, os.PathLike, None] = None,
-    mode: Optional[str] = None,
-    output="qa.png",
+    source: str | os.PathLike[str] | None = None,
+    mode: str | None = None,
+    output: str | os.PathLike[str] = "qa.png",
     *,
-    series_uid: Optional[str] = None,
-    cache: Union[str, os.PathLike, None] = None,
-    study: Optional[str] = None,
-    image: Optional[str] = None,
+    series_uid: str | None = None,
+    cache: str | os.PathLike[str] | None = None,
+    study: str | None = None,
+    image: str | None = None,
     dpi: int = 100,
 ) -> Path:
     """Write the QA montage of a scan (``source`` + ``mode``) or of a cached image

@@ -30,7 +30,9 @@ import tempfile
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -163,7 +165,7 @@ class CacheManager:
         (:meth:`DatasetMetadata.save`, or ``neurovfm metadata DATA_DIR --modes FILE``).
     """
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = os.path.abspath(os.fspath(data_dir))
         self.metadata_path = os.path.join(self.data_dir, "metadata.json")
         if not os.path.exists(self.metadata_path):
@@ -263,8 +265,8 @@ class CacheManager:
         self,
         num_workers: int | None = None,
         force: bool = False,
-        study_names=None,
-        shard=None,
+        study_names: Iterable[str] | None = None,
+        shard: tuple[int, int] | None = None,
         progress: bool = True,
         threads_per_image: int | None = None,
     ) -> BuildSummary:
@@ -444,7 +446,9 @@ class CacheManager:
             os.close(fd)
 
     # -- read --------------------------------------------------------------
-    def load_image(self, study: str, image: str, window: str | None = None, as_numpy: bool = False):
+    def load_image(
+        self, study: str, image: str, window: str | None = None, as_numpy: bool = False
+    ) -> dict[str, Any] | list[dict[str, Any]] | None:
         """A cached image as float32 ``[1, D, H, W]`` in ``[0, 1]`` (``uint8 / 255``).
 
         Returns a dict (``data``, ``mask``, ``view``, ``mode``, ``window``,
@@ -505,7 +509,7 @@ class CacheManager:
             return out
         return out[0]
 
-    def open_uint8(self, study: str, image: str, key: str):
+    def open_uint8(self, study: str, image: str, key: str) -> tuple[np.ndarray | None, dict[str, Any] | None]:
         """Zero-copy read-only uint8 view of one cached file (key: window, 'volume' or 'mask'), and the sidecar."""
         side = self._read_sidecar(study, image)
         if side is None or side.get("version") != PIPELINE_VERSION:

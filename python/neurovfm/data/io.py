@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,7 +113,7 @@ def reorient_rpi(img: sitk.Image) -> sitk.Image:
     return out
 
 
-def slice_axis(spacing, size) -> int:
+def slice_axis(spacing: Sequence[float], size: Sequence[int]) -> int:
     """Slice axis (SimpleITK order) of a reoriented image (SPEC 2.2)."""
     spacing = [float(s) for s in spacing]
     size = [int(n) for n in size]
@@ -259,7 +260,7 @@ def preprocess_image(img: sitk.Image) -> sitk.Image:
     return preprocess_volume(RawVolume.from_image(img))
 
 
-def read_volume(path, series_uid: str | None = None) -> RawVolume:
+def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> RawVolume:
     """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format."""
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -279,7 +280,9 @@ def read_volume(path, series_uid: str | None = None) -> RawVolume:
     return readers.read_with_sitk(path)
 
 
-def load_image(path, preprocess: bool = True, series_uid: str | None = None) -> sitk.Image:
+def load_image(
+    path: str | os.PathLike[str], preprocess: bool = True, series_uid: str | None = None
+) -> sitk.Image:
     """Load a CT or MR scan as a SimpleITK image.
 
     Parameters

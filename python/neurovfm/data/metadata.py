@@ -132,13 +132,15 @@ def _scan_study(data_dir: str, study_dir: str) -> list:
 class DatasetMetadata:
     """The studies and images of a dataset folder, with their modes."""
 
-    def __init__(self, data_dir, studies: Iterable[StudyRecord] = ()):
+    def __init__(self, data_dir: str | os.PathLike[str], studies: Iterable[StudyRecord] = ()) -> None:
         self.data_dir = os.path.abspath(os.fspath(data_dir))
         self._studies = {s.name: s for s in studies}
 
     # -- construction -----------------------------------------------------
     @classmethod
-    def from_directory(cls, data_dir, mode_mapping) -> "DatasetMetadata":
+    def from_directory(
+        cls, data_dir: str | os.PathLike[str], mode_mapping: Mapping[str, str] | str | os.PathLike[str]
+    ) -> DatasetMetadata:
         """Scan ``data_dir/raw/<study>/`` for NIfTI files, DICOM files and DICOM folders.
 
         ``mode_mapping`` maps study names to ``'ct'`` or ``'mri'``: a dict, a CSV
@@ -173,7 +175,7 @@ class DatasetMetadata:
         return cls(data_dir, studies)
 
     @classmethod
-    def from_file(cls, path) -> "DatasetMetadata":
+    def from_file(cls, path: str | os.PathLike[str]) -> DatasetMetadata:
         """Load a ``metadata.json`` written by :meth:`save`."""
         path = os.fspath(path)
         if not os.path.exists(path):
@@ -191,7 +193,7 @@ class DatasetMetadata:
         # The folder holding metadata.json is the dataset (it may have moved).
         return cls(os.path.dirname(os.path.abspath(path)) if os.path.basename(path) == "metadata.json" else data_dir, studies)
 
-    def save(self, path=None) -> str:
+    def save(self, path: str | os.PathLike[str] | None = None) -> str:
         """Write the metadata as JSON (default ``data_dir/metadata.json``), atomically."""
         path = os.fspath(path) if path is not None else os.path.join(self.data_dir, "metadata.json")
         data = {

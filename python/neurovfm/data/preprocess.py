@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from .. import _core
@@ -44,7 +45,7 @@ def _check_mode(mode) -> str:
 
 def prepare_for_inference(
     img: sitk.Image, mode: str, z_dim: int | None = None, return_foreground: bool = False, quantize: bool = False
-):
+) -> tuple[list[np.ndarray], np.ndarray, int] | tuple[list[np.ndarray], np.ndarray, int, np.ndarray] | None:
     """Turn a preprocessed image into model-ready arrays.
 
     Parameters
@@ -124,7 +125,7 @@ class Tokens(NamedTuple):
         return (self.coords[-1] + 1).astype(np.int32)
 
 
-def tokenize(volume, mask=None) -> Tokens:
+def tokenize(volume: npt.ArrayLike, mask: npt.ArrayLike | None = None) -> Tokens:
     """Cut ``[1, D, H, W]`` or ``[D, H, W]`` into 4x16x16 tokens.
 
     Parameters
