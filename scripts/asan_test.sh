@@ -73,7 +73,7 @@ done
 # 2. The kernel tests under the sanitizers.
 if [ $# -eq 0 ]; then
   set -- tests/test_kernels.py tests/test_streaming.py tests/test_threads.py tests/test_dicom.py \
-    tests/test_parity_synthetic.py
+    tests/test_parity_synthetic.py tests/test_intensity_fast_paths.py tests/test_datasets.py
 fi
 "${san_env[@]}" "$test_exe" -c 'import neurovfm._core as c, sys; assert "/build/asan/" in c.__file__, c.__file__; print("instrumented module:", c.__file__)'
 exec "${san_env[@]}" "$test_exe" -m pytest -q -p no:cacheprovider "$@"
