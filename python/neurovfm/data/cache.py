@@ -14,7 +14,8 @@ Layout (SPEC 5)::
 Every ``.pt`` file is what ``torch.save(tensor)`` writes and loads with
 ``torch.load(path, weights_only=True, mmap=True)``. The sidecar is written
 last: an image is cached when its sidecar exists, matches the source and the
-pipeline version, and every file has the recorded size. Every file is written
+pipeline version, and every file has the recorded size and CRC-32 (checked on
+every read: a corrupt file is never served). Every file is written
 under a temporary name and renamed, so a build killed at any moment leaves
 nothing that reads as valid, and a rerun completes it.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -92,9 +94,11 @@ def _fingerprint(path: str) -> dict:
     return {"files": count, "size": total, "mtime_ns": newest}
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
+def _atomic_write_bytes(path: str, data: bytes, prefix: str | None = None) -> None:
     folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    if prefix is None:
+        prefix = "." + os.path.basename(path) + "."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -130,14 +134,33 @@ def _unlink(path: str) -> None:
         pass
 
 
+def _tmp_prefix(image: str) -> str:
+    """Prefix of every temporary file of an image's entry: ``.<image>.<8 random>.tmp``."""
+    return f".{image}."
+
+
+def _remove_leftovers(folder: str, image: str) -> None:
+    """Delete the temporary files an interrupted build of ``image`` left (caller holds its lock).
+
+    Matches exactly ``.<image>.<mkstemp's 8 characters>.tmp``, so the temporary
+    files of an image whose name merely starts with ``image`` are left alone."""
+    pattern = re.compile(re.escape(_tmp_prefix(image)) + r"[a-z0-9_]{8}\.tmp")
+    for fn in os.listdir(folder):
+        if pattern.fullmatch(fn):
+            _unlink(os.path.join(folder, fn))
+
+
 @dataclass
 class BuildSummary:
-    """What a build did. ``failed`` maps ``study/image`` to the reason."""
+    """What a build did. ``failed`` maps ``study/image`` to the reason;
+    ``repaired`` lists the entries of ``done`` that were corrupt before."""
 
     done: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)
     busy: list = field(default_factory=list)  # being built by another builder
+    repaired: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -145,13 +168,18 @@ class BuildSummary:
         return len(self.done) / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
+        repaired = f" ({len(self.repaired)} of them were corrupt)" if self.repaired else ""
         lines = [
-            f"cache build: {len(self.done)} built, {len(self.skipped)} already cached, "
+            f"cache build: {len(self.done)} built{repaired}, {len(self.skipped)} already cached, "
             f"{len(self.failed)} failed, {len(self.busy)} left to other builders, "
             f"{self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
         ]
+        for key in sorted(self.repaired):
+            lines.append(f"  repaired {key}: its cached files failed the size or checksum check")
         for key, reason in sorted(self.failed.items()):
             lines.append(f"  failed {key}: {reason}")
+        for text in self.warnings:
+            lines.append(f"  warning: {text}")
         return "\n".join(lines)
 
 
@@ -240,7 +268,11 @@ class CacheManager:
                 if os.path.getsize(p) != info["bytes"]:
                     return "corrupt"
                 if verify:
-                    ptfile.open_tensor(p, verify=True)
+                    if "file_crc32" in info:  # every byte, headers included
+                        if ptfile.file_crc32(p) != info["file_crc32"]:
+                            return "corrupt"
+                    else:
+                        ptfile.open_tensor(p, verify=True)
             except (OSError, ValueError):
                 return "corrupt"
         return "valid" if side.get("files") else "corrupt"
@@ -327,7 +359,11 @@ class CacheManager:
             if bar is not None:
                 bar.close()
             summary.seconds = time.perf_counter() - t0
-            self._update_flags(summary)
+            try:
+                self._update_flags(summary)
+            except OSError as err:  # full disk, read-only dataset: the cache itself is consistent
+                summary.warnings.append(f"{self.metadata_path}: processed flags not updated ({err})")
+                log.warning("%s", summary.warnings[-1])
         log.info("%s", summary)
         if progress:
             print(summary, file=sys.stderr)
@@ -340,6 +376,8 @@ class CacheManager:
         status, reason = res
         if status == "done":
             summary.done.append(key)
+            if reason == "corrupt":
+                summary.repaired.append(key)
         elif status == "skipped":
             summary.skipped.append(key)
         elif status == "busy":
@@ -351,40 +389,56 @@ class CacheManager:
             bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
 
     def _build_one(self, study: str, mode: str, rec: ImageRecord, force: bool):
+        """("done", previous status) | ("skipped" | "busy", None) | ("failed", reason)."""
         folder = self._dir(study)
-        os.makedirs(folder, exist_ok=True)
-        lock_path = os.path.join(folder, f".{rec.name}.lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(os.path.join(folder, f".{rec.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # processed/ is read-only (or full): a valid entry is still fine
+            if not force and self.entry_status(study, rec.name, verify=True) == "valid":
+                return "skipped", None
+            return "failed", f"cannot write the cache in {folder}: {type(err).__name__}: {err}"
         try:
             if not _try_lock(fd, blocking=False):
                 return "busy", None
-            # Leftovers of an interrupted build of this image (we hold its lock).
-            prefix = f".{rec.name}"
-            for fn in os.listdir(folder):
-                if fn.startswith(prefix) and fn.endswith(".tmp"):
-                    _unlink(os.path.join(folder, fn))
-            if not force and self.entry_status(study, rec.name, verify=True) == "valid":
+            _remove_leftovers(folder, rec.name)  # of an interrupted build (we hold the lock)
+            before = self.entry_status(study, rec.name, verify=True)
+            if before == "valid" and not force:
                 return "skipped", None
+            if before == "corrupt":
+                log.warning("cache entry %s/%s is corrupt (size or checksum): rebuilding it", study, rec.name)
+            if before != "valid":
+                # never leave a stale or corrupt entry readable while (or if) the rebuild fails
+                _unlink(self.sidecar_path(study, rec.name))
             source = os.path.join(self.data_dir, rec.path)
             try:
                 fingerprint = _fingerprint(source)
                 self._write_entry(study, mode, rec, source, fingerprint)
             except Exception as err:  # recorded, the build goes on
                 reason = f"{type(err).__name__}: {err}"
+                if isinstance(err, OSError) and not err.filename:  # e.g. ENOSPC from a write
+                    reason += f" (writing the cache in {folder})"
                 side = {"version": PIPELINE_VERSION, "reason": reason, "time": time.time()}
-                _atomic_write_bytes(self._failed_path(study, rec.name), json.dumps(side).encode())
+                try:
+                    _atomic_write_bytes(
+                        self._failed_path(study, rec.name), json.dumps(side).encode(), _tmp_prefix(rec.name)
+                    )
+                except OSError as err2:  # e.g. the disk is full: the summary still has it
+                    log.warning("%s/%s: could not record the failure (%s)", study, rec.name, err2)
                 return "failed", reason
             _unlink(self._failed_path(study, rec.name))
-            return "done", None
+            return "done", before
         finally:
             os.close(fd)  # releases the lock
 
     def _write_entry(self, study, mode, rec, source, fingerprint):
+        """Write every file of the entry under a temporary name, then rename them
+        into place and write the sidecar last. A failure before the renames (a
+        full disk, say) leaves a valid older entry (``force``) as it was."""
         from .io import load_image
         from .preprocess import prepare_for_inference
 
         folder = self._dir(study)
-        _unlink(self.sidecar_path(study, rec.name))
         img = load_image(source)
         prep = prepare_for_inference(img, mode, quantize=True)
         if prep is None:
@@ -395,18 +449,19 @@ class CacheManager:
         payloads = dict(zip(keys, arrs))
         payloads["mask"] = mask.reshape(d // 4, h // 16, w // 16)
         names = self.file_names(rec.name, mode)
-        files = {}
-        for key, arr in payloads.items():
-            final = os.path.join(folder, names[key])
-            fd, tmp = tempfile.mkstemp(prefix=f".{rec.name}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            try:
-                info = ptfile.write_tensor(tmp, arr)
-                os.replace(tmp, final)
-            except BaseException:
+        files, tmps = {}, {}
+        try:
+            for key, arr in payloads.items():
+                fd, tmps[key] = tempfile.mkstemp(prefix=_tmp_prefix(rec.name), suffix=".tmp", dir=folder)
+                os.close(fd)
+                files[key] = {"name": names[key], **ptfile.write_tensor(tmps[key], arr)}
+            _unlink(self.sidecar_path(study, rec.name))  # the old entry stops being valid first
+            for key, tmp in tmps.items():
+                os.replace(tmp, os.path.join(folder, names[key]))
+        except BaseException:
+            for tmp in tmps.values():
                 _unlink(tmp)
-                raise
-            files[key] = {"name": names[key], **info}
+            raise
         side = {
             "version": PIPELINE_VERSION,
             "study": study,
@@ -422,7 +477,7 @@ class CacheManager:
             "host": socket.gethostname(),
             "time": time.time(),
         }
-        _atomic_write_bytes(self.sidecar_path(study, rec.name), json.dumps(side, indent=1).encode())
+        _atomic_write_bytes(self.sidecar_path(study, rec.name), json.dumps(side, indent=1).encode(), _tmp_prefix(rec.name))
 
     def _update_flags(self, summary: BuildSummary) -> None:
         """Set the processed flags in metadata.json (this process owns the update)."""
@@ -454,7 +509,8 @@ class CacheManager:
         Returns a dict (``data``, ``mask``, ``view``, ``mode``, ``window``,
         ``shape``, ``spacing``); for CT with ``window=None`` a list of three
         such dicts (brain, blood, bone). ``None`` when the image is not cached,
-        stale, or its files fail the size and structure checks (never serves a
+        stale, or its files fail the size, structure and CRC-32 checks made on
+        every read (never serves a
         corrupt file; ``build_cache`` rebuilds it). Tensors are torch tensors
         unless ``as_numpy``.
         """
@@ -510,7 +566,10 @@ class CacheManager:
         return out[0]
 
     def open_uint8(self, study: str, image: str, key: str) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-        """Zero-copy read-only uint8 view of one cached file (key: window, 'volume' or 'mask'), and the sidecar."""
+        """Zero-copy read-only uint8 view of one cached file (key: window, 'volume' or 'mask'), and the sidecar.
+
+        ``(None, None)`` when the image is not cached; :class:`ptfile.PtFormatError`
+        (a ``ValueError``) when the file fails its size or CRC-32 check."""
         side = self._read_sidecar(study, image)
         if side is None or side.get("version") != PIPELINE_VERSION:
             return None, None
@@ -523,11 +582,11 @@ class CacheManager:
             raise ValueError(f"no cached file for {key!r}")
         p = os.path.join(folder, info["name"])
         if "offset" in info:
-            arr = ptfile.open_at(p, info["offset"], info["dtype"], info["shape"], info["bytes"])
+            arr = ptfile.open_at(p, info["offset"], info["dtype"], info["shape"], info["bytes"], info.get("crc32"))
         else:
             if os.path.getsize(p) != info["bytes"]:
                 raise ValueError(f"{p}: size {os.path.getsize(p)} differs from the recorded {info['bytes']}")
-            arr = ptfile.open_tensor(p)
+            arr = ptfile.open_tensor(p, verify=True)
         expect = tuple(side["shape"]) if key != "mask" else (
             side["shape"][1] // 4, side["shape"][2] // 16, side["shape"][3] // 16)
         if arr.shape != expect:

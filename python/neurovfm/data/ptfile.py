@@ -17,7 +17,12 @@ import zlib
 
 import numpy as np
 
-__all__ = ["write_tensor", "open_tensor", "PtFormatError", "TORCH_STORAGE"]
+try:  # ISA-L's CRC-32 (PCLMUL folding) is ~4x faster than zlib's; same values
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - isal is a dependency
+    _crc32 = zlib.crc32
+
+__all__ = ["write_tensor", "open_tensor", "open_at", "crc32", "file_crc32", "PtFormatError", "TORCH_STORAGE"]
 
 _ALIGN = 64
 _PREFIX = "archive/"
@@ -38,6 +43,21 @@ _STORAGE_DTYPE = {v: k for k, v in TORCH_STORAGE.items()}
 
 class PtFormatError(ValueError):
     """The file is not a tensor file this module wrote (or torch.save would write)."""
+
+
+def crc32(data, value: int = 0) -> int:
+    """CRC-32 (the ZIP/gzip polynomial) of a bytes-like object, continuing from
+    ``value`` (the CRC of what came before), as an unsigned int."""
+    return _crc32(data, value) & 0xFFFFFFFF
+
+
+def file_crc32(path) -> int:
+    """CRC-32 of a whole file (memory-mapped, no copy)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return 0
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return crc32(mm)
 
 
 def _pint(v: int) -> bytes:
@@ -77,7 +97,8 @@ def write_tensor(path, array: np.ndarray) -> dict:
     """Write ``array`` (C-contiguous) as a torch-compatible ``.pt`` file.
 
     Returns ``{"bytes": file size, "crc32": CRC-32 of the tensor bytes,
-    "offset": byte offset of the tensor data, "dtype", "shape"}``. The
+    "file_crc32": CRC-32 of the whole file, "offset": byte offset of the tensor
+    data, "dtype", "shape"}``. The
     caller makes the write atomic (temporary name, then rename).
     """
     a = np.ascontiguousarray(array)
@@ -97,11 +118,12 @@ def write_tensor(path, array: np.ndarray) -> dict:
     central = []
     offset = 0
     data_crc = 0
+    file_crc = 0
     data_offset = 0
     with open(path, "wb") as f:
         for name, data in entries:
             fname = (_PREFIX + name).encode()
-            crc = zlib.crc32(data) & 0xFFFFFFFF
+            crc = crc32(data)
             size = len(data) if not isinstance(data, memoryview) else data.nbytes
             # Pad the extra field so that every entry's data is 64-byte aligned.
             start = offset + 30 + len(fname)
@@ -113,8 +135,10 @@ def write_tensor(path, array: np.ndarray) -> dict:
             if name == "data/0":
                 data_crc = crc
                 data_offset = offset + len(header) + len(fname) + len(extra)
-            f.write(header + fname + extra)
+            head = header + fname + extra
+            f.write(head)
             f.write(data)
+            file_crc = crc32(data, crc32(head, file_crc))
             central.append((fname, crc, size, offset))
             offset += len(header) + len(fname) + len(extra) + size
         cd_start = offset
@@ -123,10 +147,20 @@ def write_tensor(path, array: np.ndarray) -> dict:
                 "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 0x21, crc, size, size, len(fname), 0, 0, 0, 0, 0, off
             )
             f.write(rec + fname)
+            file_crc = crc32(rec + fname, file_crc)
             offset += len(rec) + len(fname)
-        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central), offset - cd_start, cd_start, 0))
+        end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central), offset - cd_start, cd_start, 0)
+        f.write(end)
+        file_crc = crc32(end, file_crc)
         offset += 22
-    return {"bytes": offset, "crc32": data_crc, "offset": data_offset, "dtype": a.dtype.str, "shape": list(a.shape)}
+    return {
+        "bytes": offset,
+        "crc32": data_crc,
+        "file_crc32": file_crc,
+        "offset": data_offset,
+        "dtype": a.dtype.str,
+        "shape": list(a.shape),
+    }
 
 
 class _Meta(pickle.Unpickler):
@@ -204,7 +238,7 @@ def open_tensor(path, verify: bool = False) -> np.ndarray:
         expected = tuple(int(np.prod(shape[i + 1 :])) for i in range(len(shape)))
         if tuple(strides) != expected:
             raise PtFormatError(f"{path}: non-contiguous tensor (strides {strides})")
-        if verify and (zlib.crc32(mm[doff : doff + dn]) & 0xFFFFFFFF) != dcrc:
+        if verify and crc32(memoryview(mm)[doff : doff + dn]) != dcrc:
             raise PtFormatError(f"{path}: checksum mismatch: the data is corrupt")
         return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=doff).reshape(shape)
     except BaseException:
@@ -239,9 +273,10 @@ class _BytesView:
         return len(data)
 
 
-def open_at(path, offset: int, dtype, shape, expected_bytes: int) -> np.ndarray:
+def open_at(path, offset: int, dtype, shape, expected_bytes: int, crc: int | None = None) -> np.ndarray:
     """Zero-copy view of a tensor whose data offset is known (e.g. recorded at
-    write time): checks the file size, maps it, no archive parsing."""
+    write time): checks the file size, maps it, no archive parsing. With ``crc``
+    (the CRC-32 recorded at write time) the data is checked against it too."""
     path = os.fspath(path)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
@@ -256,4 +291,7 @@ def open_at(path, offset: int, dtype, shape, expected_bytes: int) -> np.ndarray:
     if offset < 0 or offset + count * dt.itemsize > size:
         mm.close()
         raise PtFormatError(f"{path}: tensor data outside the file")
+    if crc is not None and crc32(memoryview(mm)[offset : offset + count * dt.itemsize]) != crc:
+        mm.close()
+        raise PtFormatError(f"{path}: checksum mismatch: the data is corrupt")
     return np.frombuffer(mm, dtype=dt, count=count, offset=offset).reshape(shape)

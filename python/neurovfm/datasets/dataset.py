@@ -367,31 +367,36 @@ class ImageDataset(torch.utils.data.Dataset):
         return side
 
     def _open_cached(self, i: int, key: str):
-        """(uint8 [1, D, H, W] view, uint8 flags [d, h, w] view) from the cache, or None on a miss."""
+        """(uint8 [1, D, H, W] view, uint8 flags [d, h, w] view) from the cache; None when the
+        image is not cached; a string (the reason) when its entry fails the checks."""
         e = self._entries[i]
+        problem = None
         for fresh in (False, True):
             side = self._sidecar(i, fresh)
             if side is None:
-                return None
+                return problem
             folder = os.path.join(self.processed_dir, e.study)
             try:
                 shape = tuple(side["shape"])
                 grid = (shape[1] // 4, shape[2] // 16, shape[3] // 16)
-                vol = self._map(os.path.join(folder, side["files"][key]["name"]), side["files"][key]["bytes"])
-                flags = self._map(os.path.join(folder, side["files"]["mask"]["name"]), side["files"]["mask"]["bytes"])
+                vol = self._map(folder, side["files"][key])
+                flags = self._map(folder, side["files"]["mask"])
                 if vol.shape != shape or flags.shape != grid:
                     raise ValueError(f"cached shapes {vol.shape} / {flags.shape}, sidecar says {shape} / {grid}")
                 return vol, flags
             except (OSError, ValueError, KeyError) as err:
                 self._sides.pop(i, None)
+                problem = f"{type(err).__name__}: {err}"
                 if fresh:
                     log.warning("cache entry %s/%s is unusable: %s", e.study, e.image, err)
-        return None
+        return problem
 
-    def _map(self, path: str, nbytes: int) -> np.ndarray:
-        """Zero-copy read-only view of a cached ``.pt`` file. The first time a file is
-        seen (per process, per size and mtime) :func:`ptfile.open_tensor` checks its
-        whole structure; later calls only map it at the data offset found then."""
+    def _map(self, folder: str, info: dict) -> np.ndarray:
+        """Zero-copy read-only view of a cached ``.pt`` file (``info``: its sidecar record).
+        The first time a file is seen (per process, per size, mtime and inode) its whole
+        structure is checked, and the CRC-32 of its data against the sidecar's; later
+        calls only map it at the data offset found then."""
+        path, nbytes = os.path.join(folder, info["name"]), info["bytes"]
         fd = os.open(path, os.O_RDONLY)
         try:
             st = os.fstat(fd)
@@ -405,7 +410,9 @@ class ImageDataset(torch.utils.data.Dataset):
                 return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
         finally:
             os.close(fd)  # the mmap holds its own descriptor
-        arr = ptfile.open_tensor(path)
+        arr = ptfile.open_tensor(path, verify="crc32" not in info)
+        if "crc32" in info and ptfile.crc32(arr.reshape(-1).view(np.uint8)) != info["crc32"]:
+            raise ptfile.PtFormatError(f"{path}: checksum differs from the sidecar's: the data is corrupt or replaced")
         base = np.frombuffer(_mmap_of(arr), dtype=np.uint8)
         offset = arr.__array_interface__["data"][0] - base.__array_interface__["data"][0]
         self._layouts[path] = (stamp, offset, arr.dtype, arr.shape, arr.size)
@@ -434,8 +441,14 @@ class ImageDataset(torch.utils.data.Dataset):
         e = self._entries[i]
         if self.use_cache:
             got = self._open_cached(i, key)
-            if got is not None:
+            if isinstance(got, tuple):
                 return got
+            if isinstance(got, str) and not self.fallback_to_raw:
+                raise ImageReadError(
+                    os.path.join(self.processed_dir, e.study, f"{e.image}.json"),
+                    f"the cache entry of {e.study}/{e.image} is corrupt and is not served ({got}); "
+                    "rebuild it with CacheManager(data_dir).build_cache()",
+                )
             if not self.fallback_to_raw:
                 raise ImageNotFoundError(
                     f"{e.study}/{e.image}: not in the cache {os.path.join(self.processed_dir, e.study)} "
