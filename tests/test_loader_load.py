@@ -8,6 +8,7 @@ stays bounded (a mapped file's descriptor is closed with its last view). Figures
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -21,6 +22,9 @@ if not sys.platform.startswith("linux"):
     pytest.skip("reads /proc", allow_module_level=True)
 
 N_ITEMS = 300
+# Under AddressSanitizer (scripts/asan_test.sh) freed memory sits in its quarantine:
+# the loaders still run and the descriptors are still checked, not the heap sizes.
+SANITIZED = bool(os.environ.get("NEUROVFM_SANITIZERS"))
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +48,10 @@ def test_persistent_workers_flat_memory_and_bounded_files(cached):
     assert [r["items"] for r in runs] == [N_ITEMS] * 5
     first, last = runs[1], runs[-1]  # epoch 0 warms up (imports, allocator pools)
     assert len(first["workers"]) == len(last["workers"]) == 3
-    for a, b in zip(first["workers"], last["workers"]):
-        assert b["anon_mb"] - a["anon_mb"] < 8, runs  # no growth per epoch
-    assert last["main"]["anon_mb"] - first["main"]["anon_mb"] < 16, runs
+    if not SANITIZED:
+        for a, b in zip(first["workers"], last["workers"]):
+            assert b["anon_mb"] - a["anon_mb"] < 8, runs  # no growth per epoch
+        assert last["main"]["anon_mb"] - first["main"]["anon_mb"] < 16, runs
     # descriptors: none held per item or per file (a leak would add hundreds: 600 files);
     # tensors in flight to the main process hold a few, hence the slack
     peaks = [r["peak_worker_fds"] for r in runs]
@@ -57,14 +62,14 @@ def test_persistent_workers_flat_memory_and_bounded_files(cached):
     # the cache is read through the page cache, not copied into the workers
     cache_mb = loadprobe.cache_bytes(cached) / 2**20
     grown = max(b["anon_mb"] - a["anon_mb"] for a, b in zip(runs[0]["workers"], last["workers"]))
-    assert grown < cache_mb / 4, (grown, cache_mb)
+    assert SANITIZED or grown < cache_mb / 4, (grown, cache_mb)
 
 
 def test_fresh_workers_every_epoch(cached):
     runs = loadprobe.run_epochs(_dataset(cached), epochs=3, num_workers=2, persistent=False)
     assert [r["items"] for r in runs] == [N_ITEMS] * 3
     anon = [sum(w["anon_mb"] for w in r["workers"]) for r in runs]
-    assert max(anon) - min(anon) < 8, runs
+    assert SANITIZED or max(anon) - min(anon) < 8, runs
     fds = [r["peak_worker_fds"] for r in runs]
     assert max(fds) <= min(fds) + 16 and max(fds) < 128, runs
-    assert runs[-1]["main"]["anon_mb"] - runs[0]["main"]["anon_mb"] < 16, runs
+    assert SANITIZED or runs[-1]["main"]["anon_mb"] - runs[0]["main"]["anon_mb"] < 16, runs
