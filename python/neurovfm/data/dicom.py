@@ -316,7 +316,11 @@ def _scan_files(files: list, threads: int):
     unreadable = []
     for f, h in zip(files, headers):
         if not h.is_dicom:
-            skipped["not DICOM"] += 1
+            if os.access(f, os.R_OK):
+                skipped["not DICOM"] += 1
+            else:
+                skipped["unreadable (permission denied)"] += 1
+                unreadable.append((f, "permission denied"))
             continue
         sop = h.media_storage_sop_class_uid or h.sop_class_uid
         if sop == DICOMDIR_SOP_CLASS or h.sop_class_uid == DICOMDIR_SOP_CLASS:
@@ -331,7 +335,9 @@ def _scan_files(files: list, threads: int):
                 unreadable.append((f, h.error))
                 continue
             h = ph
-        if not h.has_pixel_data or h.rows <= 0 or h.cols <= 0:
+        if h.rows <= 0 or h.cols <= 0 or not (h.has_pixel_data or h.has_ipp):
+            # (An image header with a position but no pixels is a broken image, kept
+            # so that the series reports it rather than reading around the gap.)
             skipped["non-image DICOM object"] += 1
             continue
         if _is_localizer(h):
@@ -351,6 +357,27 @@ def _common_folder(files) -> str:
         return os.path.commonpath(list(dirs))
     except ValueError:
         return sorted(dirs)[0]
+
+
+def _header_problem(h) -> str:
+    """Why an image file cannot be read, from its header alone ('' when it can): the
+    parser's error, no pixel data, or pixel data shorter than Rows x Columns x frames x
+    samples x bits claim (checked before anything is allocated)."""
+    if h.error:
+        return h.error
+    if not h.has_pixel_data:
+        return "no pixel data (the PixelData element is missing)"
+    length = getattr(h, "pixel_length", None)
+    if length is None or h.encapsulated or h.bits_allocated < 8 or length == 0xFFFFFFFF:
+        return ""
+    dims = (h.rows, h.cols, max(1, h.number_of_frames), max(1, h.samples_per_pixel), h.bits_allocated // 8)
+    need = int(np.prod(dims, dtype=object))
+    if length < need:
+        return (
+            f"truncated or inconsistent header: pixel data holds {length} bytes but Rows x Columns x "
+            f"frames x samples x bytes = {' x '.join(map(str, dims))} claims {need}"
+        )
+    return ""
 
 
 def _make_series(uid: str, members: list, n_geometries: int, n_in_uid: int) -> SeriesInfo:
@@ -382,7 +409,7 @@ def _make_series(uid: str, members: list, n_geometries: int, n_in_uid: int) -> S
 
     folder = _common_folder(files)
     n = h0.number_of_frames if multiframe else len(files)
-    broken = [(f, h.error) for f, h in zip(files, hs) if h.error]
+    broken = [(f, e) for f, h in zip(files, hs) if (e := _header_problem(h))]
     geo_note = (
         f" (series {uid or '<no uid>'} has {n_in_uid} images in {n_geometries} different "
         "geometries)"
