@@ -115,6 +115,17 @@ def make_huge_dims(root, gz):
     return patch_nifti(p, {_DIM: ("<8h", (3, 30000, 30000, 30000, 1, 1, 1, 1))})
 
 
+def make_big_claim_gz(root):
+    """Claims 1100^3 int16 (2.7 GB, within deflate's ratio of the 3 MB file) and holds
+    3 MB: must be refused before a 2.7 GB buffer is allocated."""
+    p = good_nifti(root, "big_claim")
+    header = bytearray(gzip.decompress(p.read_bytes())[:352])
+    struct.pack_into("<8h", header, _DIM, 3, 1100, 1100, 1100, 1, 1, 1, 1)
+    payload = np.random.default_rng(1).integers(0, 255, 3 << 20, dtype=np.uint8).tobytes()
+    p.write_bytes(gzip.compress(bytes(header) + payload, compresslevel=1, mtime=0))
+    return p
+
+
 def make_huge_dims_scaled(root):
     """Huge dims in a file that SimpleITK would read itself (intensity scaling)."""
     p = good_nifti(root, "huge_scaled", gz=False)
@@ -184,6 +195,7 @@ NIFTI_CASES = {
     "huge_dims_gz": lambda r: make_huge_dims(r, True),
     "huge_dims_nii": lambda r: make_huge_dims(r, False),
     "huge_dims_scaled": make_huge_dims_scaled,
+    "big_claim_gz": make_big_claim_gz,
     "negative_dims": make_negative_dims,
     "offset_past_end": make_offset_past_end,
     "offset_past_end_gz": make_offset_past_end_gz,

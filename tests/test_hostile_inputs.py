@@ -145,6 +145,7 @@ ERRORS = {
     "bad_isize": ("ImageReadError", r"length trailer"),
     "huge_dims_gz": ("ImageReadError", r"30000x30000x30000.*bad dimensions"),
     "huge_dims_nii": ("ImageReadError", r"bad dimensions.*30000x30000x30000"),
+    "big_claim_gz": ("ImageReadError", r"truncated or bad dimensions: the header needs 2662000352 bytes"),
     "huge_dims_scaled": ("ImageReadError", r"bad dimensions.*30000x30000x30000"),
     "negative_dims": ("ImageReadError", r"invalid dimension dim\[1\]=-36"),
     "offset_past_end": ("ImageReadError", r"voxel offset 10000000 is past the end"),
@@ -162,7 +163,7 @@ ERRORS = {
     "dicom_non_image_folder": ("DicomSeriesError", r"no DICOM image series found.*non-image"),
     "dicom_non_image_file": ("DicomSeriesError", r"no DICOM image series found.*non-image"),
     "no_images_folder": ("DicomSeriesError", r"no DICOM image series found.*not DICOM"),
-    "symlink_loop_only": ("DicomSeriesError", r"no files found"),
+    "symlink_loop_only": ("DicomSeriesError", r"no files found \(2 symbolic links not followed \(a loop"),
     "symlink_self": ("ImageReadError", r"symbolic link loop"),
 }
 # case -> raw size (x, y, z) read with preprocess=False (None: any of those given)
@@ -219,6 +220,22 @@ def test_readable_hostile_input(synthetic, name):
         assert pre["ct"] is None and pre["mri"] is None
     if name == "constant":
         assert pre["ct"] is not None and pre["mri"] is not None
+
+
+def test_prepare_for_inference_refuses_non_finite_voxels():
+    import numpy as np
+    import SimpleITK as sitk
+
+    from neurovfm.data import prepare_for_inference
+    from neurovfm.errors import ImageReadError
+
+    arr = np.zeros((8, 32, 32), np.float32)
+    arr[2, 3, 4] = np.nan
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 4.0))
+    for mode in ("ct", "mri"):
+        with pytest.raises(ImageReadError, match=r"<in-memory image>: 1 non-finite \(NaN or Inf\) voxels"):
+            prepare_for_inference(img, mode)
 
 
 def test_tie_between_geometries_reads_one_whole_geometry(synthetic):

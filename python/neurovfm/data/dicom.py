@@ -152,11 +152,16 @@ def is_dicom_file(path) -> bool:
 # Scanning
 
 
-def _walk(root: str) -> list:
-    """Regular files under root, recursively; symlinks followed, loops not."""
+_LOOPS = "symbolic links not followed (a loop or a missing target)"
+
+
+def _walk(root: str, loops: Optional[list] = None) -> list:
+    """Regular files under root, recursively; symlinks followed, loops not (the
+    symbolic links that loop or lead nowhere are appended to ``loops``)."""
     out = []
     seen = set()
     stack = [root]
+    loops = [] if loops is None else loops
     while stack:
         d = stack.pop()
         try:
@@ -165,6 +170,8 @@ def _walk(root: str) -> list:
             continue
         key = (st.st_dev, st.st_ino)
         if key in seen:
+            if os.path.islink(d):
+                loops.append(d)
             continue
         seen.add(key)
         try:
@@ -180,8 +187,11 @@ def _walk(root: str) -> list:
                     subdirs.append(e.path)
                 elif e.is_file():
                     out.append(e.path)
-            except OSError:
-                continue
+                elif e.is_symlink() and not os.path.exists(e.path):
+                    loops.append(e.path)
+            except OSError:  # ELOOP
+                if os.path.islink(e.path):
+                    loops.append(e.path)
         stack.extend(reversed(subdirs))
     out.sort()
     return out
@@ -491,14 +501,18 @@ def _scan(path):
     p = os.fspath(path)
     if not os.path.exists(p):
         raise ImageNotFoundError(f"{p}: no such file or directory")
+    loops: list = []
     if os.path.isdir(p):
-        files = _walk(p)
+        files = _walk(p, loops)
     elif os.path.isfile(p):
         files = [p]
     else:
         raise ImageReadError(p, "not a regular file or folder")
     threads = get_num_threads()
     kept, skipped = _scan_files(files, threads)
+    if loops:
+        logger.info("%s: not followed: %d symbolic links that loop or lead nowhere (%s)", p, len(loops), loops[0])
+        skipped[_LOOPS] = len(loops)
 
     # Group by SeriesInstanceUID (by folder when blank); a multi-frame file is
     # a series of its own.
@@ -567,8 +581,9 @@ def _describe(s: SeriesInfo) -> str:
 
 def _nothing_found(p: str, files: list, skipped: Counter) -> DicomSeriesError:
     if not files:
-        return DicomSeriesError(p, "no files found")
-    parts = ", ".join(f"{n} {what}" for what, n in sorted(skipped.items()))
+        loops = f" ({skipped[_LOOPS]} {_LOOPS})" if skipped.get(_LOOPS) else ""
+        return DicomSeriesError(p, "no files found" + loops)
+    parts = ", ".join(f"{n} {what}" for what, n in sorted(skipped.items()) if what != _LOOPS)
     if os.path.isfile(p) and skipped.get("not DICOM"):
         return ImageReadError(p, "not a DICOM file")
     if skipped and set(skipped) <= {"DICOMDIR / directory record"}:
@@ -714,6 +729,9 @@ def _read_fast(s: SeriesInfo) -> RawVolume:
     dtype = h0.output_dtype
     try:
         arr = _core.read_dicom_pixels(list(s.files), hs, dtype, get_num_threads())
+    except MemoryError:
+        shape = (len(s.files), s.rows, s.cols)
+        raise ImageReadError(s.folder, f"not enough memory for a volume of {shape} voxels") from None
     except RuntimeError as exc:
         msg = str(exc)
         bad = next((f for f in s.files if msg.startswith(f + ":")), None)

@@ -20,7 +20,7 @@ from .. import _core
 from .._threads import get_num_threads
 from ..errors import ImageNotFoundError, ImageReadError, ImageTooSmallError
 from . import readers
-from .volume import RawVolume
+from .volume import RawVolume, check_finite
 
 __all__ = [
     "load_image",
@@ -186,28 +186,13 @@ def _plan(shape, spacing, origin, direction, path: str) -> _Plan:
     return _Plan(o, s, org, dirn, n, tuple(t), crops)
 
 
-def _check_finite(arr: np.ndarray, path: str) -> None:
-    """Refuse NaN/Inf voxels: the B-spline would spread them over their neighbours and
-    the intensity windows would pass them on, so the result would be silently wrong.
-    (A float64 sum is non-finite exactly when a voxel is, for any float32 volume.)"""
-    with np.errstate(invalid="ignore", over="ignore"):
-        total = arr.sum(dtype=np.float64)
-    if not np.isfinite(total):
-        n = int(np.count_nonzero(~np.isfinite(arr)))
-        if n == 0:  # finite float64 values whose sum overflows
-            return
-        raise ImageReadError(
-            path, f"{n} non-finite (NaN or Inf) voxels: cannot resample a volume with undefined values"
-        )
-
-
 def preprocess_volume(vol: RawVolume) -> sitk.Image:
     """Reorient ``vol`` to RPI, resample to 1x1x4 mm (B-spline) and crop."""
     path = vol.path or "<in-memory image>"
     if vol.array.ndim != 3:
         raise ImageReadError(path, f"expected a 3D volume, got {vol.array.ndim}D")
     if vol.array.dtype.kind == "f":
-        _check_finite(vol.array, path)
+        check_finite(vol.array, path)
     plan = _plan(vol.array.shape, vol.spacing, vol.origin, vol.direction, path)
     view = _reoriented_view(vol.array, plan.orientation)
     out = _core.resample_bspline(view, *plan.kernel_args(), get_num_threads())
@@ -250,7 +235,7 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
                 buf = ring[r][:kn]
                 readers.read_exactly(f, memoryview(buf).cast("B"), path, layout.nbytes)
                 if layout.dtype.kind == "f":
-                    _check_finite(buf, path)
+                    check_finite(buf, path)
                 view = _reoriented_view(buf, o)
                 i0 = nz - k0 - kn if flipped else k0
                 if threads > 1:

@@ -69,7 +69,7 @@ def _explain_sitk_error(path: str, err: Exception) -> ImageReadError:
 def _explain_nifti_error(path: str, err: Exception) -> ImageReadError:
     """SimpleITK refused a NIfTI file: for a ``.gz``, say what is wrong with the stream."""
     if path.lower().endswith(".gz"):
-        problem = _gzip_problem(path, 1 << 30)
+        problem = _gzip_problem(path, 0)
         if problem is not None:
             return ImageReadError(path, problem)
     return _explain_sitk_error(path, err)
@@ -127,25 +127,36 @@ _NIFTI_CODE_BYTES = {
 _GZIP_MAX_RATIO, _GZIP_SLACK = 1032, 1 << 16
 
 
-def _gzip_problem(path: str, limit: int) -> str | None:
-    """Why the gzip stream of ``path`` does not decode to the end (None if it does).
-
-    Decodes at most ``limit`` bytes (bounded time), checking the CRC and length trailer."""
+def _gzip_problem(path: str, need: int, vox_offset: int = 0) -> str | None:
+    """Why the gzip stream of ``path`` does not decode to at least ``need`` bytes and
+    then end cleanly (CRC and length trailer checked); None when it does. Decodes at
+    most about ``need`` bytes plus 64 MB (bounded time)."""
     from isal import igzip
 
     got = 0
     try:
         with igzip.open(path, "rb") as f:
-            while got <= limit:
+            while got <= need + (64 << 20):
                 k = len(f.read(1 << 20))
                 if not k:
-                    return None
+                    break
                 got += k
     except EOFError:
         return f"truncated: the compressed stream ends early (after {got} decoded bytes)"
     except (OSError, ValueError) as err:
         return _gzip_reason(err)
+    if got < vox_offset:
+        return f"voxel offset {vox_offset} is past the end of the decoded data ({got} bytes)"
+    if got < need:
+        return f"truncated or bad dimensions: the header needs {need} bytes, the stream decodes to {got}"
     return None
+
+
+def _gzip_isize(path: str) -> int:
+    """The gzip trailer's ISIZE (decoded length mod 2**32 of the last member)."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
 
 
 def check_nifti_header(path: str) -> None:
@@ -198,6 +209,14 @@ def check_nifti_header(path: str) -> None:
                 f"header claims {shape} voxels of datatype {datatype} ({nbytes} bytes from offset "
                 f"{vox_offset}), more than {size} compressed bytes can hold: bad dimensions or truncated file",
             )
+        # ISIZE is the decoded length mod 2**32 for a one-member gzip (0 after bgzip's
+        # empty last member): when it disagrees, decode once to see why (truncated,
+        # corrupt, or shorter than the header claims) before anything is allocated.
+        isize = _gzip_isize(path)
+        if isize != 0 and isize != (vox_offset + nbytes) % (1 << 32):
+            problem = _gzip_problem(path, vox_offset + nbytes, vox_offset)
+            if problem is not None:
+                raise ImageReadError(path, problem)
     elif vox_offset > size:
         raise ImageReadError(path, f"voxel offset {vox_offset} is past the end of the file ({size} bytes)")
     elif vox_offset + nbytes > size:
@@ -368,7 +387,10 @@ def read_nifti(path: str) -> RawVolume:
     layout = nifti_layout(path)
     if not layout.direct:
         return read_with_sitk(path)
-    arr = _core.empty(layout.dtype, layout.shape)
+    try:
+        arr = _core.empty(layout.dtype, layout.shape)
+    except MemoryError:
+        raise ImageReadError(path, f"not enough memory for {layout.nbytes} bytes of voxels {layout.shape}") from None
     try:
         with open_voxels(layout) as f:
             read_exactly(f, memoryview(arr).cast("B"), path, layout.nbytes)
