@@ -248,12 +248,11 @@ def test_real_files_cut(data_dir, tmp_path):
     results = run_cases(cases)
     for name, path in cases.items():
         for pre in (True, False):
-            r = results[(name, pre)]
-            keyword = r"truncated" if name != "real_niigz_cut_0.001" else r"truncated|ends early"
-            assert_error(r, path, keyword)
-    assert "20_" not in results[("real_series_one_slice_cut", True)]["msg"]  # names the cut file
-    bad = sorted((Path(cases["real_series_one_slice_cut"])).iterdir())[10]
-    assert str(bad) in results[("real_series_one_slice_cut", True)]["msg"]
+            assert_error(results[(name, pre)], path, r"truncated")
+    # the series error names the one cut file
+    bad = sorted(Path(cases["real_series_one_slice_cut"]).iterdir())[10]
+    for pre in (True, False):
+        assert str(bad) in results[("real_series_one_slice_cut", pre)]["msg"]
 
 
 def test_unreadable_permissions():

@@ -142,7 +142,7 @@ def _gzip_problem(path: str, need: int, vox_offset: int = 0) -> str | None:
                     break
                 got += k
     except EOFError:
-        return f"truncated: the compressed stream ends early (after {got} decoded bytes)"
+        return "truncated: the compressed stream ends early" + (f" (after {got} decoded bytes)" if got else "")
     except (OSError, ValueError) as err:
         return _gzip_reason(err)
     if got < vox_offset:
