@@ -152,11 +152,16 @@ def is_dicom_file(path) -> bool:
 # Scanning
 
 
-def _walk(root: str) -> list:
-    """Regular files under root, recursively; symlinks followed, loops not."""
+_LOOPS = "symbolic links not followed (a loop or a missing target)"
+
+
+def _walk(root: str, loops: Optional[list] = None) -> list:
+    """Regular files under root, recursively; symlinks followed, loops not (the
+    symbolic links that loop or lead nowhere are appended to ``loops``)."""
     out = []
     seen = set()
     stack = [root]
+    loops = [] if loops is None else loops
     while stack:
         d = stack.pop()
         try:
@@ -165,6 +170,8 @@ def _walk(root: str) -> list:
             continue
         key = (st.st_dev, st.st_ino)
         if key in seen:
+            if os.path.islink(d):
+                loops.append(d)
             continue
         seen.add(key)
         try:
@@ -180,8 +187,11 @@ def _walk(root: str) -> list:
                     subdirs.append(e.path)
                 elif e.is_file():
                     out.append(e.path)
-            except OSError:
-                continue
+                elif e.is_symlink() and not os.path.exists(e.path):
+                    loops.append(e.path)
+            except OSError:  # ELOOP
+                if os.path.islink(e.path):
+                    loops.append(e.path)
         stack.extend(reversed(subdirs))
     out.sort()
     return out
@@ -316,7 +326,11 @@ def _scan_files(files: list, threads: int):
     unreadable = []
     for f, h in zip(files, headers):
         if not h.is_dicom:
-            skipped["not DICOM"] += 1
+            if os.access(f, os.R_OK):
+                skipped["not DICOM"] += 1
+            else:
+                skipped["unreadable (permission denied)"] += 1
+                unreadable.append((f, "permission denied"))
             continue
         sop = h.media_storage_sop_class_uid or h.sop_class_uid
         if sop == DICOMDIR_SOP_CLASS or h.sop_class_uid == DICOMDIR_SOP_CLASS:
@@ -331,7 +345,9 @@ def _scan_files(files: list, threads: int):
                 unreadable.append((f, h.error))
                 continue
             h = ph
-        if not h.has_pixel_data or h.rows <= 0 or h.cols <= 0:
+        if h.rows <= 0 or h.cols <= 0 or not (h.has_pixel_data or h.has_ipp):
+            # (An image header with a position but no pixels is a broken image, kept
+            # so that the series reports it rather than reading around the gap.)
             skipped["non-image DICOM object"] += 1
             continue
         if _is_localizer(h):
@@ -351,6 +367,27 @@ def _common_folder(files) -> str:
         return os.path.commonpath(list(dirs))
     except ValueError:
         return sorted(dirs)[0]
+
+
+def _header_problem(h) -> str:
+    """Why an image file cannot be read, from its header alone ('' when it can): the
+    parser's error, no pixel data, or pixel data shorter than Rows x Columns x frames x
+    samples x bits claim (checked before anything is allocated)."""
+    if h.error:
+        return h.error
+    if not h.has_pixel_data:
+        return "no pixel data (the PixelData element is missing)"
+    length = getattr(h, "pixel_length", None)
+    if length is None or h.encapsulated or h.bits_allocated < 8 or length == 0xFFFFFFFF:
+        return ""
+    dims = (h.rows, h.cols, max(1, h.number_of_frames), max(1, h.samples_per_pixel), h.bits_allocated // 8)
+    need = int(np.prod(dims, dtype=object))
+    if length < need:
+        return (
+            f"truncated or inconsistent header: pixel data holds {length} bytes but Rows x Columns x "
+            f"frames x samples x bytes = {' x '.join(map(str, dims))} claims {need}"
+        )
+    return ""
 
 
 def _make_series(uid: str, members: list, n_geometries: int, n_in_uid: int) -> SeriesInfo:
@@ -382,7 +419,7 @@ def _make_series(uid: str, members: list, n_geometries: int, n_in_uid: int) -> S
 
     folder = _common_folder(files)
     n = h0.number_of_frames if multiframe else len(files)
-    broken = [(f, h.error) for f, h in zip(files, hs) if h.error]
+    broken = [(f, e) for f, h in zip(files, hs) if (e := _header_problem(h))]
     geo_note = (
         f" (series {uid or '<no uid>'} has {n_in_uid} images in {n_geometries} different "
         "geometries)"
@@ -464,14 +501,18 @@ def _scan(path):
     p = os.fspath(path)
     if not os.path.exists(p):
         raise ImageNotFoundError(f"{p}: no such file or directory")
+    loops: list = []
     if os.path.isdir(p):
-        files = _walk(p)
+        files = _walk(p, loops)
     elif os.path.isfile(p):
         files = [p]
     else:
         raise ImageReadError(p, "not a regular file or folder")
     threads = get_num_threads()
     kept, skipped = _scan_files(files, threads)
+    if loops:
+        logger.info("%s: not followed: %d symbolic links that loop or lead nowhere (%s)", p, len(loops), loops[0])
+        skipped[_LOOPS] = len(loops)
 
     # Group by SeriesInstanceUID (by folder when blank); a multi-frame file is
     # a series of its own.
@@ -540,8 +581,9 @@ def _describe(s: SeriesInfo) -> str:
 
 def _nothing_found(p: str, files: list, skipped: Counter) -> DicomSeriesError:
     if not files:
-        return DicomSeriesError(p, "no files found")
-    parts = ", ".join(f"{n} {what}" for what, n in sorted(skipped.items()))
+        loops = f" ({skipped[_LOOPS]} {_LOOPS})" if skipped.get(_LOOPS) else ""
+        return DicomSeriesError(p, "no files found" + loops)
+    parts = ", ".join(f"{n} {what}" for what, n in sorted(skipped.items()) if what != _LOOPS)
     if os.path.isfile(p) and skipped.get("not DICOM"):
         return ImageReadError(p, "not a DICOM file")
     if skipped and set(skipped) <= {"DICOMDIR / directory record"}:
@@ -687,6 +729,9 @@ def _read_fast(s: SeriesInfo) -> RawVolume:
     dtype = h0.output_dtype
     try:
         arr = _core.read_dicom_pixels(list(s.files), hs, dtype, get_num_threads())
+    except MemoryError:
+        shape = (len(s.files), s.rows, s.cols)
+        raise ImageReadError(s.folder, f"not enough memory for a volume of {shape} voxels") from None
     except RuntimeError as exc:
         msg = str(exc)
         bad = next((f for f in s.files if msg.startswith(f + ":")), None)

@@ -7,6 +7,7 @@ kernel reads the decoded buffer through a permuted/flipped strided view.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from .. import _core
 from .._threads import get_num_threads
 from ..errors import ImageNotFoundError, ImageReadError, ImageTooSmallError
 from . import readers
-from .volume import RawVolume
+from .volume import RawVolume, check_finite
 
 __all__ = [
     "load_image",
@@ -190,6 +191,8 @@ def preprocess_volume(vol: RawVolume) -> sitk.Image:
     path = vol.path or "<in-memory image>"
     if vol.array.ndim != 3:
         raise ImageReadError(path, f"expected a 3D volume, got {vol.array.ndim}D")
+    if vol.array.dtype.kind == "f":
+        check_finite(vol.array, path)
     plan = _plan(vol.array.shape, vol.spacing, vol.origin, vol.direction, path)
     view = _reoriented_view(vol.array, plan.orientation)
     out = _core.resample_bspline(view, *plan.kernel_args(), get_num_threads())
@@ -231,6 +234,8 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
                     sr.wait(tickets[r])
                 buf = ring[r][:kn]
                 readers.read_exactly(f, memoryview(buf).cast("B"), path, layout.nbytes)
+                if layout.dtype.kind == "f":
+                    check_finite(buf, path)
                 view = _reoriented_view(buf, o)
                 i0 = nz - k0 - kn if flipped else k0
                 if threads > 1:
@@ -239,6 +244,8 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
                     tickets[r] = sr.submit(view, i0, threads if last else push_threads)
                 else:
                     sr.push(view, i0, 1)
+            if layout.gz:
+                readers.check_trailer(f, path)
         out = sr.finish(threads)
     except (OSError, EOFError) as err:
         raise ImageReadError(path, f"corrupt or truncated file: {err}") from None
@@ -260,11 +267,22 @@ def preprocess_image(img: sitk.Image) -> sitk.Image:
     return preprocess_volume(RawVolume.from_image(img))
 
 
+def _check_exists(path: str) -> None:
+    """ImageNotFoundError for a missing path; ImageReadError for a symbolic link loop."""
+    if os.path.exists(path):
+        return
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageReadError(path, "symbolic link loop (too many levels of symbolic links)") from None
+    raise ImageNotFoundError(2, f"{path}: no such file or directory", path)
+
+
 def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> RawVolume:
     """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageNotFoundError(2, f"{path}: no such file or directory", path)
+    _check_exists(path)
     if not os.access(path, os.R_OK):
         raise ImageReadError(path, "permission denied")
     if readers.is_nifti(path) and os.path.isfile(path):

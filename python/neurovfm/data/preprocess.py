@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from .. import _core
 from .._threads import get_num_threads
+from .volume import check_finite
 
 __all__ = [
     "prepare_for_inference",
@@ -87,6 +88,8 @@ def prepare_for_inference(
     D, H, W = arr.shape
     if D < 4 or H < 16 or W < 16:
         return None
+    if arr.dtype.kind == "f":
+        check_finite(arr, "<in-memory image>")
     if D % 4 or H % 16 or W % 16:
         raise ValueError(
             f"volume [D, H, W] = {arr.shape} is not a multiple of the 4x16x16 token; "

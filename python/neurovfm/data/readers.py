@@ -6,6 +6,8 @@ reference's; the fast path only replaces the decoding of the voxels.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
 from dataclasses import dataclass
 
@@ -64,6 +66,15 @@ def _explain_sitk_error(path: str, err: Exception) -> ImageReadError:
     return ImageReadError(path, f"SimpleITK could not read it: {detail}")
 
 
+def _explain_nifti_error(path: str, err: Exception) -> ImageReadError:
+    """SimpleITK refused a NIfTI file: for a ``.gz``, say what is wrong with the stream."""
+    if path.lower().endswith(".gz"):
+        problem = _gzip_problem(path, 0)
+        if problem is not None:
+            return ImageReadError(path, problem)
+    return _explain_sitk_error(path, err)
+
+
 def check_scalar_3d(path: str, dimension: int, size, components: int, pixel_id: int) -> None:
     """Raise the library's error unless this describes a 3D scalar volume."""
     if components != 1:
@@ -102,9 +113,118 @@ def read_with_sitk(path: str) -> RawVolume:
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as err:
-        raise _explain_sitk_error(path, err) from None
+        raise (_explain_nifti_error if is_nifti(path) else _explain_sitk_error)(path, err) from None
     check_scalar_3d(path, img.GetDimension(), img.GetSize(), img.GetNumberOfComponentsPerPixel(), img.GetPixelID())
     return RawVolume.from_image(_squeeze_4d(img), path)
+
+
+# Bytes per voxel of every NIfTI-1 datatype code (SimpleITK reads some the kernels do not).
+_NIFTI_CODE_BYTES = {
+    1: 0, 2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4,
+    1024: 8, 1280: 8, 1536: 16, 1792: 16, 2048: 32, 2304: 4,
+}  # fmt: skip
+#: Largest deflate expansion (about 1032:1), with slack for tiny files.
+_GZIP_MAX_RATIO, _GZIP_SLACK = 1032, 1 << 16
+
+
+def _gzip_problem(path: str, need: int, vox_offset: int = 0) -> str | None:
+    """Why the gzip stream of ``path`` does not decode to at least ``need`` bytes and
+    then end cleanly (CRC and length trailer checked); None when it does. Decodes at
+    most about ``need`` bytes plus 64 MB (bounded time)."""
+    from isal import igzip
+
+    got = 0
+    try:
+        with igzip.open(path, "rb") as f:
+            while got <= need + (64 << 20):
+                k = len(f.read(1 << 20))
+                if not k:
+                    break
+                got += k
+    except EOFError:
+        return "truncated: the compressed stream ends early" + (f" (after {got} decoded bytes)" if got else "")
+    except (OSError, ValueError) as err:
+        return _gzip_reason(err)
+    if got < vox_offset:
+        return f"voxel offset {vox_offset} is past the end of the decoded data ({got} bytes)"
+    if got < need:
+        return f"truncated or bad dimensions: the header needs {need} bytes, the stream decodes to {got}"
+    return None
+
+
+def _gzip_isize(path: str) -> int:
+    """The gzip trailer's ISIZE (decoded length mod 2**32 of the last member)."""
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def check_nifti_header(path: str) -> None:
+    """Check a NIfTI file against its own header before SimpleITK or the kernels see it.
+
+    Refuses, with the library's error naming the file: an empty file, a gzip stream that
+    ends inside the header, dimensions that are negative or zero, an unknown datatype
+    code, a voxel offset past the end of the file, and voxel data larger than the file
+    can hold (the decompressed size of a ``.gz`` is bounded by deflate's maximum ratio),
+    so that a hostile header never causes a large allocation. NIfTI-2 and files that
+    are not NIfTI-1 at all are left to SimpleITK's own error.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    gz = path.lower().endswith(".gz")
+    try:
+        hdr = _read_nifti_header(path, gz)
+    except EOFError:
+        raise ImageReadError(path, "truncated: the compressed stream ends inside the NIfTI header") from None
+    except (OSError, ValueError) as err:
+        raise ImageReadError(path, f"not a valid gzip file: {err}") from None
+    if len(hdr) < 4:
+        raise ImageReadError(path, f"truncated: {len(hdr)} bytes, shorter than a NIfTI header")
+    for end in "<>":
+        if struct.unpack_from(end + "i", hdr, 0)[0] == 348:
+            break
+    else:
+        return
+    if len(hdr) < 348:
+        raise ImageReadError(path, f"truncated: the NIfTI header is cut short ({len(hdr)} of 348 bytes)")
+    dim = struct.unpack_from(end + "8h", hdr, 40)
+    if not 1 <= dim[0] <= 7:
+        raise ImageReadError(path, f"invalid dimension count dim[0]={dim[0]} in the NIfTI header")
+    bad = [(i, d) for i, d in enumerate(dim[1 : dim[0] + 1], 1) if d < 1]
+    if bad:
+        i, d = bad[0]
+        raise ImageReadError(path, f"invalid dimension dim[{i}]={d} in the NIfTI header (must be >= 1)")
+    datatype = struct.unpack_from(end + "h", hdr, 70)[0]
+    if datatype not in _NIFTI_CODE_BYTES:
+        raise ImageReadError(path, f"unknown NIfTI datatype code {datatype}")
+    vox_offset = max(352, int(struct.unpack_from(end + "f", hdr, 108)[0]))
+    nbytes = int(np.prod([int(d) for d in dim[1 : dim[0] + 1]], dtype=object)) * _NIFTI_CODE_BYTES[datatype]
+    shape = "x".join(str(d) for d in dim[1 : dim[0] + 1])
+    if gz:
+        bound = size * _GZIP_MAX_RATIO + _GZIP_SLACK
+        if vox_offset + nbytes > bound:
+            raise ImageReadError(
+                path,
+                f"header claims {shape} voxels of datatype {datatype} ({nbytes} bytes from offset "
+                f"{vox_offset}), more than {size} compressed bytes can hold: bad dimensions or truncated file",
+            )
+        # ISIZE is the decoded length mod 2**32 for a one-member gzip (0 after bgzip's
+        # empty last member): when it disagrees, decode once to see why (truncated,
+        # corrupt, or shorter than the header claims) before anything is allocated.
+        isize = _gzip_isize(path)
+        if isize != 0 and isize != (vox_offset + nbytes) % (1 << 32):
+            problem = _gzip_problem(path, vox_offset + nbytes, vox_offset)
+            if problem is not None:
+                raise ImageReadError(path, problem)
+    elif vox_offset > size:
+        raise ImageReadError(path, f"voxel offset {vox_offset} is past the end of the file ({size} bytes)")
+    elif vox_offset + nbytes > size:
+        raise ImageReadError(
+            path,
+            f"truncated or bad dimensions: header claims {shape} voxels of datatype {datatype} "
+            f"({nbytes} bytes from offset {vox_offset}), the file holds {size} bytes",
+        )
 
 
 def _read_nifti_header(path: str, gz: bool) -> bytes:
@@ -143,12 +263,13 @@ class NiftiLayout:
 
 def nifti_layout(path: str) -> NiftiLayout:
     """Parse a NIfTI header (geometry by SimpleITK) and check it is a 3D scalar volume."""
+    check_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
-        raise _explain_sitk_error(path, err) from None
+        raise _explain_nifti_error(path, err) from None
     dim = reader.GetDimension()
     size = reader.GetSize()
     check_scalar_3d(path, dim, size, reader.GetNumberOfComponents(), reader.GetPixelID())
@@ -202,7 +323,7 @@ def open_voxels(layout: NiftiLayout):
         while skip > 0:
             got = f.read(min(skip, 1 << 16))
             if not got:
-                raise EOFError("file ends inside the header")
+                raise EOFError(f"voxel offset {layout.vox_offset} is past the end of the (decompressed) data")
             skip -= len(got)
     except BaseException:
         f.close()
@@ -210,11 +331,24 @@ def open_voxels(layout: NiftiLayout):
     return f
 
 
+@contextlib.contextmanager
+def _stream_errors(path: str):
+    """Turn the decoder's exceptions into ImageReadError naming the file and why."""
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except EOFError as err:
+        raise ImageReadError(path, f"truncated: the compressed stream ends early ({err})") from None
+    except (OSError, ValueError) as err:
+        raise ImageReadError(path, _gzip_reason(err)) from None
+
+
 def read_exactly(f, out: memoryview, path: str, expected_total: int) -> None:
     """Fill ``out`` from ``f`` or raise ImageReadError for a truncated/corrupt file."""
     got = 0
     n = out.nbytes
-    try:
+    with _stream_errors(path):
         while got < n:
             k = f.readinto(out[got : min(n, got + (1 << 20))])
             if not k:
@@ -222,8 +356,24 @@ def read_exactly(f, out: memoryview, path: str, expected_total: int) -> None:
                     path, f"truncated: header promises {expected_total} bytes of voxels, the file ends early"
                 )
             got += k
-    except (OSError, EOFError, ValueError) as err:
-        raise ImageReadError(path, f"corrupt or truncated compressed data: {err}") from None
+
+
+def _gzip_reason(err: Exception) -> str:
+    low = str(err).lower()
+    if "crc" in low:
+        return f"corrupt compressed data: CRC checksum mismatch ({err})"
+    if "length" in low:
+        return f"corrupt compressed data: the gzip length trailer does not match ({err})"
+    return f"corrupt or truncated compressed data: {err}"
+
+
+def check_trailer(f, path: str) -> None:
+    """After the voxels of a ``.gz``: decode what is left so that the CRC and length
+    trailer are checked (reads at most 64 MB of trailing data)."""
+    with _stream_errors(path):
+        for _ in range(64):
+            if not f.read(1 << 20):
+                return
 
 
 def read_nifti(path: str) -> RawVolume:
@@ -237,10 +387,15 @@ def read_nifti(path: str) -> RawVolume:
     layout = nifti_layout(path)
     if not layout.direct:
         return read_with_sitk(path)
-    arr = _core.empty(layout.dtype, layout.shape)
+    try:
+        arr = _core.empty(layout.dtype, layout.shape)
+    except MemoryError:
+        raise ImageReadError(path, f"not enough memory for {layout.nbytes} bytes of voxels {layout.shape}") from None
     try:
         with open_voxels(layout) as f:
             read_exactly(f, memoryview(arr).cast("B"), path, layout.nbytes)
+            if layout.gz:
+                check_trailer(f, path)
     except (OSError, EOFError, ValueError) as err:
         if isinstance(err, ImageReadError):
             raise

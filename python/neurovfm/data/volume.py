@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["RawVolume"]
+from ..errors import ImageReadError
+
+__all__ = ["RawVolume", "check_finite"]
 
 
 @dataclass
@@ -52,3 +54,19 @@ class RawVolume:
         return img
 
     to_sitk = to_image
+
+
+def check_finite(arr: np.ndarray, path: str) -> None:
+    """Raise ImageReadError naming ``path`` for NaN/Inf voxels: the B-spline would spread
+    them over their neighbours and the intensity windows would pass them on, so the
+    result would be silently wrong.
+    (A float64 sum is non-finite exactly when a voxel is, for any float32 volume.)"""
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = arr.sum(dtype=np.float64)
+    if not np.isfinite(total):
+        n = int(np.count_nonzero(~np.isfinite(arr)))
+        if n == 0:  # finite float64 values whose sum overflows
+            return
+        raise ImageReadError(
+            path, f"{n} non-finite (NaN or Inf) voxels: resampled and normalised values would be undefined"
+        )
