@@ -174,8 +174,8 @@ CORPUS_SERIES = [
     ("mr/sag_mprage_peds", "fast", "uint16", 192),
     ("mr/sag_t1_2d_thick", "fast", "uint16", 35),
     ("edge/dicom/dicomdir/98892001/CT5N", "fast", "int32", 5),
-    ("edge/dicom/dicomdir/77654033/CT2", "fast", "int32", 4),
 ]
+# (edge/dicom/dicomdir/77654033/CT2 has 161 slices missing: refused, see below.)
 
 
 @pytest.mark.parametrize(("rel", "reader", "dtype", "n"), CORPUS_SERIES)
@@ -246,12 +246,10 @@ def test_corpus_dicomdir_discovery(corpus):
     assert len(mr700) == 7 and all(s.n_slices == 1 and not s.usable for s in mr700)
 
 
-def test_corpus_dicomdir_series_uid(corpus, caplog):
-    with caplog.at_level(logging.WARNING, logger="neurovfm"):
-        vol = dicom.read_dicom(corpus / DICOMDIR_REL, series_uid=CT2_UID)
-    assert vol.series_uid == CT2_UID and vol.array.shape == (4, 16, 16)
-    assert any("not uniform" in r.getMessage() for r in caplog.records)  # a 202 mm gap
-    assert_matches_sitk(vol, sitk_series(gdcm_files(corpus / DICOMDIR_REL / "77654033/CT2")))
+def test_corpus_dicomdir_series_uid(corpus):
+    # CT2's 4 slices are 1.25 mm apart but for one gap of 202.5 mm: 161 slices missing.
+    with pytest.raises(DicomSeriesError, match=r"CT2.*missing slices: a gap of 202.5 mm.*161 slices missing"):
+        dicom.read_dicom(corpus / DICOMDIR_REL, series_uid=CT2_UID)
     with pytest.raises(
         DicomSeriesError,
         match=r"no series with SeriesInstanceUID 'bogus'.*available.*"
@@ -567,8 +565,16 @@ def test_truncated_after_headers_were_read(tmp_path):
         dicom.read_series(s)
 
 
-def test_missing_slice_warns_and_matches_simpleitk(tmp_path, caplog):
+def test_missing_slice_refused(tmp_path):
+    # SimpleITK would stack these 5 slices 2.5 mm apart, moving the last two by 2.5 mm.
     write_series(tmp_path, rand_slices(5), z=[0, 2.5, 5, 10, 12.5])
+    with pytest.raises(DicomSeriesError, match=r"missing slices: a gap of 5 mm between slices 2 and 3 .* 1 slice missing"):
+        dicom.read_dicom(tmp_path)
+
+
+def test_two_slabs_warn_and_match_simpleitk(tmp_path, caplog):
+    # Two slab thicknesses (a whole multiple, but many steps of each): read as SimpleITK does.
+    write_series(tmp_path, rand_slices(7), z=[0, 2.5, 5, 7.5, 12.5, 17.5, 22.5])
     with caplog.at_level(logging.WARNING, logger="neurovfm"):
         vol = dicom.read_dicom(tmp_path)
     assert any(

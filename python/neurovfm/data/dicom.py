@@ -675,17 +675,45 @@ def read_series(series: SeriesInfo, path: Optional[str] = None) -> RawVolume:
     return vol
 
 
+def _missing_slices(steps: np.ndarray):
+    """(index of the first gap, its size, the step) when the steps are one step ``s`` except
+    a few that are whole multiples ``k * s`` (k >= 2): slices missing from one stack. Two
+    slabs of different thickness (any number of steps of each) are not this pattern."""
+    step = float(np.median(steps))
+    if step <= 0:
+        return None
+    ratio = steps / step
+    k = np.rint(ratio)
+    uniform = np.abs(ratio - 1) <= _NONUNIFORM_REL_TOL
+    multiple = (k >= 2) & (np.abs(ratio - k) <= _NONUNIFORM_REL_TOL * k)
+    if not multiple.any() or not (uniform | multiple).all() or multiple.sum() > max(1, len(steps) // 10):
+        return None
+    i = int(np.argmax(multiple))
+    return i, float(steps[i]), step
+
+
 def _check_geometry(s: SeriesInfo) -> None:
-    """Warns about what SimpleITK reads without complaint but gets approximate."""
+    """Refuses a stack with missing slices; warns about what SimpleITK reads without
+    complaint but gets approximate (several slabs, gantry tilt)."""
     if len(s._positions) < 2:
         return
     if len(s._positions) >= 3:
         steps = np.diff(np.asarray(s._positions))
+        gap = _missing_slices(steps)
+        if gap is not None:
+            i, size, step = gap
+            n = int(round(size / step)) - 1
+            raise DicomSeriesError(
+                s.folder,
+                f"missing slices: a gap of {size:.4g} mm between slices {i} and {i + 1} (of "
+                f"{len(s._positions)}, ordered along the normal) where the step is {step:.4g} mm: "
+                f"{n} slice{'s' if n > 1 else ''} missing; the volume would be distorted",
+            )
         lo, hi = float(steps.min()), float(steps.max())
         if hi - lo > _NONUNIFORM_REL_TOL * max(abs(hi), 1e-12):
             logger.warning(
                 "%s: slice spacing is not uniform (steps from %.4g to %.4g mm along the "
-                "normal: missing slices or several slabs); the volume uses one mean spacing, "
+                "normal: several slabs); the volume uses one mean spacing, "
                 "as SimpleITK does",
                 s.folder,
                 lo,
