@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build neurovfm._core with AddressSanitizer + UndefinedBehaviorSanitizer (CMake
-# preset "asan": every finding aborts) and run the kernel tests under it.
+# preset "asan": every finding aborts) and run the whole test suite under it.
 #
-#   scripts/asan_test.sh                 the kernel tests (default list below)
+#   scripts/asan_test.sh                 every test in tests/
 #   scripts/asan_test.sh tests/test_x.py -k foo
 #
 # Python is not instrumented, so the sanitizer runtime is preloaded
@@ -71,10 +71,9 @@ for kind in heap-buffer-overflow signed-integer-overflow; do
   echo "sanitizer self-test: planted $kind caught ($(grep -m1 -o -E 'AddressSanitizer: [a-z-]+|runtime error: [a-z ]+' "$log"))"
 done
 
-# 2. The kernel tests under the sanitizers.
+# 2. The test suite under the sanitizers.
 if [ $# -eq 0 ]; then
-  set -- tests/test_kernels.py tests/test_streaming.py tests/test_threads.py tests/test_dicom.py \
-    tests/test_parity_synthetic.py tests/test_intensity_fast_paths.py tests/test_datasets.py
+  set -- tests/
 fi
 "${san_env[@]}" "$test_exe" -c 'import neurovfm._core as c, sys; assert "/build/asan/" in c.__file__, c.__file__; print("instrumented module:", c.__file__)'
 exec "${san_env[@]}" "$test_exe" -m pytest -q -p no:cacheprovider "$@"
