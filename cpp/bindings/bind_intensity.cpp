@@ -1,4 +1,7 @@
 #include <array>
+#include <cmath>
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common.hpp"
@@ -22,6 +25,10 @@ py::tuple ct_windows_py(const py::array& in, const std::vector<std::array<double
                         bool quantize) {
   VolumeView v = view3d(in, "ct_windows");
   if (windows.size() > 8) throw py::value_error("ct_windows: at most 8 windows");
+  for (const auto& w : windows)
+    if (!(w[0] > 0.0) || !std::isfinite(w[0]) || !std::isfinite(w[1]))
+      throw py::value_error("ct_windows: window (width " + std::to_string(w[0]) + ", level " +
+                            std::to_string(w[1]) + ") needs a positive finite width and a finite level");
   const py::ssize_t n = token_count(v, token_flags);
   const std::vector<py::ssize_t> shape{1, v.shape[0], v.shape[1], v.shape[2]};
   py::list outs;
@@ -95,12 +102,21 @@ py::tuple mri_normalise_py(const py::array& in, double lo, double hi, double mn,
   return py::make_tuple(out, tb, fg);
 }
 
+// The elements of a C-contiguous, aligned array of T (any shape), not copied.
+template <typename T>
+const T* flat_input(const py::array& in, const char* what) {
+  if (!py::isinstance<py::array_t<T>>(in) || !(in.flags() & py::array::c_style))
+    throw py::type_error(std::string(what) + ": expected a C-contiguous " +
+                         py::str(static_cast<py::object>(py::dtype::of<T>())).cast<std::string>() + " array");
+  if (reinterpret_cast<std::uintptr_t>(in.data()) % alignof(T) != 0)
+    throw py::value_error(std::string(what) + ": array data is not aligned to its element size");
+  return static_cast<const T*>(in.data());
+}
+
 py::array_t<std::uint8_t> quantize_py(const py::array& in, int threads) {
-  if (!py::isinstance<py::array_t<float>>(in) || !(in.flags() & py::array::c_style))
-    throw py::type_error("quantize_u8: expected a C-contiguous float32 array");
+  const float* src = flat_input<float>(in, "quantize_u8");
   std::vector<py::ssize_t> shape(in.shape(), in.shape() + in.ndim());
   py::array_t<std::uint8_t> out(shape);
-  const float* src = static_cast<const float*>(in.data());
   std::uint8_t* dst = out.mutable_data();
   const auto n = static_cast<std::int64_t>(in.size());
   {
@@ -111,11 +127,9 @@ py::array_t<std::uint8_t> quantize_py(const py::array& in, int threads) {
 }
 
 py::array_t<float> dequantize_py(const py::array& in, int threads) {
-  if (!py::isinstance<py::array_t<std::uint8_t>>(in) || !(in.flags() & py::array::c_style))
-    throw py::type_error("dequantize_u8: expected a C-contiguous uint8 array");
+  const std::uint8_t* src = flat_input<std::uint8_t>(in, "dequantize_u8");
   std::vector<py::ssize_t> shape(in.shape(), in.shape() + in.ndim());
   py::array_t<float> out(shape);
-  const std::uint8_t* src = static_cast<const std::uint8_t*>(in.data());
   float* dst = out.mutable_data();
   const auto n = static_cast<std::int64_t>(in.size());
   {

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <deque>
@@ -28,6 +29,11 @@ void make_plan(const I3& shape, const I3& n_out, const I3& start, const D3& t, c
       throw py::value_error("resample: spacings must be positive and finite");
     plan[k] = AxisPlan{n_out[k], start[k], t[k], s[k]};
   }
+  // The output and the intermediate (double) volumes must fit in memory: no
+  // absurd allocation for an absurd n_out (or stream shape).
+  std::vector<py::ssize_t> work(3);
+  for (int k = 0; k < 3; ++k) work[k] = std::max(n_out[k], shape[k]);
+  checked_bytes(work, sizeof(double), "resample");
 }
 
 py::array resample(const py::array& in, const I3& n_out, const I3& start, const D3& t, const D3& s,
@@ -114,6 +120,7 @@ struct PyStreamResampler {
       close();
     }
     if (!impl->complete()) throw py::value_error("StreamResampler.finish: not every slice was pushed");
+    if (impl->finished()) throw py::value_error("StreamResampler.finish: already finished");
     py::array out(to_numpy(impl->dtype()), std::vector<py::ssize_t>{n_out[0], n_out[1], n_out[2]});
     void* dst = out.mutable_data();
     {

@@ -72,15 +72,38 @@ inline VolumeView view3d(const py::array& a, const char* what) {
   return v;
 }
 
-// A new C-contiguous array whose storage comes from big_alloc (huge pages
-// for large volumes); uninitialised.
-inline py::array empty_big(const py::dtype& dt, const std::vector<py::ssize_t>& shape) {
-  std::size_t n = 1;
+// Bytes of an array of `shape` with `itemsize`-byte elements; ValueError for a
+// negative side or a size beyond this machine's memory (instead of an overflowing
+// product, or an allocation the system would grant lazily and never back).
+inline std::size_t checked_bytes(const std::vector<py::ssize_t>& shape, std::size_t itemsize,
+                                 const std::string& what) {
+  const std::size_t limit = physical_memory();
+  std::size_t n = itemsize;
+  bool empty = false;
   for (auto d : shape) {
-    if (d < 0) throw py::value_error("negative dimension");
+    if (d < 0) throw py::value_error(what + ": negative dimension " + std::to_string(d));
+    if (d == 0) empty = true;
+  }
+  if (empty) return 0;
+  for (auto d : shape) {
+    if (static_cast<std::size_t>(d) > limit / n)
+      throw py::value_error(what + ": an array of shape (" + [&] {
+        std::string s;
+        for (auto e : shape) s += (s.empty() ? "" : ", ") + std::to_string(e);
+        return s;
+      }() + ") would need more than this machine's " + std::to_string(limit >> 20) + " MiB of memory");
     n *= static_cast<std::size_t>(d);
   }
-  void* p = big_alloc(n * static_cast<std::size_t>(dt.itemsize()));
+  return n;
+}
+
+// A new C-contiguous array whose storage comes from big_alloc (huge pages
+// for large volumes); uninitialised. Kernel element types only (an
+// uninitialised object array would hold wild pointers).
+inline py::array empty_big(const py::dtype& dt, const std::vector<py::ssize_t>& shape) {
+  to_dtype(dt, "empty");
+  const std::size_t bytes = checked_bytes(shape, static_cast<std::size_t>(dt.itemsize()), "empty");
+  void* p = big_alloc(bytes);
   py::capsule owner(p, [](void* q) { BigFree()(q); });
   return py::array(dt, shape, p, owner);
 }

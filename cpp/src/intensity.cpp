@@ -195,7 +195,7 @@ void percentiles_counting(const VolumeView& in, const Ranks& r, int nq, double* 
   constexpr std::int64_t kOff = std::is_signed_v<T> ? kBins / 2 : 0;
   const std::int64_t D = in.shape[0], H = in.shape[1], W = in.shape[2];
   const T* src = static_cast<const T*>(in.data);
-  const int nthreads = std::max(1, std::min<int>(threads, static_cast<int>(D)));
+  const int nthreads = static_cast<int>(std::min<std::int64_t>(clamp_threads(threads), D));
   std::vector<std::vector<std::int64_t>> hists(static_cast<std::size_t>(nthreads));
   const std::size_t per = static_cast<std::size_t>((D + nthreads - 1) / nthreads);
   parallel_for(static_cast<std::size_t>(nthreads), nthreads, 1,

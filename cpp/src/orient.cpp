@@ -30,7 +30,7 @@ void copy_contiguous(const VolumeView& in, void* out, int threads) {
     T* dst = static_cast<T*>(out);
     const std::int64_t s0 = in.strides[0], s1 = in.strides[1], s2 = in.strides[2];
     const std::size_t rows = static_cast<std::size_t>(n0 * n1);
-    const std::size_t grain = std::max<std::size_t>(1, rows / (std::max(threads, 1) * 8));
+    const std::size_t grain = std::max<std::size_t>(1, rows / (static_cast<std::size_t>(clamp_threads(threads)) * 8));
     parallel_for(rows, threads, grain, [&](std::size_t begin, std::size_t end) {
       for (std::size_t r = begin; r < end; ++r) {
         const std::int64_t i = static_cast<std::int64_t>(r) / n1;

@@ -12,8 +12,13 @@
 #endif
 #include <cstdlib>
 #include <new>
+#include <stdexcept>
+#include <string>
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
 #endif
 
 namespace neurovfm {
@@ -128,6 +133,18 @@ int hardware_threads() {
   return h == 0 ? 1 : static_cast<int>(h);
 }
 
+int max_threads() { return std::max(64, 4 * hardware_threads()); }
+
+int clamp_threads(int threads) { return std::clamp(threads, 1, max_threads()); }
+
+std::size_t physical_memory() {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0) return static_cast<std::size_t>(pages) * static_cast<std::size_t>(page);
+#endif
+  return std::size_t(1) << 40;
+}
+
 namespace {
 
 // A process-wide pool of worker threads, started on first use and reused by
@@ -216,7 +233,7 @@ void parallel_for(std::size_t n, int threads, std::size_t grain,
   if (grain == 0) grain = 1;
   const std::size_t blocks = (n + grain - 1) / grain;
   const std::size_t nthreads =
-      std::min<std::size_t>(blocks, static_cast<std::size_t>(std::max(threads, 1)));
+      std::min<std::size_t>(blocks, static_cast<std::size_t>(clamp_threads(threads)));
   if (nthreads <= 1) {
     fn(0, n);
     return;
@@ -313,6 +330,9 @@ std::size_t SerialWorker::submit(std::function<void()> job) {
 
 void SerialWorker::wait(std::size_t seq) {
   std::unique_lock<std::mutex> lock(mutex_);
+  if (seq > submitted_)  // would never come: waiting for it would hang
+    throw std::invalid_argument("wait: job " + std::to_string(seq) + " was never submitted (last " +
+                                std::to_string(submitted_) + ")");
   cv_.wait(lock, [&] { return done_ >= seq; });
   if (error_) std::rethrow_exception(error_);
 }

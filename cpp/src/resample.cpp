@@ -123,13 +123,14 @@ StreamResampler::StreamResampler(DType dtype, const std::int64_t in_shape[3], in
 }
 
 void StreamResampler::push(const VolumeView& slab, std::int64_t i0, int threads) {
+  if (finished_) throw std::invalid_argument("stream resample: push after finish");
   if (slab.dtype != dtype_) throw std::invalid_argument("stream resample: slab has the wrong dtype");
   const int s = stream_axis_;
   for (int k = 0; k < 3; ++k)
     if (k != s && slab.shape[k] != in_shape_[k])
       throw std::invalid_argument("stream resample: slab shape does not match the volume");
   const std::int64_t len = slab.shape[s];
-  if (i0 < 0 || len < 0 || i0 + len > in_shape_[s])
+  if (i0 < 0 || len < 0 || i0 > in_shape_[s] - len)  // (i0 + len may overflow)
     throw std::invalid_argument("stream resample: slab outside the volume");
   if (len == 0) return;
   for (std::int64_t i = i0; i < i0 + len; ++i)
@@ -150,6 +151,8 @@ bool StreamResampler::complete() const { return seen_count_ == in_shape_[stream_
 
 void StreamResampler::finish(void* out, int threads) {
   if (!complete()) throw std::logic_error("stream resample: not every slice was pushed");
+  if (finished_) throw std::invalid_argument("stream resample: finish called twice");
+  finished_ = true;
   if (plan_[0].n_out == 0 || plan_[1].n_out == 0 || plan_[2].n_out == 0) return;
   isa().last(dtype_, mid_.get(), mid_shape_, stream_axis_, in_shape_, plan_, out, threads);
   mid_.reset();

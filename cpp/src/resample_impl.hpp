@@ -194,7 +194,7 @@ void run_pass(const In* in, const std::int64_t in_shape[3], const std::int64_t i
   const std::int64_t lane_blocks = (n_lane + lanes - 1) / lanes;
   const std::size_t units = static_cast<std::size_t>(n_outer * lane_blocks);
   const std::size_t grain =
-      std::max<std::size_t>(1, units / (static_cast<std::size_t>(std::max(threads, 1)) * 8));
+      std::max<std::size_t>(1, units / (static_cast<std::size_t>(clamp_threads(threads)) * 8));
 
   const double z = pole();
   const double c0 = (1.0 - z) * (1.0 - 1.0 / z);

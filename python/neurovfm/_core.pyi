@@ -6,7 +6,9 @@ same parameter names and the same parameters having defaults.
 
 Volumes are 3-D NumPy arrays of uint8, int8, uint16, int16, uint32, int32, float32
 or float64 (bool is read as uint8), in native byte order; they may be strided views
-but are never copied. ``threads`` is the number of threads a kernel may use.
+but are never copied. ``threads`` is the number of threads a kernel may use (below 1:
+one, but make_item refuses it; capped at ``max(64, 4 * hardware_threads())``); the
+result is the same for any count.
 """
 
 from collections.abc import Sequence
@@ -27,7 +29,9 @@ def hardware_threads() -> int:
     """std::thread::hardware_concurrency() (at least 1)."""
 
 def empty(dtype: _DType, shape: Sequence[_Int]) -> npt.NDArray[np.generic]:
-    """Uninitialised C-contiguous array for a large volume (huge pages where available)."""
+    """Uninitialised C-contiguous array for a large volume (huge pages where available).
+    Volume dtypes only (``TypeError`` otherwise); ``ValueError`` for a negative side or a
+    size beyond this machine's memory."""
 
 def release_cached_buffers() -> None:
     """Free the large buffers the kernels keep for reuse between volumes."""
@@ -46,7 +50,9 @@ def resample_bspline(
     threads: _Int = 1,
     last_axis: _Int = -1,
 ) -> npt.NDArray[np.generic]:
-    """Cubic B-spline resampling of a 3-D array (NumPy axis order) onto a cropped grid."""
+    """Cubic B-spline resampling of a 3-D array (NumPy axis order) onto a cropped grid.
+    ``ValueError`` for negative sizes or starts, spacings that are not positive and finite,
+    or an output (or intermediate) beyond this machine's memory."""
 
 class StreamResampler:
     """B-spline resampling of a volume pushed in slabs along one axis."""
@@ -69,13 +75,15 @@ class StreamResampler:
         before :meth:`wait` of that ticket."""
 
     def wait(self, ticket: _Int) -> None:
-        """Wait for every push up to ``ticket``; re-raises the first error."""
+        """Wait for every push up to ``ticket``; re-raises the first error (``ValueError``
+        for a ticket never issued)."""
 
     def close(self) -> None:
         """Drain and stop the background thread."""
 
     def finish(self, threads: _Int = 1) -> npt.NDArray[np.generic]:
-        """The resampled volume, once every slice was pushed (``ValueError`` otherwise)."""
+        """The resampled volume, once every slice was pushed (``ValueError`` otherwise, and
+        on a second call: the resampler is spent)."""
 
 def copy_contiguous(volume: npt.NDArray[np.generic], threads: _Int = 1) -> npt.NDArray[np.generic]:
     """C-contiguous copy of a strided 3-D view (applies a reorientation)."""
@@ -99,7 +107,8 @@ def ct_windows(
     threads: _Int = 1,
     quantize: bool = False,
 ) -> tuple[list[npt.NDArray[np.generic]], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
-    """CT windows ``[(width, level), ...]`` -> (float32 ``[1, D, H, W]`` per window, or
+    """CT windows ``[(width, level), ...]`` (at most 8; width positive and finite, level
+    finite) -> (float32 ``[1, D, H, W]`` per window, or
     uint8 ``v * 255`` with ``quantize``; token flags or None; voxel foreground mask or None)."""
 
 def percentiles(
@@ -123,7 +132,8 @@ def mri_normalise(
     uint8 ``v * 255``; token flags or None; voxel foreground mask or None)."""
 
 def quantize_u8(values: npt.NDArray[np.float32], threads: _Int = 1) -> npt.NDArray[np.uint8]:
-    """``uint8(v * 255)`` by truncation, computed in float32 (C-contiguous input)."""
+    """``uint8(v * 255)`` by truncation, clamped to [0, 255] (NaN -> 0), computed in float32
+    (C-contiguous, aligned input)."""
 
 def dequantize_u8(values: npt.NDArray[np.uint8], threads: _Int = 1) -> npt.NDArray[np.float32]:
     """``float32(v) / 255`` (C-contiguous input)."""
@@ -237,9 +247,6 @@ def read_dicom_pixels(
     """Read uncompressed little-endian frames into a new ``(frames, rows, cols)`` array,
     rescaled as GDCM does and converted to ``dtype``. ``RuntimeError`` names the file on
     any problem."""
-
-# --- bind_items.cpp -------------------------------------------------------------------------
-# (nothing bound yet)
 
 # --- bind_items.cpp -------------------------------------------------------------------------
 

@@ -19,6 +19,17 @@ void parallel_for(std::size_t n, int threads, std::size_t grain,
 // Number of hardware threads (at least 1).
 int hardware_threads();
 
+// The most threads one parallel_for uses, whatever the caller asks for (the pool
+// keeps its threads, so an absurd count must not start thousands of them).
+// Results do not depend on the thread count, so the cap changes no output.
+int max_threads();
+// `threads` clamped to [1, max_threads()]: what a kernel sizes its work for.
+int clamp_threads(int threads);
+
+// Bytes of physical memory (an upper bound on any sane allocation); a large
+// constant where the system does not tell.
+std::size_t physical_memory();
+
 // Uninitialised storage for large intermediate volumes: 2 MiB aligned and
 // marked for transparent huge pages on Linux (far fewer page faults and TLB
 // misses on first touch); plain malloc for small sizes. Freed large buffers

@@ -45,7 +45,9 @@ class StreamResampler {
   // True once every index along the stream axis has been pushed.
   bool complete() const;
   // Writes the C-contiguous result (shape plan[k].n_out, element type dtype).
+  // Once only: it frees the intermediate volume (then push and finish throw).
   void finish(void* out, int threads);
+  bool finished() const { return finished_; }
   DType dtype() const { return dtype_; }
 
  private:
@@ -58,6 +60,7 @@ class StreamResampler {
   BigBuffer<double> mid_;
   std::vector<unsigned char> seen_;
   std::int64_t seen_count_ = 0;
+  bool finished_ = false;
 };
 
 // The instruction-set variant in use: "avx2" or "baseline" (same bytes).
