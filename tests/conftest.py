@@ -23,6 +23,22 @@ def corpus_dir() -> Path | None:
     return Path(env).resolve()  # absolute: tests symlink corpus files from other folders
 
 
+# --- child processes ------------------------------------------------------------------------
+
+
+def package_env(*first: str, **variables: str) -> dict:
+    """``os.environ`` for a child Python that imports the neurovfm this process imported
+    (the source tree, the sanitizer stage of scripts/asan_test.sh; an installed wheel is
+    found by itself), with the folders ``first`` ahead on PYTHONPATH and ``variables`` set."""
+    import neurovfm
+
+    paths = list(first)
+    if os.environ.get("NEUROVFM_EXPECT_INSTALLED") != "1":
+        paths.append(str(Path(neurovfm.__file__).resolve().parents[1]))
+    paths.append(os.environ.get("PYTHONPATH", ""))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), **variables}
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     d = corpus_dir()

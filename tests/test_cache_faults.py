@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from cachefaults import check_never_corrupt, expected_u8, leftovers, make_dataset
+from conftest import package_env
 from neurovfm.data.cache import CacheManager, _unlink
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,8 +66,7 @@ _BUILDER = textwrap.dedent(
 
 
 def _child_env():
-    path = os.pathsep.join(p for p in [HERE, os.environ.get("PYTHONPATH", "")] if p)
-    return {**os.environ, "PYTHONPATH": path, "NEUROVFM_NUM_THREADS": "1"}
+    return package_env(HERE, NEUROVFM_NUM_THREADS="1")  # HERE: cachefaults.py
 
 
 def test_sigkill_at_random_points(tmp_path, built):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import re
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import package_env
 
 import neurovfm
 from neurovfm import phantom
@@ -193,9 +193,7 @@ def test_user_errors(argv, message, small_ct, tmp_path, capsys):
 
 
 def test_help_via_python_m():
-    env = dict(os.environ)
-    src = str(Path(neurovfm.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    env = package_env()
     res = subprocess.run(
         [sys.executable, "-m", "neurovfm", "prepare", "--help"],
         check=False,

@@ -33,14 +33,11 @@ from pathlib import Path
 
 import brokendata as B
 import pytest
+from conftest import package_env
 
-import neurovfm
 from neurovfm.data.cache import CacheManager
 from neurovfm.data.metadata import DatasetMetadata
 
-#: Where the package under test was imported from (the source tree, the sanitizer stage of
-#: scripts/asan_test.sh or an installed wheel): the child imports the same one.
-PACKAGE_PARENT = str(Path(neurovfm.__file__).resolve().parents[1])
 #: Address-space limit of the child (a huge allocation fails there, not in pytest). None
 #: under AddressSanitizer (scripts/asan_test.sh), whose shadow memory reserves terabytes of
 #: address space: there the peak-RSS bound below still holds.
@@ -96,8 +93,7 @@ def run_cases(cases: dict, drop_privileges: bool = False, timeout: float = 60.0)
     limit; returns {(name, preprocess): result}. A crash or a hang fails the test and
     names the case it happened in."""
     payload = [{"name": n, "path": str(p), "preprocess": pre} for n, p in cases.items() for pre in (True, False)]
-    path = os.pathsep.join(p for p in [PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")] if p)
-    env = {**os.environ, "PYTHONPATH": path, "NEUROVFM_NUM_THREADS": "2"}
+    env = package_env(NEUROVFM_NUM_THREADS="2")
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(

@@ -15,6 +15,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import package_env
 
 import neurovfm
 
@@ -24,11 +25,7 @@ EXPECT_NO_BUILD_TOOLS = os.environ.get("NEUROVFM_EXPECT_NO_BUILD_TOOLS") == "1"
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if not EXPECT_INSTALLED:  # the source tree: the same package this process imported
-        src = str(Path(neurovfm.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=package_env(), timeout=120)
 
 
 def test_import_does_not_import_torch():

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
+from conftest import package_env
 
 import neurovfm
 
@@ -99,15 +100,6 @@ def test_every_block_is_tagged_and_covered():
 
 
 # --- the workspace ---------------------------------------------------------------------------
-
-
-def _package_env() -> dict:
-    """Environment for subprocesses: the package this test imported, whatever the cwd."""
-    env = dict(os.environ)
-    if os.environ.get("NEUROVFM_EXPECT_INSTALLED") != "1":
-        src = str(Path(neurovfm.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +218,7 @@ RUNNABLE = [b for b in BLOCKS if b.lang in ("python", "bash") and b.marker is No
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=_ids(RUNNABLE))
 def test_block_runs(block, run_dir):
-    env = _package_env()
+    env = package_env()
     env["NEUROVFM_BENCH_DIR"] = str(REPO / "bench")
     env["NEUROVFM_TEST_DATA"] = str(run_dir / "empty_corpus")
     env["NEUROVFM_NUM_THREADS"] = "2"
@@ -262,7 +254,7 @@ def test_documented_outputs_exist_after_the_blocks(run_dir):
         pytest.skip("matplotlib not installed")
     if sys.platform == "win32":
         pytest.skip("bash blocks run on POSIX systems")
-    env = _package_env()
+    env = package_env()
     env["PATH"] = os.pathsep.join([str(_shims(run_dir)), env.get("PATH", "")])
     script, _ = bash_script(qa_blocks[0].code)
     (run_dir / "qa_block.sh").write_text(script)
