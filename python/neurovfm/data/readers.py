@@ -141,10 +141,8 @@ def _gzip_problem(path: str, need: int, vox_offset: int = 0) -> str | None:
                 if not k:
                     break
                 got += k
-    except EOFError:
-        return "truncated: the compressed stream ends early" + (f" (after {got} decoded bytes)" if got else "")
-    except (OSError, ValueError) as err:
-        return _gzip_reason(err)
+    except (OSError, EOFError, ValueError) as err:
+        return _gzip_reason(err) + (f" (after {got} decoded bytes)" if got else "")
     if got < vox_offset:
         return f"voxel offset {vox_offset} is past the end of the decoded data ({got} bytes)"
     if got < need:
@@ -159,8 +157,9 @@ def _gzip_isize(path: str) -> int:
         return struct.unpack("<I", f.read(4))[0]
 
 
-def check_nifti_header(path: str) -> None:
-    """Check a NIfTI file against its own header before SimpleITK or the kernels see it.
+def check_nifti_header(path: str) -> bytes:
+    """Check a NIfTI file against its own header before SimpleITK or the kernels see it;
+    returns the header's first 352 bytes (fewer for a short file).
 
     Refuses, with the library's error naming the file: an empty file, a gzip stream that
     ends inside the header, dimensions that are negative or zero, an unknown datatype
@@ -185,7 +184,7 @@ def check_nifti_header(path: str) -> None:
         if struct.unpack_from(end + "i", hdr, 0)[0] == 348:
             break
     else:
-        return
+        return hdr
     if len(hdr) < 348:
         raise ImageReadError(path, f"truncated: the NIfTI header is cut short ({len(hdr)} of 348 bytes)")
     dim = struct.unpack_from(end + "8h", hdr, 40)
@@ -225,6 +224,7 @@ def check_nifti_header(path: str) -> None:
             f"truncated or bad dimensions: header claims {shape} voxels of datatype {datatype} "
             f"({nbytes} bytes from offset {vox_offset}), the file holds {size} bytes",
         )
+    return hdr
 
 
 def _read_nifti_header(path: str, gz: bool) -> bytes:
@@ -263,7 +263,7 @@ class NiftiLayout:
 
 def nifti_layout(path: str) -> NiftiLayout:
     """Parse a NIfTI header (geometry by SimpleITK) and check it is a 3D scalar volume."""
-    check_nifti_header(path)
+    hdr = check_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
@@ -274,10 +274,6 @@ def nifti_layout(path: str) -> NiftiLayout:
     size = reader.GetSize()
     check_scalar_3d(path, dim, size, reader.GetNumberOfComponents(), reader.GetPixelID())
     gz = path.lower().endswith(".gz")
-    try:
-        hdr = _read_nifti_header(path, gz)
-    except (OSError, EOFError) as err:
-        raise ImageReadError(path, f"cannot read the NIfTI header: {err}") from None
     direction = reader.GetDirection()
     if dim == 4:
         direction = tuple(direction[r * 4 + c] for r in range(3) for c in range(3))
@@ -338,9 +334,7 @@ def _stream_errors(path: str):
         yield
     except ImageReadError:
         raise
-    except EOFError as err:
-        raise ImageReadError(path, f"truncated: the compressed stream ends early ({err})") from None
-    except (OSError, ValueError) as err:
+    except (OSError, EOFError, ValueError) as err:
         raise ImageReadError(path, _gzip_reason(err)) from None
 
 
@@ -359,6 +353,9 @@ def read_exactly(f, out: memoryview, path: str, expected_total: int) -> None:
 
 
 def _gzip_reason(err: Exception) -> str:
+    """What a decoder exception (ISA-L's or zlib's) says is wrong with the stream."""
+    if isinstance(err, EOFError):
+        return f"truncated: the compressed stream ends early ({err})"
     low = str(err).lower()
     if "crc" in low:
         return f"corrupt compressed data: CRC checksum mismatch ({err})"

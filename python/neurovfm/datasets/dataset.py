@@ -352,12 +352,15 @@ class ImageDataset(torch.utils.data.Dataset):
         self._epoch.value = int(epoch)
 
     # -- reading ------------------------------------------------------------------------------
+    def _sidecar_path(self, i: int) -> str:
+        e = self._entries[i]
+        return os.path.join(self.processed_dir, e.study, f"{e.image}.json")
+
     def _sidecar(self, i: int, fresh: bool = False):
         side = None if fresh else self._sides.get(i)
         if side is None:
-            e = self._entries[i]
             try:
-                with open(os.path.join(self.processed_dir, e.study, f"{e.image}.json")) as f:
+                with open(self._sidecar_path(i)) as f:
                     side = json.load(f)
             except (OSError, ValueError):
                 return None
@@ -445,7 +448,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 return got
             if isinstance(got, str) and not self.fallback_to_raw:
                 raise ImageReadError(
-                    os.path.join(self.processed_dir, e.study, f"{e.image}.json"),
+                    self._sidecar_path(i),
                     f"the cache entry of {e.study}/{e.image} is corrupt and is not served ({got}); "
                     "rebuild it with CacheManager(data_dir).build_cache()",
                 )
