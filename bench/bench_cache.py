@@ -63,13 +63,13 @@ def _ref_build_one(job):
 
     src, out_dir, name, mode = job
     img = R.ref_preprocess(R.ref_read(src))
-    outs, mask, view = R.ref_prepare(img, mode)
+    outs, mask, view = R.ref_cache(img, mode)  # (arr * 255).astype(np.uint8) of the float64 arrays
     os.makedirs(out_dir, exist_ok=True)
     meta = {"view": view, "spacing": img.GetSpacing(), "mode": mode}
     keys = ["brain", "blood", "bone"] if mode == "ct" else [None]
     for key, arr in zip(keys, outs):
         fn = f"{name}_{key}.pt" if key else f"{name}.pt"
-        torch.save({"data": torch.from_numpy((arr * 255).astype(np.uint8)), **meta}, os.path.join(out_dir, fn))
+        torch.save({"data": torch.from_numpy(arr), **meta}, os.path.join(out_dir, fn))
     torch.save({"mask": torch.from_numpy(mask), **meta}, os.path.join(out_dir, f"{name}_mask.pt"))
     return name
 

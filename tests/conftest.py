@@ -47,6 +47,15 @@ def data_dir() -> Path:
     return d
 
 
+@pytest.fixture(scope="module")
+def quiet_itk():
+    """ITK's warnings off for a module (use with ``pytest.mark.usefixtures("quiet_itk")``)."""
+    old = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    yield
+    sitk.ProcessObject.SetGlobalWarningDisplay(old)
+
+
 # --- synthetic images ---------------------------------------------------------------------
 
 DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.float32, np.float64]

@@ -111,8 +111,9 @@ def _token_background(fg: np.ndarray) -> np.ndarray:
     return (~blocks).any(axis=(1, 3, 5)).reshape(-1).astype(np.uint8)
 
 
-def ref_prepare(img: sitk.Image, mode: str, z_dim=None, return_foreground=False):
-    """SPEC 3 in float64 NumPy: ([arrays], token mask, view) or None."""
+def _ref_arrays64(img: sitk.Image, mode: str, z_dim=None):
+    """SPEC 3 as the reference computes it: ([float64 [D, H, W] arrays], voxel foreground,
+    view), or None when too small."""
     mode = mode.lower()
     if mode not in ("ct", "mri"):
         raise ValueError(mode)
@@ -129,16 +130,35 @@ def ref_prepare(img: sitk.Image, mode: str, z_dim=None, return_foreground=False)
         fg = x > CT_FOREGROUND
         arrs = []
         for width, level in CT_WINDOWS:
-            lo, hi = level - width / 2, level + width / 2
-            arrs.append((np.clip(x, lo, hi) - lo) / (width + 1e-8))
+            lower, upper = level - width / 2, level + width / 2
+            arrs.append((np.clip(x, lower, upper) - lower) / (upper - lower + 1e-8))
     else:
-        p10, p05, p995 = np.percentile(x, [10, 0.5, 99.5])
-        fg = x > p10
-        c = np.clip(x, p05, p995)
+        fg = x > np.percentile(x, 10)
+        c = np.clip(x, np.percentile(x, 0.5), np.percentile(x, 99.5))
         arrs = [(c - c.min()) / (c.max() - c.min() + 1e-8)]
-    arrs = [a.astype(np.float32)[None] for a in arrs]
+    return arrs, fg, view
+
+
+def ref_prepare(img: sitk.Image, mode: str, z_dim=None, return_foreground=False):
+    """SPEC 3 in float64 NumPy, returned as float32: ([arrays], token mask, view) or None."""
+    got = _ref_arrays64(img, mode, z_dim)
+    if got is None:
+        return None
+    arrs64, fg, view = got
+    arrs = [a.astype(np.float32)[None] for a in arrs64]
     out = (arrs, _token_background(fg), view)
     return out + (fg,) if return_foreground else out
+
+
+def ref_cache(img: sitk.Image, mode: str, z_dim=None):
+    """SPEC 5, the reference cache's bytes, literally: ``(arr * 255).astype(np.uint8)`` of
+    the reference's float64 arrays. ([uint8 [1, D, H, W] per window], token mask, view) or
+    None."""
+    got = _ref_arrays64(img, mode, z_dim)
+    if got is None:
+        return None
+    arrs64, fg, view = got
+    return [(a * 255).astype(np.uint8)[None] for a in arrs64], _token_background(fg), view
 
 
 # --- SPEC 4: tokens -------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from neurovfm.data import load_image, prepare_for_inference
+import reference as R
+from conftest import package_env
+from neurovfm.data import load_image
 from neurovfm.data.cache import PIPELINE_VERSION, CacheManager, shard_from_env
 from neurovfm.data.metadata import DatasetMetadata, load_mode_mapping
 
@@ -88,8 +90,8 @@ def test_cache_manager_needs_metadata(tmp_path):
 
 
 def _expected_uint8(path, mode):
-    arrs, mask, view = prepare_for_inference(load_image(path), mode)
-    return [(a * 255).astype(np.uint8) for a in arrs], mask, view
+    """The reference's cache bytes (SPEC 5 formula, in float64) of the library's resampled image."""
+    return R.ref_cache(load_image(path), mode)
 
 
 def test_build_values_layout_and_flags(dataset, data_dir):
@@ -193,6 +195,38 @@ def test_corrupt_and_truncated_files_are_detected_and_rebuilt(dataset):
     shutil.copy(target, src)
     os.utime(src, ns=(1, 1))
     assert cm.entry_status("ct_body", "body_small") == "stale"
+    s = cm.build_cache(num_workers=1, study_names=["ct_body"], progress=False)
+    assert s.done == ["ct_body/body_small"] and cm.entry_status("ct_body", "body_small") == "valid"
+
+
+def test_entries_of_an_older_pipeline_are_stale_and_rebuilt(dataset, tmp_path):
+    """An entry built by neurovfm-1 (quantised from float32) is never served: `cache verify`
+    reports it stale, load_image and ImageDataset do not read it, build_cache rebuilds it."""
+    root, _ = dataset
+    cm = CacheManager(root)
+    cm.build_cache(num_workers=1, study_names=["ct_body"], progress=False)
+    sidecar = root / "processed" / "ct_body" / "body_small.json"
+    side = json.loads(sidecar.read_text())
+    assert side["version"] == PIPELINE_VERSION == "neurovfm-2"
+    side["version"] = "neurovfm-1"
+    sidecar.write_text(json.dumps(side))
+    cm = CacheManager(root)
+    assert cm.entry_status("ct_body", "body_small") == "stale"
+    assert cm.verify()["ct_body/body_small"] == "stale"
+    assert cm.load_image("ct_body", "body_small") is None
+    out = subprocess.run(
+        [sys.executable, "-m", "neurovfm", "cache", "verify", str(root)],
+        capture_output=True, text=True, env=package_env(),
+    )
+    assert out.returncode == 1, out.stderr
+    assert "ct_body/body_small: stale" in out.stdout and "older pipeline version" in out.stdout
+    from neurovfm.datasets import ImageDataset
+    from neurovfm.errors import ImageNotFoundError
+
+    strict = ImageDataset(root, fallback_to_raw=False, mode_filter="ct")
+    idx = next(i for i in range(len(strict)) if strict.study_of(i) == "ct_body")
+    with pytest.raises(ImageNotFoundError, match="ct_body/body_small"):
+        strict[idx]
     s = cm.build_cache(num_workers=1, study_names=["ct_body"], progress=False)
     assert s.done == ["ct_body/body_small"] and cm.entry_status("ct_body", "body_small") == "valid"
 

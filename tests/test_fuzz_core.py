@@ -229,7 +229,6 @@ def test_wrong_argument_types(obj):
         lambda: _core.percentiles(obj, [50.0]),
         lambda: _core.ct_windows(obj, [(80.0, 40.0)], 0.0),
         lambda: _core.ct_windows(a, obj, 0.0),
-        lambda: _core.quantize_u8(obj),
         lambda: _core.dequantize_u8(obj),
         lambda: _core.copy_contiguous(a, obj),
         lambda: _core.resample_bspline(obj, [1, 1, 1], [0, 0, 0], [1.0] * 3, [1.0] * 3),
@@ -328,9 +327,12 @@ def _clip_ref(x, lo, hi):
         return np.clip(x, lo, hi)
 
 
-def _quantized(ref):
+def _quantized(ref64):
+    """The cache's bytes: ``(v * 255).astype(np.uint8)`` of the float64 value (the reference's
+    formula), with out-of-range values clamped and NaN 0 (NumPy leaves those undefined)."""
+    assert ref64.dtype == np.float64
     with np.errstate(invalid="ignore", over="ignore"):
-        q = ref * np.float32(255)
+        q = ref64 * 255
         return np.where(q >= 255, 255, np.where(q > 0, q, 0)).astype(np.uint8)
 
 
@@ -362,8 +364,10 @@ def test_ct_windows(data, shape, windows, thr, flags, mask, quantize, threads):
     for a, (w, lvl) in zip(arrs, windows):
         lo = lvl - w / 2
         with np.errstate(invalid="ignore", over="ignore"):
-            ref = ((_clip_ref(x, lo, lvl + w / 2) - lo) / (w + 1e-8)).astype(np.float32)[None]
-        _same_bytes(a, _quantized(ref) if quantize else ref)
+            hi = lvl + w / 2
+            ref = ((_clip_ref(x, lo, hi) - lo) / (hi - lo + 1e-8))[None]
+            expected = _quantized(ref) if quantize else ref.astype(np.float32)
+        _same_bytes(a, expected)
     with np.errstate(invalid="ignore"):
         f = x > thr
     _check_foreground(tb, fg, f, flags, mask)
@@ -391,27 +395,20 @@ def test_mri_normalise(data, shape, params, clean, flags, mask, quantize, thread
         return
     x = _native(v).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        ref = ((_clip_ref(x, lo, hi) - vmin) / (vmax - vmin + 1e-8)).astype(np.float32)[None]
+        ref = ((_clip_ref(x, lo, hi) - vmin) / (vmax - vmin + 1e-8))[None]
         f = x > thr
-    _same_bytes(img, _quantized(ref) if quantize else ref)
+        expected = _quantized(ref) if quantize else ref.astype(np.float32)
+    _same_bytes(img, expected)
     _check_foreground(tb, fg, f, flags, mask)
 
 
 @FUZZ
 @given(data=st.data(), ndim=st.integers(0, 4), threads=THREADS)
-def test_quantize_dequantize(data, ndim, threads):
+def test_dequantize(data, ndim, threads):
     v, _ = data.draw(volumes(dtypes=["f4", "f4", "u1", "u1", "f8", "i2", ">f4", "?"], ndim=ndim))
     contiguous = v.flags.c_contiguous and v.dtype.isnative and not _misaligned(v)
     if v.size == 0 and v.ctypes.data % v.dtype.itemsize:
         contiguous = None  # an empty misaligned array: accepted or refused, both fine
-    q, err = _outcome(lambda: _core.quantize_u8(v, threads))
-    if contiguous is None:
-        pass
-    elif contiguous and v.dtype == np.float32:
-        assert err is None, err
-        _same_bytes(q, _quantized(np.asarray(v)))
-    else:
-        assert err is not None
     d, err = _outcome(lambda: _core.dequantize_u8(v, threads))
     if contiguous is None:
         pass
@@ -512,6 +509,13 @@ def test_resample_bspline(vol, out_spacing, in_spacing, start, last_axis, thread
     sl = tuple(slice(a, None) for a in start)
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         return  # non-finite input: any non-finite output near it is as good as SimpleITK's
+    if 2 in x.shape:
+        # On a line of 2 samples SimpleITK's B-spline is not the mirror-symmetric spline it
+        # is on longer lines: [217, 163] upsampled 3x gives 176.33 at index 4/3, where the
+        # spline (and SimpleITK itself at index 2/3) gives 177. The kernel follows the spline,
+        # so parity there would hang on the last bit of the pass order. No scan has such an
+        # axis (too small to tokenise); test_kernels checks 2-sample lines against the spline.
+        return
     _assert_parity(out, ref[sl], ref64[sl])
 
 

@@ -17,11 +17,12 @@ WINDOWS = [(80.0, 40.0), (200.0, 80.0), (2800.0, 600.0)]
 
 
 def _ref_windows(x):
+    """The reference's float64 windows ``[1, D, H, W]``."""
     x = x.astype(np.float64)
     out = []
     for w, lv in WINDOWS:
-        lo = lv - w / 2
-        out.append(((np.clip(x, lo, lv + w / 2) - lo) / (w + 1e-8)).astype(np.float32)[None])
+        lo, hi = lv - w / 2, lv + w / 2
+        out.append(((np.clip(x, lo, hi) - lo) / (hi - lo + 1e-8))[None])
     return out
 
 
@@ -36,11 +37,11 @@ def test_ct_windows_tables_and_quantisation(dtype, shape):
     floats, flags, fg = _core.ct_windows(x, WINDOWS, -500.0, True, True, 2)
     ref = _ref_windows(x)
     for a, r in zip(floats, ref):
-        assert np.array_equal(a, r)
+        assert np.array_equal(a, r.astype(np.float32))
     q, qflags, qfg = _core.ct_windows(x, WINDOWS, -500.0, True, True, 2, True)
     for a, r in zip(q, ref):
         assert a.dtype == np.uint8
-        assert np.array_equal(a, (r * 255).astype(np.uint8))
+        assert np.array_equal(a, (r * 255).astype(np.uint8))  # from float64, as the reference
     assert np.array_equal(flags, qflags) and np.array_equal(fg, qfg)
     assert np.array_equal(fg, x > -500)
 
@@ -54,9 +55,9 @@ def test_mri_normalise_quantised(dtype):
     f, _, _ = _core.mri_normalise(x, lo, hi, mn, mx, p10, True, False, 2)
     q, _, _ = _core.mri_normalise(x, lo, hi, mn, mx, p10, True, False, 2, True)
     xf = np.clip(x.astype(np.float64), lo, hi)
-    ref = ((xf - xf.min()) / (xf.max() - xf.min() + 1e-8)).astype(np.float32)[None]
-    assert np.array_equal(f, ref)
-    assert np.array_equal(q, (ref * 255).astype(np.uint8))
+    ref = ((xf - xf.min()) / (xf.max() - xf.min() + 1e-8))[None]
+    assert np.array_equal(f, ref.astype(np.float32))
+    assert np.array_equal(q, (ref * 255).astype(np.uint8))  # from float64, as the reference
 
 
 def test_dequantise_all_values_and_threads():

@@ -294,6 +294,16 @@ def test_resample_outside_is_zero():
     assert (out[2:] == 0).all() and (out[:, 3:] == 0).all() and (out[:, :, 4:] == 0).all()
 
 
+@pytest.mark.parametrize("last_axis", [-1, 0, 1, 2])
+def test_resample_two_sample_line_is_the_mirror_symmetric_spline(last_axis):
+    """On [a, b] the mirror-extended spline is symmetric about index 1: the value at 1 + t
+    equals the value at 1 - t (SimpleITK deviates here; see test_fuzz_core)."""
+    x = np.array([217.0, 163.0])[None, None, :]
+    out = _core.resample_bspline(x, [1, 1, 6], [0, 0, 0], [1.0, 1.0, 1.0], [1.0, 1.0, 3.0], 1, last_axis)[0, 0]
+    assert out[0] == pytest.approx(217.0, abs=1e-12) and out[3] == pytest.approx(163.0, abs=1e-12)
+    assert out[4] == pytest.approx(out[2], abs=1e-12) and out[5] == 0.0  # index 5/3 >= 1.5: outside
+
+
 def test_resample_exact_half_boundary_is_outside():
     """Index n - 0.5 lies outside [-0.5, n - 0.5): the voxel is 0 (SPEC 2.4)."""
     a = np.arange(1.0, 6.0)[None, None, :].repeat(2, 0).repeat(2, 1)

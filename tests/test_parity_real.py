@@ -8,27 +8,9 @@ import SimpleITK as sitk
 from conftest import compare_resampled
 
 import reference as R
+from corpus import VOLUMES
 from neurovfm.data import load_image, prepare_for_inference, tokenize
 
-# Every volume of the corpus that the reference reads: (path relative to the corpus, mode).
-VOLUMES = [
-    ("ct/phantom_head_1mm.nii.gz", "ct"),
-    ("ct/body_small.nii.gz", "ct"),
-    ("ct/phantom_head_5mm", "ct"),
-    ("ct/head_tilt_ge", "ct"),
-    ("ct/body_j2k", "ct"),
-    ("mr/MR_Gd.nii.gz", "mri"),
-    ("mr/stroke/T1.nii.gz", "mri"),
-    ("mr/stroke/T2.nii.gz", "mri"),
-    ("mr/stroke/FLAIR.nii.gz", "mri"),
-    ("mr/sag_mprage_peds", "mri"),
-    ("mr/sag_t1_2d_thick", "mri"),
-    ("mr/enhanced_multiframe_t1.dcm", "mri"),
-    ("edge/nifti/minimal.nii.gz", "mri"),
-    ("edge/nifti/avg152T1_LR_nifti.nii.gz", "mri"),
-    ("edge/nifti/avg152T1_RL_nifti.nii.gz", "mri"),
-    ("edge/nifti/anatomical.nii", "mri"),
-]
 IDS = [v[0] for v in VOLUMES]
 
 # Documented in the corpus README: size (x, y, z) after preprocessing, slice axis, view.
@@ -39,15 +21,7 @@ DOCUMENTED = {
     "ct/head_tilt_ge": ((240, 240, 36), 2, 0),
 }
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quiet_itk():
-    old = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    yield
-    sitk.ProcessObject.SetGlobalWarningDisplay(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("quiet_itk")]
 
 
 class Results:

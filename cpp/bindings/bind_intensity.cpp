@@ -113,19 +113,6 @@ const T* flat_input(const py::array& in, const char* what) {
   return static_cast<const T*>(in.data());
 }
 
-py::array_t<std::uint8_t> quantize_py(const py::array& in, int threads) {
-  const float* src = flat_input<float>(in, "quantize_u8");
-  std::vector<py::ssize_t> shape(in.shape(), in.shape() + in.ndim());
-  py::array_t<std::uint8_t> out(shape);
-  std::uint8_t* dst = out.mutable_data();
-  const auto n = static_cast<std::int64_t>(in.size());
-  {
-    py::gil_scoped_release release;
-    quantize_u8(src, dst, n, threads);
-  }
-  return out;
-}
-
 py::array_t<float> dequantize_py(const py::array& in, int threads) {
   const std::uint8_t* src = flat_input<std::uint8_t>(in, "dequantize_u8");
   std::vector<py::ssize_t> shape(in.shape(), in.shape() + in.ndim());
@@ -154,8 +141,6 @@ void register_intensity(py::module_& m) {
         py::arg("voxel_mask") = false, py::arg("threads") = 1, py::arg("quantize") = false,
         "MRI clip + min-max normalisation -> (float32 (or quantised uint8) [1, D, H, W], token flags, "
         "mask).");
-  m.def("quantize_u8", &quantize_py, py::arg("values"), py::arg("threads") = 1,
-        "uint8(v * 255) by truncation, computed in float32.");
   m.def("dequantize_u8", &dequantize_py, py::arg("values"), py::arg("threads") = 1,
         "float32(v) / 255.");
 }

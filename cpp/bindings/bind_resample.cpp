@@ -51,6 +51,15 @@ py::array resample(const py::array& in, const I3& n_out, const I3& start, const 
   return out;
 }
 
+std::vector<int> resample_order_py(const I3& shape, const I3& n_out, int last_axis) {
+  if (last_axis < -1 || last_axis > 2) throw py::value_error("resample_order: last_axis must be -1, 0, 1 or 2");
+  AxisPlan plan[3];
+  make_plan(shape, n_out, {0, 0, 0}, {1.0, 1.0, 1.0}, {1.0, 1.0, 1.0}, plan);
+  int order[3];
+  resample_order(shape.data(), plan, last_axis, order);
+  return {order[0], order[1], order[2]};
+}
+
 // Python face of StreamResampler: remembers the output shape and dtype.
 struct PyStreamResampler {
   std::unique_ptr<StreamResampler> impl;
@@ -182,6 +191,8 @@ void register_resample(py::module_& m) {
         py::arg("out_spacing"), py::arg("in_spacing"), py::arg("threads") = 1,
         py::arg("last_axis") = -1,
         "Cubic B-spline resampling of a 3-D array (numpy axis order) onto a cropped grid.");
+  m.def("resample_order", &resample_order_py, py::arg("shape"), py::arg("n_out"), py::arg("last_axis") = -1,
+        "The resampling passes' order (numpy axes): most shrinking first, last_axis (0..2) last.");
   py::class_<PyStreamResampler>(m, "StreamResampler",
                                 "B-spline resampling of a volume pushed in slabs along one axis.")
       .def(py::init<const py::dtype&, const I3&, int, const I3&, const I3&, const D3&, const D3&>(),

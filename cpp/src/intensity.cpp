@@ -51,18 +51,24 @@ inline double clip(double x, double lo, double hi) {
 
 namespace {
 
-// uint8(v * 255) by truncation, computed in float32 (the cache's quantisation).
-inline std::uint8_t quantize_one(float v) {
-  const float q = v * 255.0f;
-  return q >= 255.0f ? std::uint8_t(255) : (q > 0.0f ? static_cast<std::uint8_t>(q) : std::uint8_t(0));
+// The cache's quantisation (docs/numbers.md, "Quantisation"): uint8(v * 255)
+// by truncation of the float64 value v, as NumPy's (v * 255).astype(np.uint8)
+// on the reference's float64 arrays. Never of v's float32 rounding: that
+// rounds 0.99999999987 (the top of a window, because of the + 1e-8) up to 1
+// and stores 255 where the reference stores 254. Values outside [0, 255]
+// (impossible after clipping) are clamped, NaN gives 0.
+inline std::uint8_t quantize_one(double v) {
+  const double q = v * 255.0;
+  return q >= 255.0 ? std::uint8_t(255) : (q > 0.0 ? static_cast<std::uint8_t>(q) : std::uint8_t(0));
 }
 
-// Applies up to 8 per-voxel maps f(k, x) -> float (x the voxel as double) to a
-// [D, H, W] view, writing float32 or quantised uint8 outputs in C order, the
-// voxel foreground mask (x > fg_threshold) and the token background flags.
-// For 8- and 16-bit inputs every possible value is mapped once into a table
-// (identical results: the same function of the same value), which removes
-// the per-voxel double arithmetic.
+// Applies up to 8 per-voxel maps f(k, x) -> double (x the voxel as double) to
+// a [D, H, W] view, writing float32 (the double value rounded) or quantised
+// uint8 (quantize_one of the double value) outputs in C order, the voxel
+// foreground mask (x > fg_threshold) and the token background flags. For 8-
+// and 16-bit inputs every possible value is mapped once into a table, built
+// by the same two functions of the same double value (identical bytes),
+// which removes the per-voxel double arithmetic.
 template <typename Map>
 void map_volume(const VolumeView& in, int n_maps, void* const* out, bool quantize, double fg_threshold,
                 std::uint8_t* token_bg, std::uint8_t* fg, int threads, Map&& f) {
@@ -87,11 +93,11 @@ void map_volume(const VolumeView& in, int n_maps, void* const* out, bool quantiz
       for (std::int64_t v = 0; v < kVals; ++v) {
         const double x = static_cast<double>(v - kOff);
         for (int k = 0; k < n_maps; ++k) {
-          const float r = f(k, x);
+          const double r = f(k, x);
           if (quantize)
             qtab[static_cast<std::size_t>(k * kVals + v)] = quantize_one(r);
           else
-            ftab[static_cast<std::size_t>(k * kVals + v)] = r;
+            ftab[static_cast<std::size_t>(k * kVals + v)] = static_cast<float>(r);
         }
         fgtab[static_cast<std::size_t>(v)] = x > fg_threshold;
       }
@@ -117,11 +123,11 @@ void map_volume(const VolumeView& in, int n_maps, void* const* out, bool quantiz
           } else {
             const double x = static_cast<double>(raw);
             for (int k = 0; k < n_maps; ++k) {
-              const float r = f(k, x);
+              const double r = f(k, x);
               if (quantize)
                 static_cast<std::uint8_t*>(out[k])[o + w] = quantize_one(r);
               else
-                static_cast<float*>(out[k])[o + w] = r;
+                static_cast<float*>(out[k])[o + w] = static_cast<float>(r);
             }
             is_fg = x > fg_threshold;
           }
@@ -143,10 +149,10 @@ void ct_windows(const VolumeView& in, const Window* windows, int n_windows, void
   for (int k = 0; k < n_windows; ++k) {
     lo[k] = windows[k].level - windows[k].width / 2.0;
     hi[k] = windows[k].level + windows[k].width / 2.0;
-    den[k] = windows[k].width + 1e-8;
+    den[k] = (hi[k] - lo[k]) + 1e-8;  // the reference's (upper - lower + 1e-8)
   }
   map_volume(in, n_windows, out, quantize, fg_threshold, token_bg, fg, threads,
-             [&](int k, double x) { return static_cast<float>((clip(x, lo[k], hi[k]) - lo[k]) / den[k]); });
+             [&](int k, double x) { return (clip(x, lo[k], hi[k]) - lo[k]) / den[k]; });
 }
 
 void mri_normalise(const VolumeView& in, double lo, double hi, double mn, double mx,
@@ -155,7 +161,7 @@ void mri_normalise(const VolumeView& in, double lo, double hi, double mn, double
   const double den = mx - mn + 1e-8;
   void* outs[1] = {out};
   map_volume(in, 1, outs, quantize, fg_threshold, token_bg, fg, threads,
-             [&](int, double x) { return static_cast<float>((clip(x, lo, hi) - mn) / den); });
+             [&](int, double x) { return (clip(x, lo, hi) - mn) / den; });
 }
 
 namespace {
@@ -307,15 +313,6 @@ void percentiles(const VolumeView& in, const double* q, int nq, double* result, 
 }  // namespace neurovfm
 
 namespace neurovfm {
-
-void quantize_u8(const float* in, std::uint8_t* out, std::int64_t n, int threads) {
-  parallel_for(static_cast<std::size_t>(n), threads, 1 << 16, [&](std::size_t b, std::size_t e) {
-    for (std::size_t i = b; i < e; ++i) {
-      const float v = in[i] * 255.0f;
-      out[i] = v >= 255.0f ? std::uint8_t(255) : (v > 0.0f ? static_cast<std::uint8_t>(v) : std::uint8_t(0));
-    }
-  });
-}
 
 namespace {
 

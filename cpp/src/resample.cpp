@@ -51,8 +51,10 @@ void c_strides(const std::int64_t sh[3], std::int64_t st[3]) {
   st[2] = 1;
 }
 
+}  // namespace
+
 // Pass order: last_axis last, the others by how much they shrink the data.
-void pass_order(const std::int64_t in_shape[3], const AxisPlan plan[3], int last_axis, int order[3]) {
+void resample_order(const std::int64_t in_shape[3], const AxisPlan plan[3], int last_axis, int order[3]) {
   int o[3] = {0, 1, 2};
   std::stable_sort(o, o + 3, [&](int x, int y) {
     const bool lx = x == last_axis, ly = y == last_axis;
@@ -62,6 +64,8 @@ void pass_order(const std::int64_t in_shape[3], const AxisPlan plan[3], int last
   });
   for (int k = 0; k < 3; ++k) order[k] = o[k];
 }
+
+namespace {
 
 void check_plan(const std::int64_t shape[3], const AxisPlan plan[3]) {
   for (int k = 0; k < 3; ++k) {
@@ -93,7 +97,7 @@ void resample_bspline(const VolumeView& in, const AxisPlan plan[3], void* out, i
   check_plan(in.shape, plan);
   if (plan[0].n_out == 0 || plan[1].n_out == 0 || plan[2].n_out == 0) return;
   int order[3];
-  pass_order(in.shape, plan, last_axis, order);
+  resample_order(in.shape, plan, last_axis, order);
   std::int64_t mid_shape[3] = {in.shape[0], in.shape[1], in.shape[2]};
   mid_shape[order[0]] = plan[order[0]].n_out;
   mid_shape[order[1]] = plan[order[1]].n_out;
@@ -114,7 +118,7 @@ StreamResampler::StreamResampler(DType dtype, const std::int64_t in_shape[3], in
     plan_[k] = plan[k];
   }
   int order[3];
-  pass_order(in_shape_, plan_, stream_axis, order);
+  resample_order(in_shape_, plan_, stream_axis, order);
   first_axis_ = order[0];
   second_axis_ = order[1];
   for (int k = 0; k < 3; ++k) mid_shape_[k] = (k == stream_axis) ? in_shape[k] : plan[k].n_out;

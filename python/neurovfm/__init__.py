@@ -6,6 +6,6 @@
 from ._threads import get_num_threads, set_num_threads
 from . import errors
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["set_num_threads", "get_num_threads", "errors", "__version__"]

@@ -50,9 +50,16 @@ def resample_bspline(
     threads: _Int = 1,
     last_axis: _Int = -1,
 ) -> npt.NDArray[np.generic]:
-    """Cubic B-spline resampling of a 3-D array (NumPy axis order) onto a cropped grid.
+    """Cubic B-spline resampling of a 3-D array (NumPy axis order) onto a cropped grid, one
+    axis after the other in :func:`resample_order`'s order (``last_axis`` 0..2: that axis
+    last, the others by shrink; -1: all by shrink, the pipeline's order).
     ``ValueError`` for negative sizes or starts, spacings that are not positive and finite,
     or an output (or intermediate) beyond this machine's memory."""
+
+def resample_order(shape: _Int3, n_out: _Int3, last_axis: _Int = -1) -> list[int]:
+    """The order of the resampling passes (NumPy axes) for an input ``shape`` and output
+    ``n_out``: the axis that shrinks the data most first (ties by axis index), ``last_axis``
+    (when 0..2) last."""
 
 class StreamResampler:
     """B-spline resampling of a volume pushed in slabs along one axis."""
@@ -109,7 +116,7 @@ def ct_windows(
 ) -> tuple[list[npt.NDArray[np.generic]], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
     """CT windows ``[(width, level), ...]`` (at most 8; width positive and finite, level
     finite) -> (float32 ``[1, D, H, W]`` per window, or
-    uint8 ``v * 255`` with ``quantize``; token flags or None; voxel foreground mask or None)."""
+    uint8 ``v * 255`` truncated from the float64 value with ``quantize``; token flags or None; voxel foreground mask or None)."""
 
 def percentiles(
     volume: npt.NDArray[np.generic], q: Sequence[_Float], threads: _Int = 1
@@ -129,11 +136,7 @@ def mri_normalise(
     quantize: bool = False,
 ) -> tuple[npt.NDArray[np.generic], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
     """MRI clip + min-max normalisation -> (float32 ``[1, D, H, W]`` or, with ``quantize``,
-    uint8 ``v * 255``; token flags or None; voxel foreground mask or None)."""
-
-def quantize_u8(values: npt.NDArray[np.float32], threads: _Int = 1) -> npt.NDArray[np.uint8]:
-    """``uint8(v * 255)`` by truncation, clamped to [0, 255] (NaN -> 0), computed in float32
-    (C-contiguous, aligned input)."""
+    uint8 ``v * 255`` truncated from the float64 value; token flags or None; voxel foreground mask or None)."""
 
 def dequantize_u8(values: npt.NDArray[np.uint8], threads: _Int = 1) -> npt.NDArray[np.float32]:
     """``float32(v) / 255`` (C-contiguous input)."""

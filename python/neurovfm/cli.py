@@ -330,6 +330,11 @@ def cmd_cache_verify(args) -> int:
     for key, status in sorted(problems.items()):
         print(f"{key}: {status}")
     print(f"{len(problems)} image(s) not cached and valid")
+    if "stale" in problems.values():
+        print(
+            "stale: the source file changed, or the entry was built by an older pipeline version; "
+            f"`neurovfm cache build {args.data_dir}` rebuilds it"
+        )
     return 1 if problems else 0
 
 

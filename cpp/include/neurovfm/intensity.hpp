@@ -13,9 +13,11 @@ struct Window {
 };
 
 // `in` is a [D, H, W] view (any strides). For each window w, out[w] receives
-// (clip(x, L - W/2, L + W/2) - (L - W/2)) / (W + 1e-8) computed in double, as
-// float32 (C order), or with `quantize` as uint8(float32 value * 255) by
-// truncation (the cache's values). token_bg (may be null) receives per
+// (clip(x, lo, hi) - lo) / (hi - lo + 1e-8), lo = L - W/2, hi = L + W/2, in
+// double (the reference's order of operations), as
+// float32 (C order), or with `quantize` as uint8(value * 255) by truncation of
+// the double value, never of its float32 rounding (the cache's values,
+// docs/numbers.md). token_bg (may be null) receives per
 // 4x16x16 token 1 when any voxel is background (x <= fg_threshold); fg (may be
 // null) the voxel foreground mask (x > fg_threshold). D, H, W must be
 // multiples of 4, 16, 16 when token_bg is given.
@@ -41,11 +43,6 @@ void mri_normalise(const VolumeView& in, double lo, double hi, double mn, double
 }  // namespace neurovfm
 
 namespace neurovfm {
-
-// Cache quantisation: out[i] = uint8(in[i] * 255.0f), truncated, computed in
-// float32 as NumPy's (v * 255).astype(np.uint8) does for float32 v in [0, 1]
-// (values outside [0, 255] are clamped, NaN gives 0).
-void quantize_u8(const float* in, std::uint8_t* out, std::int64_t n, int threads);
 
 // Cache loading: out[i] = float(in[i]) / 255.0f.
 void dequantize_u8(const std::uint8_t* in, float* out, std::int64_t n, int threads);

@@ -24,17 +24,25 @@ struct AxisPlan {
 // buffer `out` of shape plan[k].n_out and element type in.dtype: a recursive
 // cubic B-spline prefilter with mirror boundaries in double precision, 4-tap
 // evaluation with mirror index folding, then clamp to the type's range and
-// truncation toward zero. Axes are processed one at a time: by default the one
-// that shrinks the data most first; with last_axis in 0..2, the two other axes
-// first (by shrink) and last_axis last (the order the streaming resampler
-// uses). Bit-identical for any thread count.
+// truncation toward zero. Axes are processed one at a time, in the order of
+// resample_order(in.shape, plan, last_axis): by default (-1) the axis that
+// shrinks the data most first, which is also the least work. The pipeline
+// uses that default for every entry point (docs/numbers.md, "Resampling
+// order"), so that a scan gives the same bytes however it arrives.
+// Bit-identical for any thread count.
 void resample_bspline(const VolumeView& in, const AxisPlan plan[3], void* out, int threads,
                       int last_axis = -1);
+
+// The pass order resample_bspline uses: axes sorted by n_out / n_in (the one
+// that shrinks most first; ties by axis index), last_axis (0..2) moved last.
+void resample_order(const std::int64_t in_shape[3], const AxisPlan plan[3], int last_axis, int order[3]);
 
 // Resampling of a volume that arrives in slabs along one axis (e.g. while it
 // is being decompressed): push() resamples the two other axes of each slab
 // into a double-precision intermediate; finish() resamples the stream axis.
-// Gives exactly the bytes of resample_bspline(..., last_axis = stream_axis).
+// Gives exactly the bytes of resample_bspline(..., last_axis = stream_axis),
+// which are the default order's bytes when resample_order puts the stream
+// axis last anyway (the only case the pipeline streams).
 class StreamResampler {
  public:
   StreamResampler(DType dtype, const std::int64_t in_shape[3], int stream_axis,

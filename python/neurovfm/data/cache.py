@@ -48,8 +48,10 @@ __all__ = ["CacheManager", "BuildSummary", "PIPELINE_VERSION", "shard_from_env"]
 
 log = logging.getLogger("neurovfm")
 
-#: Bump whenever cached numbers would change: older entries become stale.
-PIPELINE_VERSION = "neurovfm-1"
+#: Bump whenever cached numbers would change: older entries become stale (and are rebuilt).
+#: neurovfm-2: quantised from the float64 values (the reference's bytes; docs/numbers.md) and
+#: one resampling order for every entry point.
+PIPELINE_VERSION = "neurovfm-2"
 WINDOW_NAMES = tuple(w[0] for w in CT_WINDOWS)
 
 

@@ -186,6 +186,14 @@ def _plan(shape, spacing, origin, direction, path: str) -> _Plan:
     return _Plan(o, s, org, dirn, n, tuple(t), crops)
 
 
+def _storage_axis(o: Orientation) -> tuple[int, bool]:
+    """Where the input's storage axis (its slowest: numpy axis 0, SimpleITK axis 2, along
+    which a file streams in) lies in the reoriented numpy order, and whether the
+    reorientation reverses it."""
+    j = o.perm.index(2)  # new sitk axis fed by old sitk axis 2
+    return 2 - j, o.flip[j]
+
+
 def preprocess_volume(vol: RawVolume) -> sitk.Image:
     """Reorient ``vol`` to RPI, resample to 1x1x4 mm (B-spline) and crop."""
     path = vol.path or "<in-memory image>"
@@ -195,6 +203,8 @@ def preprocess_volume(vol: RawVolume) -> sitk.Image:
         check_finite(vol.array, path)
     plan = _plan(vol.array.shape, vol.spacing, vol.origin, vol.direction, path)
     view = _reoriented_view(vol.array, plan.orientation)
+    # The kernel's default pass order (docs/numbers.md, "Resampling order"): the same
+    # for every entry point, so the bytes never depend on how the scan came in.
     out = _core.resample_bspline(view, *plan.kernel_args(), get_num_threads())
     return plan.image(out)
 
@@ -203,21 +213,30 @@ def preprocess_volume(vol: RawVolume) -> sitk.Image:
 _SLAB_BYTES = 4 << 20
 
 
-def _preprocess_nifti_streaming(layout: readers.NiftiLayout) -> sitk.Image:
+def _stream_plan(layout: readers.NiftiLayout):
+    """(plan, reoriented shape, stream axis, flipped) when the file can be streamed: its
+    storage axis is the last of the kernel's pass order (docs/numbers.md, "Resampling
+    order"), so resampling the other two axes slab by slab gives the whole-volume bytes;
+    None otherwise (the file is then decoded whole and resampled in that order)."""
+    plan = _plan(layout.shape, layout.spacing, layout.origin, layout.direction, layout.path)
+    stream_axis, flipped = _storage_axis(plan.orientation)
+    # Shape of the reoriented volume (a zero-byte broadcast view stands in for it).
+    rshape = _reoriented_view(np.broadcast_to(np.uint8(0), layout.shape), plan.orientation).shape
+    n_out = plan.kernel_args()[0]
+    if _core.resample_order(rshape, n_out)[2] != stream_axis:
+        return None
+    return plan, rshape, stream_axis, flipped
+
+
+def _preprocess_nifti_streaming(layout: readers.NiftiLayout, stream) -> sitk.Image:
     """Decode a NIfTI file slab by slab while a background thread resamples the
-    in-plane axes of the slabs already decoded; the slice axis of the file is
+    two other axes of the slabs already decoded; the file's storage axis is
     resampled last. Never holds the whole decoded volume."""
     path = layout.path
-    plan = _plan(layout.shape, layout.spacing, layout.origin, layout.direction, path)
+    plan, rshape, stream_axis, flipped = stream
     o = plan.orientation
     threads = get_num_threads()
     nz, ny, nx = layout.shape
-    # The file's slowest axis (numpy 0, sitk 2) in the reoriented numpy order.
-    j = o.perm.index(2)  # new sitk axis fed by old sitk axis 2
-    stream_axis = 2 - j
-    flipped = o.flip[j]
-    # Shape of the reoriented volume (a zero-byte broadcast view stands in for it).
-    rshape = _reoriented_view(np.broadcast_to(np.uint8(0), (nz, ny, nx)), o).shape
     sr = _core.StreamResampler(layout.dtype, rshape, stream_axis, *plan.kernel_args())
     per = max(1, _SLAB_BYTES // (ny * nx * layout.dtype.itemsize))
     # Ring buffers from the kernels' allocator: reused from one file to the next.
@@ -330,12 +349,13 @@ def load_image(
     path = os.fspath(path)
     if preprocess and readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
         layout = readers.nifti_layout(path)
-        # Always the streaming path for these files (with one thread it simply
-        # alternates decoding and resampling), so that the bytes never depend
-        # on the thread count: its axis order (in-plane first) differs from the
-        # whole-volume path's (shrink most first) in rare last-bit cases.
-        if layout.direct:
-            return _preprocess_nifti_streaming(layout)
+        # Streamed (with one thread it simply alternates decoding and resampling) when
+        # the file's storage axis is the last pass anyway: the same bytes as
+        # read_volume + preprocess_volume, which the other files take.
+        stream = _stream_plan(layout) if layout.direct else None
+        if stream is not None:
+            return _preprocess_nifti_streaming(layout, stream)
+        return preprocess_volume(readers.read_nifti(path, layout))
     vol = read_volume(path, series_uid=series_uid)
     if not preprocess:
         return vol.to_image()

@@ -61,8 +61,9 @@ def prepare_for_inference(
     return_foreground
         Also return the voxel foreground mask (bool ``[D, H, W]``).
     quantize
-        Return ``uint8(v * 255)`` (truncated; the cache's values) instead of
-        the float32 arrays, computed in the same pass.
+        Return ``uint8(v * 255)`` instead of the float32 arrays: truncated from
+        the float64 value ``v`` in the same pass, exactly the reference's
+        ``(arr * 255).astype(np.uint8)`` (the cache's values; docs/numbers.md).
 
     Returns
     -------

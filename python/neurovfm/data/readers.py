@@ -18,7 +18,15 @@ from .. import _core
 from ..errors import ImageReadError, UnsupportedImageError
 from .volume import RawVolume
 
-__all__ = ["read_nifti", "read_with_sitk", "check_scalar_3d", "is_nifti", "nifti_layout", "NiftiLayout"]
+__all__ = [
+    "read_nifti",
+    "read_with_sitk",
+    "check_scalar_3d",
+    "check_gzip",
+    "is_nifti",
+    "nifti_layout",
+    "NiftiLayout",
+]
 
 # NIfTI-1 datatype codes -> numpy dtype (little-endian).
 _NIFTI_DTYPES = {
@@ -109,7 +117,13 @@ def _squeeze_4d(img: sitk.Image) -> sitk.Image:
 
 
 def read_with_sitk(path: str) -> RawVolume:
-    """Read any file SimpleITK supports, checked to be a 3D scalar volume."""
+    """Read any file SimpleITK supports, checked to be a 3D scalar volume.
+
+    A gzip file (``.gz``) is decoded once in full first so that its CRC-32 and length
+    trailer are checked: SimpleITK's reader stops at the last voxel and never reads the
+    trailer of a file larger than its read buffer, so it would accept a corrupt one."""
+    if path.lower().endswith(".gz"):
+        check_gzip(path)
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as err:
@@ -365,15 +379,28 @@ def _gzip_reason(err: Exception) -> str:
 
 
 def check_trailer(f, path: str) -> None:
-    """After the voxels of a ``.gz``: decode what is left so that the CRC and length
-    trailer are checked (reads at most 64 MB of trailing data)."""
+    """After the voxels of a ``.gz``: decode what is left, to the end of the stream, so
+    that the CRC-32 and length trailer of every member are checked."""
+    buf = bytearray(1 << 20)
     with _stream_errors(path):
-        for _ in range(64):
-            if not f.read(1 << 20):
-                return
+        while f.readinto(buf):
+            pass
 
 
-def read_nifti(path: str) -> RawVolume:
+def check_gzip(path: str) -> None:
+    """Decode the whole gzip stream of ``path`` (ISA-L, into one reused buffer): raise
+    ImageReadError naming the file unless every member's CRC-32 and length trailer match."""
+    from isal import igzip
+
+    try:
+        f = igzip.open(path, "rb")
+    except OSError as err:
+        raise ImageReadError(path, _gzip_reason(err)) from None
+    with f:
+        check_trailer(f, path)
+
+
+def read_nifti(path: str, layout: NiftiLayout | None = None) -> RawVolume:
     """Read a NIfTI-1 file; voxels decoded directly when the layout allows.
 
     The header is parsed by SimpleITK (geometry identical to ``sitk.ReadImage``).
@@ -381,7 +408,8 @@ def read_nifti(path: str) -> RawVolume:
     scaling) and little-endian, the voxels are read (gzip decoded with ISA-L)
     into one buffer; otherwise SimpleITK reads the whole file.
     """
-    layout = nifti_layout(path)
+    if layout is None:
+        layout = nifti_layout(path)
     if not layout.direct:
         return read_with_sitk(path)
     try:

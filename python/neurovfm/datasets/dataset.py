@@ -169,7 +169,7 @@ class ImageDataset(torch.utils.data.Dataset):
         (memory-mapped, never copied). ``False``: always process the raw file.
     fallback_to_raw
         On a cache miss (or a corrupt cache entry), process the raw file with the
-        core pipeline and quantise it as the cache does (``uint8(v * 255)``), so
+        core pipeline and quantise it as the cache does (``uint8(v * 255)`` of the float64 value), so
         the item equals the cached one. ``False``: raise
         :class:`~neurovfm.errors.ImageNotFoundError` naming the image.
     mode_filter
@@ -428,12 +428,12 @@ class ImageDataset(torch.utils.data.Dataset):
 
         e = self._entries[i]
         source = os.path.join(self.data_dir, e.path)
-        prep = prepare_for_inference(load_image(source), e.mode)
+        # The cache's bytes, quantised from the float64 values in the kernels' pass.
+        prep = prepare_for_inference(load_image(source), e.mode, quantize=True)
         if prep is None:
             raise ImageTooSmallError(source, "smaller than one 4x16x16 token after preprocessing")
         arrs, mask, _view = prep
-        idx = WINDOW_NAMES.index(key) if e.mode == "ct" else 0
-        vol = _core.quantize_u8(arrs[idx], self._threads())
+        vol = arrs[WINDOW_NAMES.index(key) if e.mode == "ct" else 0]
         d, h, w = vol.shape[1:]
         return vol, mask.reshape(d // 4, h // 16, w // 16)
 
