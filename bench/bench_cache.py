@@ -26,36 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import neurovfm  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "python"))
+from _common import corpus_dir, median_time  # noqa: E402  (paths: python/, tests/)
+
+import reference as R  # noqa: E402  (tests/reference.py: the reference pipeline)
+from corpus import CACHE_BENCH  # noqa: E402  (tests/corpus.py: the corpus lists)
 
 from neurovfm.data.cache import CacheManager  # noqa: E402
 from neurovfm.data.metadata import DatasetMetadata  # noqa: E402
 
 # (study mode, corpus path); each is copied --copies times as separate studies.
-SCANS = [
-    ("ct", "ct/phantom_head_1mm.nii.gz"),
-    ("ct", "ct/phantom_head_5mm"),
-    ("ct", "ct/body_small.nii.gz"),
-    ("ct", "ct/head_tilt_ge"),
-    ("mri", "mr/sag_mprage_peds"),
-    ("mri", "mr/sag_t1_2d_thick"),
-    ("mri", "mr/stroke/T1.nii.gz"),
-    ("mri", "mr/stroke/FLAIR.nii.gz"),
-    ("mri", "mr/MR_Gd.nii.gz"),
-]
+SCANS = [(mode, rel) for rel, mode in CACHE_BENCH]
 
 
 # --- the reference procedure (seed pipeline) -------------------------------------------------
 # SimpleITK read + DICOMOrient + B-spline Resample + crop and the NumPy prepare
 # are the tests' reference (tests/reference.py); the cache part is the seed's:
 # torch.save of a dict per file, a process pool.
-
-sys.path.insert(0, str(ROOT / "tests"))
-import reference as R  # noqa: E402
 
 
 def _ref_build_one(job):
@@ -97,15 +83,6 @@ def _du(path):
     return total
 
 
-def _median_time(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def make_dataset(root: Path, corpus: Path, copies: int):
     raw = root / "raw"
     modes = {}
@@ -136,15 +113,17 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="build runs per side (median)")
     ap.add_argument("--loads", type=int, default=50, help="timed cached loads (median)")
     ap.add_argument("--quick", action="store_true", help="--copies 1 --repeats 1 --loads 10")
-    ap.add_argument("--data", default=os.environ.get("NEUROVFM_TEST_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(corpus_dir()), help="the corpus (default $NEUROVFM_TEST_DATA)")
     args = ap.parse_args(argv)
     if args.quick:
         args.copies, args.repeats, args.loads = 1, 1, 10
     corpus = Path(args.data)
     missing = [rel for _, rel in SCANS if not (corpus / rel).exists()]
     if missing:
-        print(f"cache benchmark skipped: the real-scan corpus is not at {corpus} (missing {missing[0]}); "
-              "set NEUROVFM_TEST_DATA")
+        print(
+            f"cache benchmark skipped: the real-scan corpus is not at {corpus} (missing {missing[0]}); "
+            "set NEUROVFM_TEST_DATA"
+        )
         return 0
     import torch
 
@@ -198,9 +177,9 @@ def main(argv=None):
             out = our_load()["data"]
             assert np.array_equal(out.numpy(), ref_load().numpy())
             floor_src = out.numpy().copy()
-            tr = _median_time(ref_load, args.loads)
-            to = _median_time(our_load, args.loads)
-            tf = _median_time(lambda: floor_src.copy(), args.loads)
+            tr = median_time(ref_load, args.loads)
+            to = median_time(our_load, args.loads)
+            tf = median_time(floor_src.copy, args.loads)
             label = f"{study.mode} {name} {tuple(out.shape)}"
             print(f"  {label}")
             print(f"    torch.load(dict) + float : {tr * 1e3:7.2f} ms")

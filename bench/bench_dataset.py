@@ -3,6 +3,7 @@
 
     PYTHONPATH=python python bench/bench_dataset.py                 # threads 1 and 2
     PYTHONPATH=python python bench/bench_dataset.py --threads 1 --reps 20 --epochs 4
+    PYTHONPATH=python python bench/bench_dataset.py --quick         # 1 thread, short blocks (neurovfm bench)
 
 Dataset: real corpus scans (CT 1 mm head, tilted head CT, sagittal MPRAGE, contrast
 T1, stroke T1), cached once by CacheManager in a temporary folder.
@@ -44,26 +45,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import neurovfm
-except ImportError:
-    sys.path.insert(0, str(ROOT / "python"))
-    import neurovfm
+from _common import corpus_dir, set_threads  # noqa: E402  (paths: python/, tests/)
 
-import torch
-from neurovfm import _core
-from neurovfm.data.cache import CacheManager
-from neurovfm.data.metadata import DatasetMetadata
-from neurovfm.datasets import ImageDataset, collate_packed
+import neurovfm  # noqa: E402
+import torch  # noqa: E402
+from corpus import DATASET_BENCH  # noqa: E402  (tests/corpus.py: the corpus lists)
 
-SCANS = [
-    ("ct", "ct/phantom_head_1mm.nii.gz"),
-    ("ct", "ct/head_tilt_ge"),
-    ("mri", "mr/sag_mprage_peds"),
-    ("mri", "mr/MR_Gd.nii.gz"),
-    ("mri", "mr/stroke/T1.nii.gz"),
-]
+from neurovfm import _core  # noqa: E402
+from neurovfm.data.cache import CacheManager  # noqa: E402
+from neurovfm.data.metadata import DatasetMetadata  # noqa: E402
+from neurovfm.datasets import ImageDataset, collate_packed  # noqa: E402
+
+SCANS = [(mode, rel) for rel, mode in DATASET_BENCH]
 
 
 # --- the reference ------------------------------------------------------------------------------
@@ -79,8 +72,10 @@ def write_reference_cache(cm: CacheManager, out: Path) -> None:
                 arr, side = cm.open_uint8(study.name, rec.name, key)
                 name = side["files"][key]["name"]
                 field = "mask" if key == "mask" else "data"
-                torch.save({field: torch.from_numpy(np.array(arr)), "view": side["view"], "mode": study.mode},
-                           out / study.name / name)
+                torch.save(
+                    {field: torch.from_numpy(np.array(arr)), "view": side["view"], "mode": study.mode},
+                    out / study.name / name,
+                )
 
 
 def reference_item(folder: Path, item_like: dict, dtype=torch.float32) -> dict:
@@ -90,8 +85,8 @@ def reference_item(folder: Path, item_like: dict, dtype=torch.float32) -> dict:
     m = torch.load(folder / study / f"{image}_mask.pt", weights_only=True)
     x, f = d["data"], m["mask"]
     (d0, h0, w0), (sd, sh, sw) = item_like["crop"]
-    x = x[:, d0 * 4:(d0 + sd) * 4, h0 * 16:(h0 + sh) * 16, w0 * 16:(w0 + sw) * 16]
-    f = f[d0:d0 + sd, h0:h0 + sh, w0:w0 + sw]
+    x = x[:, d0 * 4 : (d0 + sd) * 4, h0 * 16 : (h0 + sh) * 16, w0 * 16 : (w0 + sw) * 16]
+    f = f[d0 : d0 + sd, h0 : h0 + sh, w0 : w0 + sw]
     if dtype == torch.float32:
         x = x.float() / 255
     if item_like["transpose"]:
@@ -100,13 +95,20 @@ def reference_item(folder: Path, item_like: dict, dtype=torch.float32) -> dict:
     if dims:
         x, f = torch.flip(x, [k + 1 for k in dims]), torch.flip(f, dims)
     c, D, H, W = x.shape
-    tokens = (x.reshape(c, D // 4, 4, H // 16, 16, W // 16, 16)
-              .permute(1, 3, 5, 0, 2, 4, 6).reshape(-1, c * 4 * 16 * 16))  # (d h w) (c pd ph pw)
+    tokens = (
+        x.reshape(c, D // 4, 4, H // 16, 16, W // 16, 16).permute(1, 3, 5, 0, 2, 4, 6).reshape(-1, c * 4 * 16 * 16)
+    )  # (d h w) (c pd ph pw)
     g = f.shape
-    coords = torch.stack(torch.meshgrid(torch.arange(g[0]), torch.arange(g[1]), torch.arange(g[2]), indexing="ij"),
-                         -1).reshape(-1, 3)
-    return {"img": tokens, "coords": coords, "filtered": f.reshape(-1).clone(),
-            "size": torch.tensor(g, dtype=torch.int32), "path": item_like["path"]}
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(g[0]), torch.arange(g[1]), torch.arange(g[2]), indexing="ij"), -1
+    ).reshape(-1, 3)
+    return {
+        "img": tokens,
+        "coords": coords,
+        "filtered": f.reshape(-1).clone(),
+        "size": torch.tensor(g, dtype=torch.int32),
+        "path": item_like["path"],
+    }
 
 
 class RefDataset(torch.utils.data.Dataset):
@@ -150,6 +152,7 @@ def time_in_process(ds, ds8, ref_dir, pairs, runs=5):
     neurovfm drew. Returns ({side: seconds}, float32 token bytes)."""
     plans = [_plan(ds.get_item(i, e)) for i, e in pairs]
     nbytes = sum(ds.get_item(i, e)["img"].numel() * 4 for i, e in pairs)
+
     def run(fn, args):  # each result is dropped before the next, as a training loop consumes items
         for a in args:
             fn(*a)
@@ -174,21 +177,27 @@ def reference_collate(items):
     lengths = torch.tensor([len(it["filtered"]) for it in items])
     cu = torch.zeros(len(items) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lengths, 0)
-    return {"img": torch.cat([it["img"] for it in items]), "coords": torch.cat([it["coords"] for it in items]),
-            "filtered": torch.cat([it["filtered"] for it in items]), "cu_seqlens": cu,
-            "path": [it["path"] for it in items]}
+    return {
+        "img": torch.cat([it["img"] for it in items]),
+        "coords": torch.cat([it["coords"] for it in items]),
+        "filtered": torch.cat([it["filtered"] for it in items]),
+        "cu_seqlens": cu,
+        "path": [it["path"] for it in items],
+    }
 
 
 def time_loader(dataset, workers, passes, batch=None, collate=None):
     """Best of ``passes`` passes (after a warm-up pass) through a DataLoader: (seconds, items per pass).
     ``batch``: items per batch (fixed consecutive batches) with ``collate``; None: items one by one."""
     if batch is None:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=True,
-                                             shuffle=False)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=workers, persistent_workers=True, shuffle=False
+        )
     else:
         batches = [list(range(k, min(k + batch, len(dataset)))) for k in range(0, len(dataset), batch)]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                             persistent_workers=True, collate_fn=collate)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=workers, persistent_workers=True, collate_fn=collate
+        )
     n = len(dataset)
     for _ in loader:  # warm-up: starts the workers, warms the page cache
         pass
@@ -208,12 +217,19 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=8, help="epochs of crop+augment draws per block")
     ap.add_argument("--runs", type=int, default=5, help="alternating blocks per variant (the fastest counts)")
     ap.add_argument("--loader-passes", type=int, default=3, help="DataLoader passes (the best counts)")
-    ap.add_argument("--data", default=os.environ.get("NEUROVFM_TEST_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--calls", type=int, default=30, help="calls per image in the per-image table (median)")
+    ap.add_argument(
+        "--quick", action="store_true", help="--threads 1 --reps 1 --epochs 2 --runs 2 --loader-passes 1 --calls 10"
+    )
+    ap.add_argument("--data", default=str(corpus_dir()), help="the corpus (default $NEUROVFM_TEST_DATA)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.threads, args.reps, args.epochs, args.runs, args.loader_passes, args.calls = "1", 1, 2, 2, 1, 10
     corpus = Path(args.data)
-    if not corpus.is_dir():
-        print(f"corpus not found at {corpus}: set NEUROVFM_TEST_DATA", file=sys.stderr)
-        return 1
+    present = [rel for _, rel in SCANS if (corpus / rel).exists()]
+    if not present:
+        print(f"dataset benchmark skipped: none of its scans is in the corpus at {corpus}; set NEUROVFM_TEST_DATA")
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="neurovfm-bench-dataset-"))
     try:
         modes = {}
@@ -234,8 +250,10 @@ def main(argv=None):
 
         kw = {"seed": 0, "threads": 1}
         ds = ImageDataset(tmp, **kw)
-        print(f"dataset: {len(ds)} images, {sum(ds[i]['img'].shape[0] for i in range(len(ds)))} tokens in all; "
-              f"device: {os.cpu_count()} CPUs; kernels: AVX used when present")
+        print(
+            f"dataset: {len(ds)} images, {sum(ds[i]['img'].shape[0] for i in range(len(ds)))} tokens in all; "
+            f"device: {os.cpu_count()} CPUs; kernels: AVX used when present"
+        )
         # correctness first: the reference gives the same items
         for crop_aug in (False, True):
             d = ImageDataset(tmp, random_crop=crop_aug, augment=crop_aug, **kw)
@@ -250,13 +268,14 @@ def main(argv=None):
         n = len(ds)
         variants = {
             "whole volume": ([(i, 0) for _ in range(args.reps) for i in range(n)], {}),
-            "crop+augment": ([(i, e) for e in range(args.epochs) for i in range(n)],
-                             {"random_crop": True, "augment": True}),
+            "crop+augment": (
+                [(i, e) for e in range(args.epochs) for i in range(n)],
+                {"random_crop": True, "augment": True},
+            ),
         }
         rows = []
         for threads in [int(t) for t in args.threads.split(",")]:
-            torch.set_num_threads(threads)
-            neurovfm.set_num_threads(threads)
+            set_threads(threads, torch_too=True)
             for vname, (pairs, extra) in variants.items():
                 d32 = ImageDataset(tmp, seed=0, **extra)
                 d8 = ImageDataset(tmp, seed=0, img_dtype=torch.uint8, **extra)
@@ -286,26 +305,35 @@ def main(argv=None):
             t = {}
             t["ref"], cnt = time_loader(RefDataset(ref_dir, plans), 2, args.loader_passes, 4, reference_collate)
             t["ours"], _ = time_loader(EpochPairs(d32, pairs), 2, args.loader_passes, 4, collate_packed)
-            t["ref8"], _ = time_loader(RefDataset(ref_dir, plans, torch.uint8), 2, args.loader_passes, 4,
-                                       reference_collate)
+            t["ref8"], _ = time_loader(
+                RefDataset(ref_dir, plans, torch.uint8), 2, args.loader_passes, 4, reference_collate
+            )
             t["ours8"], _ = time_loader(EpochPairs(d8, pairs), 2, args.loader_passes, 4, collate_packed)
             rows.append(("DataLoader 2w, batch 4", vname, cnt, nbytes, t))
 
-        print(f"{'run':24s} {'items':14s} {'n':>5s} | {'ref f32':>9s} {'ours f32':>9s} {'ratio':>6s} | "
-              f"{'ref u8':>9s} {'ours u8':>9s} {'vs ref f32':>10s} {'vs ref u8':>9s} | {'ours f32 GB/s':>13s}")
-        print(f"{'':24s} {'':14s} {'':>5s} | {'items/s':>9s} {'items/s':>9s} {'':>6s} | {'items/s':>9s} "
-              f"{'items/s':>9s} {'':>10s} {'':>9s} | {'tokens':>13s}")
+        print(
+            f"{'run':24s} {'items':14s} {'n':>5s} | {'ref f32':>9s} {'ours f32':>9s} {'ratio':>6s} | "
+            f"{'ref u8':>9s} {'ours u8':>9s} {'vs ref f32':>10s} {'vs ref u8':>9s} | {'ours f32 GB/s':>13s}"
+        )
+        print(
+            f"{'':24s} {'':14s} {'':>5s} | {'items/s':>9s} {'items/s':>9s} {'':>6s} | {'items/s':>9s} "
+            f"{'items/s':>9s} {'':>10s} {'':>9s} | {'tokens':>13s}"
+        )
         for run, vname, cnt, nbytes, t in rows:
             r, o, r8, o8 = (cnt / t[k] for k in ("ref", "ours", "ref8", "ours8"))
-            print(f"{run:24s} {vname:14s} {cnt:5d} | {r:9.1f} {o:9.1f} {o / r:5.1f}x | {r8:9.1f} {o8:9.1f} "
-                  f"{o8 / r:9.1f}x {o8 / r8:8.1f}x | {nbytes / t['ours'] / 1e9:13.2f}")
+            print(
+                f"{run:24s} {vname:14s} {cnt:5d} | {r:9.1f} {o:9.1f} {o / r:5.1f}x | {r8:9.1f} {o8:9.1f} "
+                f"{o8 / r:9.1f}x {o8 / r8:8.1f}x | {nbytes / t['ours'] / 1e9:13.2f}"
+            )
         print("targets: ours f32 >= 3x ref f32; ours u8 >= 10x ref f32 (the seed's item)")
 
-        print("\nper image, whole volume, float32 tokens (median of 30 calls, 1 thread): item vs floor")
+        print(f"\nper image, whole volume, float32 tokens (median of {args.calls} calls, 1 thread): item vs floor")
         torch.set_num_threads(1)
         neurovfm.set_num_threads(1)
-        print(f"  {'image':38s} {'tokens':>6s} {'MB':>6s} {'ref ms':>8s} {'ours ms':>8s} {'u8 ms':>7s} "
-              f"{'copy ms':>8s} {'ours/copy':>9s} {'kernel ms':>9s} {'kernel/copy':>11s}")
+        print(
+            f"  {'image':38s} {'tokens':>6s} {'MB':>6s} {'ref ms':>8s} {'ours ms':>8s} {'u8 ms':>7s} "
+            f"{'copy ms':>8s} {'ours/copy':>9s} {'kernel ms':>9s} {'kernel/copy':>11s}"
+        )
         d8 = ImageDataset(tmp, seed=0, img_dtype="uint8", threads=1)
         for i in range(n):
             it = ds[i]
@@ -315,7 +343,7 @@ def main(argv=None):
             key = it["window"] or "volume"
             vol, flags = ds._volume(i, key)
             np.asarray(vol).sum()  # pages resident in this process
-            for _ in range(30):
+            for _ in range(args.calls):
                 a = time.perf_counter()
                 reference_item(ref_dir, plan)
                 b = time.perf_counter()
@@ -333,11 +361,15 @@ def main(argv=None):
                 tc.append(e - d)
                 tk.append(f - e)
             med = [statistics.median(x) * 1e3 for x in (tr, to, t8, tc, tk)]
-            print(f"  {it['path'] + ' ' + str(tuple(it['size'].tolist())):38s} {src.shape[0]:6d} "
-                  f"{src.nbytes / 1e6:6.2f} {med[0]:8.3f} {med[1]:8.3f} {med[2]:7.3f} {med[3]:8.3f} "
-                  f"{med[1] / med[3]:9.2f} {med[4]:9.3f} {med[4] / med[3]:11.2f}")
-        print("target: ours/copy <= 1.5 (the item: open + map the cached files, page faults, fused pass, dict);\n"
-              "kernel = the fused pass alone on a volume already mapped and resident")
+            print(
+                f"  {it['path'] + ' ' + str(tuple(it['size'].tolist())):38s} {src.shape[0]:6d} "
+                f"{src.nbytes / 1e6:6.2f} {med[0]:8.3f} {med[1]:8.3f} {med[2]:7.3f} {med[3]:8.3f} "
+                f"{med[1] / med[3]:9.2f} {med[4]:9.3f} {med[4] / med[3]:11.2f}"
+            )
+        print(
+            "target: ours/copy <= 1.5 (the item: open + map the cached files, page faults, fused pass, dict);\n"
+            "kernel = the fused pass alone on a volume already mapped and resident"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

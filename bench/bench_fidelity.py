@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,14 +32,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-try:
-    import neurovfm
-except ImportError:  # running from a checkout without PYTHONPATH=python
-    sys.path.insert(0, str(ROOT / "python"))
-    import neurovfm
+from _common import corpus_dir  # noqa: E402  (paths: python/, tests/)
 
+import neurovfm  # noqa: E402
 import reference as R  # noqa: E402  (tests/reference.py: the reference pipeline)
 from corpus import VOLUMES  # noqa: E402  (tests/corpus.py: every volume of the corpus)
 
@@ -51,6 +45,7 @@ try:
 except ImportError:  # pragma: no cover
     preprocess_image = None
 
+
 def _share_equal(a_list, b_list) -> float:
     eq = sum(int(np.count_nonzero(a == b)) for a, b in zip(a_list, b_list))
     return eq / sum(a.size for a in a_list)
@@ -58,17 +53,23 @@ def _share_equal(a_list, b_list) -> float:
 
 def report(corpus: Path, rel: str, mode: str) -> dict:
     path = corpus / rel
+    t0 = time.perf_counter()
     ours = load_image(path)
     cache, _mask, _view = prepare_for_inference(ours, mode, quantize=True)
+    t_ours = time.perf_counter() - t0
     formula, _, _ = R.ref_cache(ours, mode)
     row = {"volume": rel, "mode": mode, "pixel": ours.GetPixelIDTypeAsString()}
     row["formula_equal"] = _share_equal(cache, formula)
-    raw, ref, ref64 = R.ref_load(path)
+    t0 = time.perf_counter()
+    raw = R.ref_read(path)
+    ref = R.ref_preprocess(raw)
+    ref_cache, _, _ = R.ref_cache(ref, mode)
+    row["seconds"] = {"ref": time.perf_counter() - t0, "ours": t_ours}
+    ref64 = R.ref_resample_float64(raw)
     if preprocess_image is not None:
         other = preprocess_image(raw)  # (kept alive while its array view is read)
         a, b = sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(other)
         row["paths_voxels_differ"] = int(np.count_nonzero(a != b))
-    ref_cache, _, _ = R.ref_cache(ref, mode)
     row["sitk_cache_equal"] = _share_equal(cache, ref_cache)
     a, b = sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(ref)
     v = sitk.GetArrayViewFromImage(ref64)
@@ -83,7 +84,7 @@ def report(corpus: Path, rel: str, mode: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write the rows to this file")
-    ap.add_argument("--corpus", default=os.environ.get("NEUROVFM_TEST_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--corpus", default=str(corpus_dir()), help="the corpus (default $NEUROVFM_TEST_DATA)")
     args = ap.parse_args(argv)
     corpus = Path(args.corpus)
     if not corpus.is_dir():
@@ -94,7 +95,10 @@ def main(argv=None) -> int:
 
     logging.getLogger("neurovfm").setLevel(logging.ERROR)
     print(f"neurovfm {neurovfm.__version__} from {Path(neurovfm.__file__).parent}")
-    head = f"{'volume':<38} {'pixel':<16} {'formula':>8} {'paths':>6} {'vs sitk':>8} {'vox':>7} {'near':>7} {'other':>5}"
+    head = (
+        f"{'volume':<38} {'pixel':<16} {'formula':>8} {'paths':>6} {'vs sitk':>8} {'vox':>7} {'near':>7} {'other':>5}"
+        f" {'ref s':>7} {'ours s':>7} {'ratio':>6}"
+    )
     print(head)
     rows = []
     t0 = time.perf_counter()
@@ -106,9 +110,11 @@ def main(argv=None) -> int:
         rows.append(r)
         near = f"{100 * r['near_integer']:6.2f}%" if "near_integer" in r else "      -"
         other = str(r.get("differ_not_near_integer", "-"))
+        sec = r["seconds"]
         print(
             f"{rel:<38} {r['pixel']:<16} {100 * r['formula_equal']:7.3f}% {r.get('paths_voxels_differ', '-'):>6} "
             f"{100 * r['sitk_cache_equal']:7.3f}% {100 * r['sitk_voxels_differ']:6.2f}% {near} {other:>5}"
+            f" {sec['ref']:7.3f} {sec['ours']:7.3f} {sec['ref'] / sec['ours']:5.1f}x"
         )
     ok = sum(r["formula_equal"] == 1.0 for r in rows)
     print(f"{ok} of {len(rows)} volumes: cache bytes == the reference formula ({time.perf_counter() - t0:.0f} s)")
@@ -116,7 +122,9 @@ def main(argv=None) -> int:
         "columns: formula = cache bytes equal to the formula on our resampled image; paths = voxels where\n"
         "load_image(path) != preprocess_image(SimpleITK read); vs sitk = cache bytes equal to the whole\n"
         "reference pipeline's; vox = resampled voxels != SimpleITK's; near = voxels whose SimpleITK float64\n"
-        "value is within 1e-6 of an integer; other = voxels that differ and are not near an integer"
+        "value is within 1e-6 of an integer; other = voxels that differ and are not near an integer;\n"
+        "ref s / ours s = file to cache bytes, one run each (ours first, so it reads the file cold): the reference's\n"
+        "read + preprocess + formula against load_image + prepare_for_inference(quantize=True), and their ratio"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -18,14 +18,8 @@ import argparse
 import os
 import sys
 import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import neurovfm  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "python"))
-sys.path.insert(0, str(ROOT / "tests"))
+from _common import ROOT  # noqa: E402,F401  (paths: python/, tests/)
 
 import torch  # noqa: E402
 
@@ -80,8 +74,14 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--size", type=int, nargs=3, default=(192, 192, 40), metavar=("X", "Y", "Z"),
-                    help="synthetic volumes: voxels at 1x1x4 mm (default: a head CT's 192 192 40)")
+    ap.add_argument(
+        "--size",
+        type=int,
+        nargs=3,
+        default=(192, 192, 40),
+        metavar=("X", "Y", "Z"),
+        help="synthetic volumes: voxels at 1x1x4 mm (default: a head CT's 192 192 40)",
+    )
     ap.add_argument("--batch-size", type=int, default=8, help="0: one item at a time (batch_size=None)")
     ap.add_argument("--data-dir", help="an existing dataset with a built cache (default: a synthetic one)")
     args = ap.parse_args(argv)
@@ -100,12 +100,20 @@ def main(argv=None) -> int:
         )
         bs = args.batch_size or None
         ours = loadprobe.run_epochs(
-            ImageDataset(root, fallback_to_raw=False, seed=0), args.epochs, args.workers, True,
-            batch_size=bs, collate_fn=collate_packed if bs else None,
+            ImageDataset(root, fallback_to_raw=False, seed=0),
+            args.epochs,
+            args.workers,
+            True,
+            batch_size=bs,
+            collate_fn=collate_packed if bs else None,
         )
         ref = loadprobe.run_epochs(
-            ReferenceStyleDataset(root), args.epochs, args.workers, True,
-            batch_size=bs, collate_fn=reference_collate if bs else None,
+            ReferenceStyleDataset(root),
+            args.epochs,
+            args.workers,
+            True,
+            batch_size=bs,
+            collate_fn=reference_collate if bs else None,
         )
         for a, b in zip(ours, ref):
             print(_row("neurovfm", a))
@@ -114,7 +122,9 @@ def main(argv=None) -> int:
             grow = sum(w["anon_mb"] for w in runs[-1]["workers"]) - sum(w["anon_mb"] for w in runs[1]["workers"])
             print(f"{name}: workers' heap growth from epoch 1 to {args.epochs - 1}: {grow:+.1f} MB")
         rate = [sorted(r["items"] / r["seconds"] for r in runs[1:])[len(runs[1:]) // 2] for runs in (ours, ref)]
-        print(f"items/s (median of epochs 1..): neurovfm {rate[0]:.1f}, reference {rate[1]:.1f}, ratio {rate[0] / rate[1]:.2f}x")
+        print(
+            f"items/s (median of epochs 1..): neurovfm {rate[0]:.1f}, reference {rate[1]:.1f}, ratio {rate[0] / rate[1]:.2f}x"
+        )
     return 0
 
 

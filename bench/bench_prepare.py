@@ -2,8 +2,8 @@
 """File to tokens: neurovfm against the reference (SimpleITK + NumPy), same process,
 same thread count, interleaved runs.
 
-Reference: sitk.ReadImage / ImageSeriesReader (GetGDCMSeriesFileNames), sitk.DICOMOrient
-"RPI", the slice-axis rule, sitk.Resample (sitkBSpline) to 1x1x4 mm, the centred crop,
+Reference (the tests' own, tests/reference.py, timed stage by stage): sitk.ReadImage /
+ImageSeriesReader (GetGDCMSeriesFileNames), sitk.DICOMOrient "RPI", the slice-axis rule, sitk.Resample (sitkBSpline) to 1x1x4 mm, the centred crop,
 a float64 NumPy prepare (CT windows / MRI percentiles, clip, normalise, token mask) and
 NumPy tokens (reshape/transpose). neurovfm: load_image + prepare_for_inference + tokenize.
 
@@ -39,15 +39,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import neurovfm
-except ImportError:  # running from a checkout without PYTHONPATH=python
-    sys.path.insert(0, str(ROOT / "python"))
-    import neurovfm
+from _common import ROOT, corpus_dir, set_threads  # noqa: E402  (paths: python/, tests/)
 
-from neurovfm.data import load_image, prepare_for_inference, read_volume, tokenize
-from neurovfm.data.io import preprocess_volume
+import neurovfm  # noqa: E402
+import reference as R  # noqa: E402  (tests/reference.py: the reference pipeline)
+
+from neurovfm.data import load_image, prepare_for_inference, read_volume, tokenize  # noqa: E402
+from neurovfm.data.io import preprocess_volume  # noqa: E402
 
 MIB = 1 << 20
 
@@ -80,11 +78,6 @@ SYNTHETIC_SPACING = (0.45, 0.45, 1.0)
 TARGET_NIFTI, TARGET_DICOM, TARGET_RESAMPLE, TARGET_OVER_FLOOR = 20.0, 10.0, 50.0, 0.5
 
 
-def corpus_dir() -> Path:
-    env = os.environ.get("NEUROVFM_TEST_DATA")
-    return Path(env) if env else (ROOT.parent / "shared" / "data")
-
-
 def make_synthetic(path: Path) -> Path:
     """The 512x512x300 CT (int16 HU, 0.45x0.45x1 mm) of the phantom, as .nii.gz."""
     from neurovfm.phantom import make_ct_phantom
@@ -99,96 +92,22 @@ def make_synthetic(path: Path) -> Path:
     return path
 
 
-# --- the reference --------------------------------------------------------------------------
-
-CT_WINDOWS = ((80.0, 40.0), (200.0, 80.0), (2800.0, 600.0))  # (width, level): brain, blood, bone
-
-
-def ref_read(path: str) -> sitk.Image:
-    if os.path.isdir(path):
-        reader = sitk.ImageSeriesReader()
-        files = max((reader.GetGDCMSeriesFileNames(path, uid) for uid in reader.GetGDCMSeriesIDs(path)), key=len)
-        reader.SetFileNames(files)
-        img = reader.Execute()
-    else:
-        img = sitk.ReadImage(path)
-    if img.GetDimension() == 4 and img.GetSize()[3] == 1:
-        img = img[:, :, :, 0]
-    return img
-
-
-def ref_slice_axis(spacing, size) -> int:
-    if spacing[0] == spacing[1] == spacing[2]:
-        return 2
-    single = [n for n in size if list(size).count(n) == 1]
-    if single:
-        return list(size).index(min(single))
-    return int(np.argmax(spacing))
-
-
-def ref_resample_crop(rpi: sitk.Image) -> sitk.Image:
-    s, n = rpi.GetSpacing(), rpi.GetSize()
-    z = ref_slice_axis(s, n)
-    t = [1.0, 1.0, 1.0]
-    t[z] = 4.0
-    size = [int(n[i] * (s[i] / t[i])) for i in range(3)]
-    res = sitk.Resample(
-        rpi, size, sitk.Transform(), sitk.sitkBSpline, rpi.GetOrigin(), t, rpi.GetDirection(), 0, rpi.GetPixelID()
-    )
-    crop = []
-    for i, m in enumerate(size):
-        k = 4 if i == z else 16
-        start = (m % k) // 2 if m >= k else 0
-        crop.append(slice(start, start + (m // k) * k if m >= k else m))
-    return res[crop[0], crop[1], crop[2]]
-
-
-def ref_prepare(img: sitk.Image, mode: str):
-    spacing = img.GetSpacing()
-    z_dim = 2 if spacing[0] == spacing[1] == spacing[2] else int(np.argmax(spacing))
-    view = 2 - z_dim
-    x = sitk.GetArrayFromImage(img).astype(np.float64)
-    x = {0: x, 1: x.transpose(1, 0, 2), 2: x.transpose(2, 1, 0)}[view]
-    d, h, w = x.shape
-    if d < 4 or h < 16 or w < 16:
-        return None
-    if mode == "ct":
-        fg = x > -500.0
-        arrs = [(np.clip(x, lv - wd / 2, lv + wd / 2) - (lv - wd / 2)) / (wd + 1e-8) for wd, lv in CT_WINDOWS]
-    else:
-        p10, p05, p995 = np.percentile(x, [10, 0.5, 99.5])
-        fg = x > p10
-        c = np.clip(x, p05, p995)
-        arrs = [(c - c.min()) / (c.max() - c.min() + 1e-8)]
-    arrs = [a.astype(np.float32)[None] for a in arrs]
-    mask = (~fg.reshape(d // 4, 4, h // 16, 16, w // 16, 16)).any(axis=(1, 3, 5)).reshape(-1).astype(np.uint8)
-    return arrs, mask, view
-
-
-def ref_tokens(arrs, mask):
-    out = []
-    for a in arrs:
-        v = a[0]
-        d, h, w = v.shape[0] // 4, v.shape[1] // 16, v.shape[2] // 16
-        tok = v.reshape(d, 4, h, 16, w, 16).transpose(0, 2, 4, 1, 3, 5).reshape(-1, 1024)
-        coords = np.stack(np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij"), -1)
-        out.append((tok, coords.reshape(-1, 3).astype(np.int32), mask.copy()))
-    return out
+# --- the reference: tests/reference.py, stage by stage ----------------------------------------
 
 
 def run_ref(path: str, mode: str, keep: bool = False):
     t0 = time.perf_counter()
-    img = ref_read(path)
+    img = R.ref_read(path)
     t1 = time.perf_counter()
     rpi = sitk.DICOMOrient(img, "RPI")
     del img
     t2 = time.perf_counter()
-    res = ref_resample_crop(rpi)
+    res = R.ref_resample_crop(rpi)
     del rpi
     t3 = time.perf_counter()
-    prep = ref_prepare(res, mode)
+    prep = R.ref_prepare(res, mode)
     t4 = time.perf_counter()
-    toks = ref_tokens(prep[0], prep[1]) if prep is not None else None
+    toks = [R.ref_tokenize(a, prep[1]) for a in prep[0]] if prep is not None else None
     t5 = time.perf_counter()
     times = {
         "read": t1 - t0,
@@ -222,7 +141,7 @@ def run_ours(path: str, mode: str, keep: bool = False):
 
 def resample_ref(img: sitk.Image) -> float:
     t0 = time.perf_counter()
-    ref_resample_crop(sitk.DICOMOrient(img, "RPI"))
+    R.ref_resample_crop(sitk.DICOMOrient(img, "RPI"))
     return time.perf_counter() - t0
 
 
@@ -330,11 +249,6 @@ def measure_rss(which: str, path: str, mode: str, threads: int):
 # --- driver -----------------------------------------------------------------------------------
 
 
-def set_threads(n: int) -> None:
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
-    neurovfm.set_num_threads(n)
-
-
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -372,7 +286,7 @@ def check_outputs(ref_out, ours_out) -> dict:
 def bench_case(case: Case, path: str, args) -> dict:
     n, reps = args.threads, args.repeats
     res: dict = {"case": case.key, "path": path, "label": case.label, "mode": case.mode, "what": case.what}
-    img_in = ref_read(path)  # geometry for the header line (and warms the page cache)
+    img_in = R.ref_read(path)  # geometry for the header line (and warms the page cache)
     res["input"] = {
         "size": list(img_in.GetSize()),
         "spacing": list(img_in.GetSpacing()),
@@ -426,7 +340,7 @@ def bench_case(case: Case, path: str, args) -> dict:
     # Resampling alone, on the volume already in memory.
     rs_ref, rs_ours = [], []
     try:
-        img = ref_read(path)
+        img = R.ref_read(path)
         vol = read_volume(path) if "ours_error" not in res else None
         resample_ref(img)
         if vol is not None:

@@ -59,8 +59,9 @@ def copy_dataset(src: Path, dst: Path) -> Path:
 # --- the reference item --------------------------------------------------------------------------
 
 
-def reference_item(volume_u8, flags, start=(0, 0, 0), size=None, transpose=False, flips=(False, False, False),
-                   dtype=np.float32):
+def reference_item(
+    volume_u8, flags, start=(0, 0, 0), size=None, transpose=False, flips=(False, False, False), dtype=np.float32
+):
     """Tokens, flags, coords and grid of a cached uint8 volume ``[1, D, H, W]`` (or
     ``[D, H, W]``) and its token flags ``[d, h, w]``: crop the token box, swap H/W,
     flip, convert (``x / 255`` as float32), cut into 4x16x16 tokens."""
@@ -70,8 +71,8 @@ def reference_item(volume_u8, flags, start=(0, 0, 0), size=None, transpose=False
     if size is None:
         size = f.shape
     (d0, h0, w0), (sd, sh, sw) = start, size
-    v = v[d0 * 4:(d0 + sd) * 4, h0 * 16:(h0 + sh) * 16, w0 * 16:(w0 + sw) * 16]
-    f = f[d0:d0 + sd, h0:h0 + sh, w0:w0 + sw]
+    v = v[d0 * 4 : (d0 + sd) * 4, h0 * 16 : (h0 + sh) * 16, w0 * 16 : (w0 + sw) * 16]
+    f = f[d0 : d0 + sd, h0 : h0 + sh, w0 : w0 + sw]
     if transpose:
         v, f = v.transpose(0, 2, 1), f.transpose(0, 2, 1)
     for k in range(3):
@@ -81,5 +82,10 @@ def reference_item(volume_u8, flags, start=(0, 0, 0), size=None, transpose=False
     d, h, w = f.shape
     tokens = x.reshape(d, 4, h, 16, w, 16).transpose(0, 2, 4, 1, 3, 5).reshape(-1, 1024)
     coords = np.stack(np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij"), -1).reshape(-1, 3)
-    return {"img": tokens, "volume": x[None], "filtered": f.ravel().copy(), "coords": coords,
-            "size": np.array([d, h, w])}
+    return {
+        "img": tokens,
+        "volume": x[None],
+        "filtered": f.ravel().copy(),
+        "coords": coords,
+        "size": np.array([d, h, w]),
+    }

@@ -52,7 +52,13 @@ def stats(pid: int, marker: str = "processed") -> dict:
 
 
 def run_epochs(
-    dataset, epochs: int, num_workers: int, persistent: bool, samples_per_epoch: int = 4, batch_size=None, collate_fn=None
+    dataset,
+    epochs: int,
+    num_workers: int,
+    persistent: bool,
+    samples_per_epoch: int = 4,
+    batch_size=None,
+    collate_fn=None,
 ) -> list:
     """Iterate ``dataset`` through a shuffled DataLoader (one item at a time, or batches
     made by ``collate_fn``, which must keep the items' ``path`` list) for ``epochs``

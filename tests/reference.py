@@ -60,13 +60,6 @@ def target_grid(img: sitk.Image):
     return z, t, size
 
 
-def _resample(img: sitk.Image, pixel_id) -> sitk.Image:
-    img = sitk.DICOMOrient(img, "RPI")
-    _, t, size = target_grid(img)
-    return sitk.Resample(img, size, sitk.Transform(), sitk.sitkBSpline, img.GetOrigin(), t,
-                         img.GetDirection(), 0, pixel_id)
-
-
 def crop_slices(size, z):
     """SPEC 2.5: centred crop per axis (x, y, z order); an axis below its multiple is kept."""
     out = []
@@ -80,20 +73,32 @@ def crop_slices(size, z):
     return out
 
 
-def ref_preprocess(img: sitk.Image) -> sitk.Image:
-    """RPI, B-spline resample to 1x1x4 mm (input pixel type), centred crop."""
-    res = _resample(img, img.GetPixelID())
-    z, _, _ = target_grid(sitk.DICOMOrient(img, "RPI"))
+def ref_resample_crop(rpi: sitk.Image, pixel_id=None) -> sitk.Image:
+    """An RPI image: B-spline resample to 1x1x4 mm (its own pixel type), centred crop."""
+    z, t, size = target_grid(rpi)
+    res = sitk.Resample(
+        rpi,
+        size,
+        sitk.Transform(),
+        sitk.sitkBSpline,
+        rpi.GetOrigin(),
+        t,
+        rpi.GetDirection(),
+        0,
+        rpi.GetPixelID() if pixel_id is None else pixel_id,
+    )
     sx, sy, sz = crop_slices(res.GetSize(), z)
     return res[sx, sy, sz]
+
+
+def ref_preprocess(img: sitk.Image) -> sitk.Image:
+    """RPI, B-spline resample to 1x1x4 mm (input pixel type), centred crop."""
+    return ref_resample_crop(sitk.DICOMOrient(img, "RPI"))
 
 
 def ref_resample_float64(img: sitk.Image) -> sitk.Image:
     """ref_preprocess computed in float64 throughout: the value before clamp + truncation."""
-    z, _, _ = target_grid(sitk.DICOMOrient(img, "RPI"))
-    res = _resample(sitk.Cast(img, sitk.sitkFloat64), sitk.sitkFloat64)
-    sx, sy, sz = crop_slices(res.GetSize(), z)
-    return res[sx, sy, sz]
+    return ref_resample_crop(sitk.DICOMOrient(sitk.Cast(img, sitk.sitkFloat64), "RPI"), sitk.sitkFloat64)
 
 
 def ref_load(path, series_uid=None):
@@ -133,8 +138,9 @@ def _ref_arrays64(img: sitk.Image, mode: str, z_dim=None):
             lower, upper = level - width / 2, level + width / 2
             arrs.append((np.clip(x, lower, upper) - lower) / (upper - lower + 1e-8))
     else:
-        fg = x > np.percentile(x, 10)
-        c = np.clip(x, np.percentile(x, 0.5), np.percentile(x, 99.5))
+        p10, p05, p995 = np.percentile(x, [10, 0.5, 99.5])
+        fg = x > p10
+        c = np.clip(x, p05, p995)
         arrs = [(c - c.min()) / (c.max() - c.min() + 1e-8)]
     return arrs, fg, view
 

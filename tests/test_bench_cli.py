@@ -11,6 +11,7 @@ import pytest
 
 import neurovfm
 from neurovfm import cli
+from neurovfm.cli import bench as cli_bench
 from neurovfm.cli import main
 
 RECORDER = """\
@@ -76,6 +77,13 @@ def test_bench_failure_gives_exit_code_1(bench_dir, capfd, monkeypatch):
     assert len(_calls(bench_dir)) == 2  # the others still run
 
 
+def _installed(monkeypatch, tmp_path) -> Path:
+    """Pretend the package runs from site-packages (no checkout's bench/ beside it)."""
+    pkg = tmp_path / "site-packages" / "neurovfm"
+    monkeypatch.setattr(cli_bench, "package_dir", lambda: pkg)
+    return pkg
+
+
 def test_bench_found_from_env_and_cwd(bench_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NEUROVFM_BENCH_DIR", str(bench_dir))
     assert cli.find_bench_dir() == bench_dir
@@ -83,10 +91,22 @@ def test_bench_found_from_env_and_cwd(bench_dir, tmp_path, monkeypatch):
     sub = bench_dir.parent / "some" / "where"
     sub.mkdir(parents=True)
     monkeypatch.chdir(sub)
-    found = cli.find_bench_dir()
-    # a source checkout's own bench/ (when running from the tree) comes before the cwd
-    src_bench = Path(neurovfm.__file__).resolve().parents[2] / "bench"
-    assert found in (bench_dir.resolve(), src_bench)
+    _installed(monkeypatch, tmp_path)
+    assert cli.find_bench_dir() == bench_dir.resolve()  # ./bench of a parent of the cwd
+
+
+def test_bench_checkout_of_the_package_comes_before_cwd(bench_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("NEUROVFM_BENCH_DIR", raising=False)
+    checkout = tmp_path / "other_checkout"
+    (checkout / "bench").mkdir(parents=True)
+    (checkout / "bench" / "bench_prepare.py").write_text(RECORDER)
+    monkeypatch.setattr(cli_bench, "package_dir", lambda: checkout / "python" / "neurovfm")
+    monkeypatch.chdir(bench_dir)
+    assert cli.find_bench_dir() == checkout / "bench"
+
+
+def test_package_dir_is_the_imported_package():
+    assert cli_bench.package_dir() == Path(neurovfm.__file__).resolve().parent
 
 
 @pytest.mark.parametrize(
@@ -108,7 +128,7 @@ def test_bench_user_errors(argv, message, bench_dir, tmp_path, capsys):
 def test_bench_not_found_anywhere(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("NEUROVFM_BENCH_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "neurovfm" / "cli.py"))
+    _installed(monkeypatch, tmp_path)
     assert main(["bench"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("neurovfm: error: benchmark scripts not found") and "--bench-dir" in err

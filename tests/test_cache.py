@@ -71,7 +71,7 @@ def test_metadata_scan_and_round_trip(dataset):
     assert [s.name for s in again.get_all_studies()] == [s.name for s in meta.get_all_studies()]
     with pytest.raises(KeyError, match="nope"):
         meta.get_study("nope")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="mode must be 'ct' or 'mri', got 'pet'"):
         meta.get_studies_by_mode("pet")
 
 
@@ -80,7 +80,7 @@ def test_mode_mapping_files(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps({"a": "ct", "b": "MRI"}))
     assert load_mode_mapping(tmp_path / "m.csv") == {"a": "CT", "b": "mri"}
     assert load_mode_mapping(tmp_path / "m.json") == {"a": "ct", "b": "MRI"}
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.csv: mode mapping file not found"):
         load_mode_mapping(tmp_path / "missing.csv")
 
 
@@ -113,11 +113,18 @@ def test_build_values_layout_and_flags(dataset, data_dir):
     assert all(flags.values())
     # exact layout
     assert sorted(os.listdir(root / "processed" / "ct_head")) == [
-        ".phantom_head_5mm.lock", "phantom_head_5mm.json", "phantom_head_5mm_blood.pt",
-        "phantom_head_5mm_bone.pt", "phantom_head_5mm_brain.pt", "phantom_head_5mm_mask.pt",
+        ".phantom_head_5mm.lock",
+        "phantom_head_5mm.json",
+        "phantom_head_5mm_blood.pt",
+        "phantom_head_5mm_bone.pt",
+        "phantom_head_5mm_brain.pt",
+        "phantom_head_5mm_mask.pt",
     ]
     assert sorted(f for f in os.listdir(root / "processed" / "mr_stroke") if f.endswith(".pt")) == [
-        "FLAIR.pt", "FLAIR_mask.pt", "T1.pt", "T1_mask.pt"
+        "FLAIR.pt",
+        "FLAIR_mask.pt",
+        "T1.pt",
+        "T1_mask.pt",
     ]
     # values: the core pipeline's output quantised; every file loads with weights_only + mmap
     for study, (mode, paths) in STUDIES.items():
@@ -216,7 +223,9 @@ def test_entries_of_an_older_pipeline_are_stale_and_rebuilt(dataset, tmp_path):
     assert cm.load_image("ct_body", "body_small") is None
     out = subprocess.run(
         [sys.executable, "-m", "neurovfm", "cache", "verify", str(root)],
-        capture_output=True, text=True, env=package_env(),
+        capture_output=True,
+        text=True,
+        env=package_env(),
     )
     assert out.returncode == 1, out.stderr
     assert "ct_body/body_small: stale" in out.stdout and "older pipeline version" in out.stdout
@@ -233,7 +242,10 @@ def test_entries_of_an_older_pipeline_are_stale_and_rebuilt(dataset, tmp_path):
 
 def test_shard_assignment_and_env():
     assert shard_from_env({}) is None
-    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"}) == (2, 4)
+    assert shard_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1"}) == (
+        2,
+        4,
+    )
     assert shard_from_env({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MAX": "7"}) == (2, 8)
     assert shard_from_env({"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
     assert shard_from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None
@@ -331,3 +343,50 @@ def test_cli_metadata_cache_build_stats_verify(tmp_path, data_dir, capsys):
     assert main(["cache", "stats", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metadata.json" in err[0]
+
+
+def test_too_small_to_tokenise_is_one_error_type(tmp_path):
+    """A scan with fewer than 4 slices after resampling: ImageTooSmallError from the cache build
+    (recorded as the failure) and from the dataset's raw fallback alike."""
+    import SimpleITK as sitk
+
+    from neurovfm.errors import ImageTooSmallError
+
+    d = tmp_path / "raw" / "tiny"
+    d.mkdir(parents=True)
+    img = sitk.GetImageFromArray(np.full((3, 32, 32), 100, np.int16))  # 3 slices of 4 mm: D = 3 < 4
+    img.SetSpacing((1.0, 1.0, 4.0))
+    sitk.WriteImage(img, str(d / "scan.nii.gz"))
+    DatasetMetadata.from_directory(tmp_path, {"tiny": "ct"}).save()
+    summary = CacheManager(tmp_path).build_cache(num_workers=1, progress=False)
+    assert list(summary.failed) == ["tiny/scan"]
+    assert summary.failed["tiny/scan"].startswith("ImageTooSmallError: "), summary.failed
+    assert "smaller than one 4x16x16 token" in summary.failed["tiny/scan"]
+    failed = json.loads((tmp_path / "processed" / "tiny" / "scan.failed.json").read_text())
+    assert failed["reason"] == summary.failed["tiny/scan"]
+    from neurovfm.datasets import ImageDataset
+
+    with pytest.raises(ImageTooSmallError, match=r"scan\.nii\.gz: volume .* smaller than one 4x16x16 token"):
+        ImageDataset(tmp_path)[0]
+
+
+def test_cache_errors_are_the_library_family(dataset):
+    from neurovfm.data.metadata import MetadataNotFoundError
+    from neurovfm.errors import InvalidArgumentError, NotInDatasetError
+    from neurovfm.errors import NeuroVFMError
+
+    root, _ = dataset
+    cm = CacheManager(root)
+    cases = [
+        (lambda: cm.build_cache(num_workers=0, progress=False), InvalidArgumentError, ValueError, "num_workers"),
+        (lambda: cm.build_cache(shard=(2, 2), progress=False), InvalidArgumentError, ValueError, r"shard must be"),
+        (lambda: cm.build_cache(study_names=["nope"], progress=False), NotInDatasetError, KeyError, "nope"),
+        (lambda: CacheManager(root / "raw"), MetadataNotFoundError, FileNotFoundError, "no metadata.json"),
+    ]
+    for call, family, builtin, message in cases:
+        with pytest.raises(family, match=message) as err:
+            call()
+        assert isinstance(err.value, NeuroVFMError) and isinstance(err.value, builtin), message
+    cm.build_cache(num_workers=1, study_names=["ct_body"], progress=False)
+    with pytest.raises(InvalidArgumentError, match="window must be one of"):
+        cm.load_image("ct_body", "body_small", window="lung")

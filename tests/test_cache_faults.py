@@ -27,7 +27,8 @@ import pytest
 
 from cachefaults import check_never_corrupt, expected_u8, leftovers, make_dataset
 from conftest import package_env
-from neurovfm.data.cache import CacheManager, _unlink
+from neurovfm.data.cache import CacheManager
+from neurovfm.data.entry import unlink as _unlink
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -112,11 +113,16 @@ def test_sigkill_at_random_points(tmp_path, built):
 
 
 def _corrupt_cases(d):
-    """(name, function that damages the entry of study ct00, whether the numbers are hit)."""
+    """(name, function that damages the entry of study ct00, the windows (brain, blood,
+    bone) whose dataset items are refused). Damage outside the tensor bytes (zip header
+    or directory) refuses none: the numbers are read at the recorded offset and
+    CRC-checked, so they are served; only verify() and the next build see the damage."""
     import json
 
     side = json.loads((d / "scan0.json").read_text())
-    data_at = {info["name"]: (info["offset"], info["offset"] + int(np.prod(info["shape"]))) for info in side["files"].values()}
+    data_at = {
+        info["name"]: (info["offset"], info["offset"] + int(np.prod(info["shape"]))) for info in side["files"].values()
+    }
 
     def flip(name, where):
         def f():
@@ -147,15 +153,15 @@ def _corrupt_cases(d):
     lo, hi = data_at["scan0_brain.pt"]
     mlo, mhi = data_at["scan0_mask.pt"]
     return [
-        ("bit flip in the data", flip("scan0_brain.pt", lambda n: (lo + hi) // 2), True),
-        ("bit flip in the mask", flip("scan0_mask.pt", lambda n: mhi - 1), True),
-        ("bit flip in the zip header", flip("scan0_brain.pt", lambda n: 10), False),
-        ("bit flip in the zip directory", flip("scan0_blood.pt", lambda n: n - 300), False),
-        ("truncated", truncate, True),
-        ("extended", extend, True),
-        ("swapped windows", swap, True),
-        ("deleted", lambda: os.unlink(d / "scan0_bone.pt"), True),
-        ("sidecar garbage", sidecar_garbage, True),
+        ("bit flip in the data", flip("scan0_brain.pt", lambda n: (lo + hi) // 2), {"brain"}),
+        ("bit flip in the mask", flip("scan0_mask.pt", lambda n: mhi - 1), {"brain", "blood", "bone"}),
+        ("bit flip in the zip header", flip("scan0_brain.pt", lambda n: 10), set()),
+        ("bit flip in the zip directory", flip("scan0_blood.pt", lambda n: n - 300), set()),
+        ("truncated", truncate, {"blood"}),
+        ("extended", extend, {"bone"}),
+        ("swapped windows", swap, {"brain", "blood"}),
+        ("deleted", lambda: os.unlink(d / "scan0_bone.pt"), {"bone"}),
+        ("sidecar garbage", sidecar_garbage, {"brain", "blood", "bone"}),
     ]
 
 
@@ -163,37 +169,39 @@ def test_corruption_after_build_is_never_served_and_rerun_repairs(tmp_path, buil
     root, exp, _ = _fresh(tmp_path, built)
     torch = pytest.importorskip("torch")
     from neurovfm.datasets import ImageDataset
+    from neurovfm.errors import ImageNotFoundError, ImageReadError
 
     cm = CacheManager(root)
     cm.build_cache(num_workers=2, progress=False)
     d = root / "processed" / "ct00"
     others = {
-        p: (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in (root / "processed").rglob("*.pt")
-        if p.parent.name != "ct00"
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (root / "processed").rglob("*.pt") if p.parent.name != "ct00"
     }
-    for name, damage, data_hit in _corrupt_cases(d):
+    for name, damage, refuse in _corrupt_cases(d):
         damage()
         cm = CacheManager(root)
         # Damage outside the tensor bytes leaves the served numbers right (they are
         # read at the recorded offset and CRC-checked), but torch.load may fail on
         # the file: verify() and the next build find it.
-        assert (cm.load_image("ct00", "scan0") is None) == data_hit, name
-        assert cm.entry_status("ct00", "scan0", verify=True) in ("corrupt", "missing"), name
-        assert cm.verify().get("ct00/scan0") in ("corrupt", "missing"), name
-        refused = 0
+        assert (cm.load_image("ct00", "scan0") is None) == bool(refuse), name
+        status = "missing" if name == "sidecar garbage" else "corrupt"  # an unreadable sidecar reads as missing
+        assert cm.entry_status("ct00", "scan0", verify=True) == status, name
+        assert cm.verify().get("ct00/scan0") == status, name
+        refused = set()
         for w, probs in enumerate(np.eye(3)):  # each window in turn
+            window = ("brain", "blood", "bone")[w]
             ds = ImageDataset(root, fallback_to_raw=False, ct_window_probs=probs, tokenize=False, seed=0)
             i = _index(ds, "ct00")
             try:
                 item = ds.get_item(i, 0)
-            except (ValueError, FileNotFoundError) as err:  # the library's errors, naming the entry
+            except (ImageNotFoundError, ImageReadError) as err:  # the library's errors, naming the entry
                 assert "ct00" in str(err), err
-                refused += 1
+                assert isinstance(err, ImageNotFoundError) == (name == "sidecar garbage"), (name, err)
+                refused.add(window)
                 continue
-            want = exp[("ct00", "scan0", ("brain", "blood", "bone")[w])].astype(np.float32) / np.float32(255)
+            want = exp[("ct00", "scan0", window)].astype(np.float32) / np.float32(255)
             assert np.array_equal(item["img"].numpy(), want.reshape(item["img"].shape)), name
-        assert refused >= (1 if data_hit else 0), name
+        assert refused == refuse, name
         check_never_corrupt(root, exp)
         summary = CacheManager(root).build_cache(num_workers=2, progress=False)
         assert summary.done == ["ct00/scan0"] and not summary.failed, (name, summary)

@@ -4,8 +4,8 @@ file, and its errors (exit code 2, one line on stderr)."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
+import struct
 import re
 import subprocess
 import sys
@@ -14,14 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import package_env
+from conftest import corpus_dir, package_env
 
 import neurovfm
 from neurovfm import phantom
-from neurovfm.cli import main
-from neurovfm.data import load_image, prepare_for_inference, tokenize
-
-HAVE_DICOM_READER = importlib.util.find_spec("neurovfm.data.dicom") is not None
+from neurovfm.cli import UsageError, main
+from neurovfm.cli.prepare import load_with_header, run_scan
+from neurovfm.data import load_image, prepare_for_inference, read_volume, tokenize
+from neurovfm.data import dicom as dicom_reader
+from neurovfm.data import io as data_io
+from neurovfm.data import readers
+from neurovfm.errors import ImageTooSmallError, NeuroVFMError
 
 
 @pytest.fixture(autouse=True)
@@ -95,9 +98,6 @@ def test_prepare_phantoms_ct_and_mri(demo):
 def test_prepare_phantoms_dicom(demo):
     rc, out, err, _ = demo
     dcm = _block(out, "ct_dicom")
-    if not HAVE_DICOM_READER:
-        assert rc == 1 and "FAILED" in dcm
-        pytest.skip("neurovfm.data.dicom (the DICOM series reader) is not in this tree yet")
     assert rc == 0, err
     assert "3 of 3 phantom scans prepared" in out
     # The DICOM series is the same CT as the NIfTI: same input, output and tokens.
@@ -228,3 +228,141 @@ def test_main_restores_global_state(small_ct, capsys):
     assert main(["prepare", str(small_ct), "--mode", "ct", "-j", "1", "-v"]) == 0
     assert neurovfm.get_num_threads() == 3
     assert logger.level == level and logger.handlers == handlers
+
+
+# --- the input's header comes from the pipeline's own read ----------------------------------
+
+
+def _scaled_nifti(path: Path) -> Path:
+    """An uncompressed NIfTI with scl_slope 2, scl_inter 1: SimpleITK decodes it (not direct)."""
+    sitk.WriteImage(phantom.make_ct_phantom(shape=(64, 64, 20), spacing=(2.0, 2.0, 3.0)), str(path))
+    b = bytearray(path.read_bytes())
+    struct.pack_into("<ff", b, 112, 2.0, 1.0)
+    path.write_bytes(bytes(b))
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, small_ct) -> dict:
+    """One input for each way load_image reads: name -> (path, streamed)."""
+    d = tmp_path_factory.mktemp("inputs")
+    streamed = d / "thick_slices.nii.gz"  # the storage axis is the last pass: streamed
+    sitk.WriteImage(phantom.make_ct_phantom(shape=(96, 96, 24), spacing=(0.5, 0.5, 5.0)), str(streamed))
+    plain = d / "small_ct.nii"
+    sitk.WriteImage(sitk.ReadImage(str(small_ct)), str(plain))
+    ph = phantom.write_phantoms(d / "phantoms", names=["ct_dicom", "mri_nifti"])
+    return {
+        "nifti_streamed": (streamed, True),
+        "nifti_gz_whole": (small_ct, False),
+        "nifti_uncompressed": (plain, False),
+        "nifti_scaled": (_scaled_nifti(d / "scaled.nii"), False),
+        "nifti_sagittal_mri": (ph["mri_nifti"], False),
+        "dicom_series": (ph["ct_dicom"], False),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["nifti_streamed", "nifti_gz_whole", "nifti_uncompressed", "nifti_scaled", "nifti_sagittal_mri", "dicom_series"],
+)
+def test_load_with_header_is_load_image(case, inputs):
+    path, streamed = inputs[case]
+    path = str(path)
+    if readers.is_nifti(path):  # the test covers both NIfTI paths of load_image
+        layout = readers.nifti_layout(path)
+        assert (layout.direct and data_io._stream_plan(layout) is not None) == streamed
+    img, header = load_with_header(path)
+    ref = load_image(path)
+    # the very bytes and geometry of load_image
+    assert img.GetPixelID() == ref.GetPixelID()
+    assert img.GetSize() == ref.GetSize()
+    assert img.GetSpacing() == ref.GetSpacing()
+    assert img.GetOrigin() == ref.GetOrigin()
+    assert img.GetDirection() == ref.GetDirection()
+    assert sitk.GetArrayViewFromImage(img).tobytes() == sitk.GetArrayViewFromImage(ref).tobytes()
+    # the header: the input as read_volume gives it (what the report printed before)
+    vol = read_volume(path)
+    assert header.size == vol.array.shape[::-1]
+    assert header.spacing == tuple(float(s) for s in vol.spacing)
+    assert header.dtype == vol.array.dtype.name
+    expected = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(x) for x in vol.direction])
+    assert header.orientation == expected
+    if readers.is_nifti(path):  # and what SimpleITK's header says of a file
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.ReadImageInformation()
+        assert header.size == reader.GetSize()[:3]
+        assert header.spacing == reader.GetSpacing()[:3]
+        assert header.dtype == sitk.GetArrayViewFromImage(sitk.ReadImage(path)).dtype.name
+    if case == "nifti_scaled":
+        assert header.dtype == "float32"  # SimpleITK applies the scaling
+
+
+def test_header_of_a_multiframe_dicom_file_is_the_volume_read(capsys):
+    """SimpleITK's header of this enhanced multi-frame file says spacing 2 x 2 x -2 mm,
+    orientation PIR; the volume the pipeline reads (as sitk.ReadImage) has 2 x 2 x 2 mm,
+    PIL. The report shows the volume that was preprocessed."""
+    root = corpus_dir()
+    if root is None or not (root / "mr/enhanced_multiframe_t1.dcm").is_file():
+        pytest.skip("NEUROVFM_TEST_DATA does not hold mr/enhanced_multiframe_t1.dcm")
+    path = root / "mr/enhanced_multiframe_t1.dcm"
+    assert main(["prepare", str(path), "--mode", "mri"]) == 0
+    out = capsys.readouterr().out
+    assert "  input     128 x 128 x 96 voxels (x, y, z), 2 x 2 x 2 mm, uint16, orientation PIL\n" in out
+
+
+def test_prepare_reads_the_input_once(inputs, monkeypatch, capsys):
+    header_reads, dicom_reads = [], []
+    read_info = sitk.ImageFileReader.ReadImageInformation
+    read_dicom = dicom_reader.read_dicom
+
+    def counting_info(self):
+        header_reads.append(self.GetFileName())
+        return read_info(self)
+
+    def counting_dicom(*a, **k):
+        dicom_reads.append(a[0])
+        return read_dicom(*a, **k)
+
+    monkeypatch.setattr(sitk.ImageFileReader, "ReadImageInformation", counting_info)
+    monkeypatch.setattr(dicom_reader, "read_dicom", counting_dicom)
+    for case in ("nifti_streamed", "nifti_gz_whole"):
+        path = str(inputs[case][0])
+        header_reads.clear()
+        assert main(["prepare", path, "--mode", "ct"]) == 0
+        assert header_reads == [path], case
+    path = str(inputs["dicom_series"][0])
+    assert main(["prepare", path, "--mode", "ct"]) == 0
+    assert dicom_reads == [path]
+    out, err = capsys.readouterr()
+    assert err == "" and out.count("  input     ") == 3
+
+
+# --- the error family ---------------------------------------------------------------------------
+
+
+def test_usage_error_is_in_the_family():
+    assert issubclass(UsageError, NeuroVFMError) and issubclass(UsageError, ValueError)
+    with pytest.raises(NeuroVFMError, match=r"nope\.nii\.gz: no such file or directory"):
+        run_scan("nope.nii.gz", "ct")
+
+
+@pytest.fixture(scope="module")
+def tiny_ct(tmp_path_factory) -> Path:
+    """Resamples to [2, 16, 16]: fewer slices than one 4x16x16 token."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.nii.gz"
+    sitk.WriteImage(phantom.make_ct_phantom(shape=(16, 16, 8), spacing=(1.0, 1.0, 1.0)), str(path))
+    return path
+
+
+def test_too_small_for_a_token_is_image_too_small_error(tiny_ct, capsys):
+    with pytest.raises(ImageTooSmallError, match=r"tiny\.nii\.gz: too small for one 4x16x16 token .*\(16, 16, 2\)"):
+        run_scan(tiny_ct, "ct")
+    assert main(["prepare", str(tiny_ct), "--mode", "ct"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    line = _one_error_line(err)
+    assert line == (
+        f"neurovfm: error: {tiny_ct}: too small for one 4x16x16 token after resampling to 1x1x4 mm "
+        "(size (16, 16, 2) in x, y, z)"
+    )

@@ -28,7 +28,9 @@ def _item(n, study, seed, label=1, dtype=torch.float32):
         img = (img * 255).to(torch.uint8)
     return {
         "img": img,
-        "coords": torch.stack([torch.arange(n), torch.arange(n) % 3, torch.zeros(n, dtype=torch.int64)], 1).to(torch.int32),
+        "coords": torch.stack([torch.arange(n), torch.arange(n) % 3, torch.zeros(n, dtype=torch.int64)], 1).to(
+            torch.int32
+        ),
         "filtered": (torch.rand(n, generator=g) < 0.4).to(torch.uint8),
         "size": torch.tensor([n, 1, 1], dtype=torch.int32),
         "path": f"{study}/img{seed}",
@@ -73,18 +75,18 @@ def test_packed(spec, drop_bg, patch_drop):
     assert b["cu_seqlens"].dtype == torch.int32 and cu[0] == 0 and cu[-1] == b["img"].shape[0]
     for k, j in enumerate(order):
         it = items[j]
-        rows = b["img"][cu[k]:cu[k + 1]]
+        rows = b["img"][cu[k] : cu[k + 1]]
         keep = torch.arange(len(it["filtered"]))
         if drop_bg:
             keep = keep[it["filtered"] == 0]
         n = len(keep)
         assert len(rows) == n - int(n * patch_drop)
         # every kept row is one of the item's rows (in raster order), never a background one when dropped
-        idx = b["coords"][cu[k]:cu[k + 1], 0].long()
+        idx = b["coords"][cu[k] : cu[k + 1], 0].long()
         assert bool((idx[1:] > idx[:-1]).all())
         assert torch.equal(rows, it["img"][idx])
         assert set(idx.tolist()) <= set(keep.tolist())
-        assert bool((b["image_index"][cu[k]:cu[k + 1]] == k).all())
+        assert bool((b["image_index"][cu[k] : cu[k + 1]] == k).all())
     # per study
     studies = list(dict.fromkeys(s for _, s in spec))
     cus = b["cu_seqlens_study"].tolist()
@@ -96,7 +98,9 @@ def test_packed(spec, drop_bg, patch_drop):
     assert b["max_seqlen"] == max(np.diff(cu)) and b["max_seqlen_study"] == max(np.diff(cus))
     assert b["label"].shape == (len(items), 2)
     # the generator makes patch drop reproducible
-    again = collate_packed(items, drop_background=drop_bg, patch_drop=patch_drop, generator=torch.Generator().manual_seed(0))
+    again = collate_packed(
+        items, drop_background=drop_bg, patch_drop=patch_drop, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(again["img"], b["img"])
 
 
@@ -127,8 +131,9 @@ def ds_root(tmp_path_factory, data_dir):
     return cached_dataset(tmp_path_factory, data_dir)
 
 
-@pytest.mark.parametrize("collate", [collate_padded, functools.partial(collate_packed, drop_background=True,
-                                                                      patch_drop=0.3)])
+@pytest.mark.parametrize(
+    "collate", [collate_padded, functools.partial(collate_packed, drop_background=True, patch_drop=0.3)]
+)
 def test_dataloader_two_workers(ds_root, collate):
     ds = ImageDataset(ds_root, random_crop=True, augment=True, study_labels=LABELS, seed=0)
     sampler = StudyAwareBatchSampler(ds, batch_size=2, seed=1)
@@ -152,8 +157,31 @@ def test_training_example_runs_as_written(ds_root, tmp_path):
     code = nds.TRAINING_EXAMPLE
     assert '"path/to/dataset"' in code and '"path/to/labels.csv"' in code
     code = code.replace('"path/to/dataset"', repr(str(ds_root))).replace('"path/to/labels.csv"', repr(str(labels)))
-    ns: dict = {}
+    ns: dict = {"__name__": "__main__"}  # run as a script (the example guards its loop for spawn)
     exec(compile(code, "TRAINING_EXAMPLE", "exec"), ns)
     assert ns["tokens"].dtype == torch.float32 and ns["tokens"].shape[1] == 1024
     assert ns["cu_seqlens"][-1] == ns["tokens"].shape[0]
     assert ns["labels_b"].dtype == torch.int64
+
+
+def test_training_example_runs_under_spawn(ds_root, tmp_path):
+    """As a script with the spawn start method (macOS, Windows): workers re-import it."""
+    import subprocess
+    import sys
+
+    from conftest import package_env
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("study,label\n" + "".join(f"{s},{v}\n" for s, v in LABELS.items()))
+    code = nds.TRAINING_EXAMPLE.replace('"path/to/dataset"', repr(str(ds_root)))
+    code = code.replace('"path/to/labels.csv"', repr(str(labels)))
+    guard = 'if __name__ == "__main__":'
+    assert code.count(guard) == 1
+    code = code.replace(guard, guard + '\n    import multiprocessing\n    multiprocessing.set_start_method("spawn")')
+    code += '\n    print("spawned", multiprocessing.get_start_method(), tokens.shape[1])\n'
+    (tmp_path / "train.py").write_text(code)
+    out = subprocess.run(
+        [sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, env=package_env(), timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["spawned", "spawn", "1024"], out.stdout

@@ -178,7 +178,7 @@ def test_crop_and_augment_items_match_rebuilt_reference(ds_root):
                 for k in range(3):
                     assert 1 <= size[k] <= min((3, 6, 5)[k], flags.shape[k])
                     assert 0 <= start[k] <= flags.shape[k] - size[k]
-                box = flags[start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
+                box = flags[start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]]
                 assert np.count_nonzero(box == 0) > 0.1 * box.size
             _check(item, reference_item(vol, flags, start, size, item["transpose"], item["flips"]))
             seen_transpose.add(item["transpose"])
@@ -188,8 +188,9 @@ def test_crop_and_augment_items_match_rebuilt_reference(ds_root):
 
 def test_draws_replay_from_seed_epoch_index(ds_root):
     """The documented draw order, replayed from ImageDataset.rng(index, epoch)."""
-    ds = ImageDataset(ds_root, seed=11, random_crop=True, augment=True, max_crop_size=(2, 4, 4),
-                      ct_window_probs=(0.2, 0.3, 0.5))
+    ds = ImageDataset(
+        ds_root, seed=11, random_crop=True, augment=True, max_crop_size=(2, 4, 4), ct_window_probs=(0.2, 0.3, 0.5)
+    )
     cum = np.cumsum([0.2, 0.3, 0.5])
     for epoch in (0, 3):
         ds.set_epoch(epoch)
@@ -204,7 +205,7 @@ def test_draws_replay_from_seed_epoch_index(ds_root):
             for _ in range(5):
                 size = [rng.randint(1, h) for h in hi]
                 start = [rng.randint(0, n - z) for n, z in zip(flags.shape, size)]
-                box = flags[start[0]:start[0] + size[0], start[1]:start[1] + size[1], start[2]:start[2] + size[2]]
+                box = flags[start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]]
                 if np.count_nonzero(box == 0) > 0.1 * box.size:
                     crop = (tuple(start), tuple(size))
                     break
@@ -215,6 +216,7 @@ def test_draws_replay_from_seed_epoch_index(ds_root):
     a = ImageDataset(ds_root, seed=11, random_crop=True, augment=True)
     b = ImageDataset(ds_root, seed=11, random_crop=True, augment=True)
     c = ImageDataset(ds_root, seed=12, random_crop=True, augment=True)
+
     def draws(d):
         return [(d[i]["crop"], d[i]["flips"], d[i]["transpose"], d[i]["window"]) for i in range(len(d))]
 
@@ -256,7 +258,7 @@ def test_labels_csv_json_dict_and_missing(ds_root, tmp_path):
     assert load_study_labels(tmp_path / "multi.csv")["mr_t1"] == [0, 1, 0]
     with pytest.raises(ValueError, match="0/1"):
         load_study_labels(tmp_path / "bad.csv")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="none.csv: label file not found"):
         load_study_labels(tmp_path / "none.csv")
     ds = ImageDataset(ds_root, study_labels=tmp_path / "multi.csv")
     assert ds[0]["label"] == load_study_labels(tmp_path / "multi.csv")[ds[0]["study"]]
@@ -320,12 +322,14 @@ def test_transform_threads_and_indexing(ds_root):
     ds = ImageDataset(ds_root, transform=tf, seed=4, random_crop=True, augment=True)
     last = ds[-1]
     assert last["extra"] == 1 and seen == [last["path"]] == ["mr_t1/T1"]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match=f"index {len(ds)} out of range for {len(ds)} images"):
         ds[len(ds)]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="transform must be callable, got int"):
         ImageDataset(ds_root, transform=3)
-    items = [[ImageDataset(ds_root, seed=4, random_crop=True, augment=True, threads=t)[i] for i in range(len(ds))]
-             for t in (1, 2, 7)]
+    items = [
+        [ImageDataset(ds_root, seed=4, random_crop=True, augment=True, threads=t)[i] for i in range(len(ds))]
+        for t in (1, 2, 7)
+    ]
     for other in items[1:]:
         for a, b in zip(items[0], other):
             assert a["img"].numpy().tobytes() == b["img"].numpy().tobytes()
@@ -351,3 +355,101 @@ def test_dataloader_workers_match_in_process_items_per_epoch(ds_root):
             assert torch.equal(it["img"], want["img"])
         per_epoch.append([(str(got[i]["crop"]), str(got[i]["flips"]), got[i]["transpose"]) for i in range(len(ds))])
     assert per_epoch[0] != per_epoch[1]
+
+
+# --- one rule of a valid entry, errors of the family, batching without a collate ---------------
+
+
+def test_changed_source_is_a_cache_miss_for_the_dataset(ds_root, tmp_path):
+    """The dataset applies the builder's rule: an entry whose scan changed is stale, never served."""
+    from neurovfm.data.cache import CacheManager
+
+    root = copy_dataset(ds_root, tmp_path / "ds")
+    strict = ImageDataset(root, seed=3, random_crop=True, augment=True, fallback_to_raw=False)
+    i = next(k for k in range(len(strict)) if strict.study_of(k) == "mr_t1")
+    cached_item = strict[i]  # its sidecar is now parsed and kept by this process
+    src = root / "raw" / "mr_t1" / "T1.nii.gz"
+    target = os.readlink(src)
+    os.unlink(src)
+    src.write_bytes(open(target, "rb").read())  # same scan, new file: size + mtime differ from the record
+    os.utime(src, ns=(1, 1))
+    assert CacheManager(root).entry_status("mr_t1", "T1") == "stale"
+    assert CacheManager(root).load_image("mr_t1", "T1") is None
+    for ds in (strict, ImageDataset(root, seed=3, fallback_to_raw=False)):  # the same object, and a new one
+        with pytest.raises(ImageNotFoundError, match=r"mr_t1/T1: not in the cache .* or stale"):
+            ds[i]
+    # with the fallback, the raw scan is encoded: same numbers as the (old) cached item
+    fallback = ImageDataset(root, seed=3, random_crop=True, augment=True)
+    item = fallback[i]
+    for k in ("img", "coords", "filtered", "size"):
+        assert torch.equal(item[k], cached_item[k]), k
+    # a rebuild makes the entry valid again, for the same dataset object too
+    assert CacheManager(root).build_cache(num_workers=1, study_names=["mr_t1"], progress=False).done == ["mr_t1/T1"]
+    item = strict[i]
+    for k in ("img", "coords", "filtered", "size"):
+        assert torch.equal(item[k], cached_item[k]), k
+
+
+def test_dataset_errors_are_the_library_family(ds_root):
+    from neurovfm.data.metadata import EmptyDatasetError
+    from neurovfm.errors import NotInDatasetError
+    from neurovfm.data.ptfile import PtFormatError
+    from neurovfm.errors import DatasetError, InvalidTypeError, MissingLabelError
+    from neurovfm.errors import NeuroVFMError
+
+    assert issubclass(PtFormatError, NeuroVFMError) and issubclass(PtFormatError, ValueError)
+    cases = [
+        (dict(mode_filter="pet"), DatasetError, ValueError, "mode_filter must be 'ct', 'mri' or None"),
+        (dict(max_crop_size=(1, 2)), DatasetError, ValueError, "max_crop_size must be 3 positive"),
+        (dict(img_dtype="float16"), DatasetError, ValueError, "img_dtype must be"),
+        (dict(threads=0), DatasetError, ValueError, "threads must be a positive integer"),
+        (dict(transform="x"), InvalidTypeError, TypeError, "transform must be callable, got str"),
+        (dict(studies=["nope"]), NotInDatasetError, KeyError, r"unknown studies .*'nope'"),
+        (dict(study_labels={"ct_body": 1}), MissingLabelError, KeyError, "3 studies have no label"),
+        (dict(studies=["ct_body"], mode_filter="mri"), EmptyDatasetError, ValueError, "no image left"),
+    ]
+    for kwargs, family, builtin, message in cases:
+        with pytest.raises(family, match=message) as err:
+            ImageDataset(ds_root, **kwargs)
+        assert isinstance(err.value, NeuroVFMError) and isinstance(err.value, builtin), kwargs
+
+
+def test_default_collate_fails_with_a_hint_and_collate_fn_is_offered(ds_root):
+    from neurovfm.datasets import collate_packed, collate_padded
+    from neurovfm.errors import DatasetError
+
+    ds = ImageDataset(ds_root, seed=0)
+    assert ds.collate_fn is collate_packed
+    assert ImageDataset(ds_root, tokenize=False).collate_fn is collate_padded
+    with pytest.raises(DatasetError, match=r"collate_fn=dataset\.collate_fn"):
+        next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collate_fn)))
+    assert batch["cu_seqlens"].shape == (5,) and batch["img"].shape[1] == 1024
+    # items torch's default collate can stack pass untouched (same shapes, no None field)
+    same = ImageDataset(
+        ds_root,
+        studies=["mr_stroke", "mr_t1"],
+        study_labels={"mr_stroke": 1, "mr_t1": 0},
+        transform=lambda it: {k: it[k] for k in ("img", "filtered", "label")},
+    )
+    assert [same[k]["img"].shape for k in (1, 2)] == [same[2]["img"].shape] * 2  # mr_stroke/T1, mr_t1/T1
+    got = next(iter(torch.utils.data.DataLoader(same, batch_size=2, sampler=[1, 2])))
+    assert got["img"].shape[0] == 2 and got["label"].tolist() == [1, 0]
+
+
+def test_datasets_import_under_OO_and_never_read_the_format_themselves():
+    import subprocess
+    import sys
+
+    from conftest import package_env
+
+    code = "import neurovfm.datasets as d; assert 'DataLoader' in d.TRAINING_EXAMPLE"
+    out = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True, env=package_env())
+    assert out.returncode == 0, out.stderr
+    import neurovfm.datasets as nds
+
+    folder = os.path.dirname(nds.__file__)
+    for fn in sorted(os.listdir(folder)):
+        if fn.endswith(".py"):
+            with open(os.path.join(folder, fn)) as f:
+                assert "ptfile" not in f.read(), f"{fn}: the cache format is neurovfm.data.entry's"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -690,11 +691,14 @@ def test_read_dicom_pixels_checks(tmp_path):
     pb = write_series(tmp_path / "b", rand_slices(1, shape=(7, 5)))
     files = [str(pa[0]), str(pb[0])]
     hs = _core.read_dicom_headers(files, 1)
-    with pytest.raises(RuntimeError, match=r"7 x 5 pixels, expected 6 x 5"):
+    # A file the readers cannot use: the family's ImageReadError naming the file.
+    with pytest.raises(ImageReadError, match=re.escape(files[1]) + r": image is 7 x 5 pixels, expected 6 x 5$") as info:
         _core.read_dicom_pixels(files, hs, np.dtype(np.uint16), 1)
-    with pytest.raises(ValueError):
+    assert info.value.path == files[1] and info.value.reason == "image is 7 x 5 pixels, expected 6 x 5"
+    # Misuse of the private binding: builtin errors naming the function and the argument.
+    with pytest.raises(ValueError, match=r"^read_dicom_pixels: paths and headers differ in length$"):
         _core.read_dicom_pixels(files, hs[:1], np.dtype(np.uint16), 1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^read_dicom_pixels: unsupported dtype complex64 \(expected uint8, "):
         _core.read_dicom_pixels(files[:1], hs[:1], np.dtype(np.complex64), 1)
 
 
@@ -721,24 +725,83 @@ def test_every_truncation(tmp_path, sample_bytes):
             assert "truncated" in h.error
 
 
+# Every reason read_dicom may give for one corrupted single-slice file (after "<file>: ").
+_CORRUPT_REASONS = (
+    r"not a DICOM file",
+    r"no DICOM image series found \(1 files examined: 1 (unreadable DICOM|non-image DICOM object)\)",
+    r"cannot read .*: (no pixel data \(the PixelData element is missing\)"
+    r"|pixel data claims \d+ bytes but only \d+ remain \(truncated file\)"
+    r"|truncated or inconsistent header: pixel data holds \d+ bytes but Rows x Columns x .* claims \d+"
+    r"|.*(truncated|invalid VR|bogus length|runs past the end).*)",
+    r"colour image \(SamplesPerPixel \d+, PhotometricInterpretation .*\): not a scalar volume",
+    r"2D image / single slice: not a 3D volume \(to read a series, pass its folder\)",
+)
+
+
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=st.data())
 def test_random_corruption(tmp_path, sample_bytes, data):
-    buf = bytearray(sample_bytes)
-    for _ in range(data.draw(st.integers(1, 8))):
-        i = data.draw(st.integers(0, len(buf) - 1))
-        buf[i] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(buf)))
+    """A corrupted single-slice file is always refused with an ImageReadError naming it
+    (an intact one is a single slice, not a volume), with the reason its corruption gives:
+
+    - ``magic``: the 'DICM' marker broken or the file cut before it: "not a DICOM file";
+    - ``pixels``: bytes of the pixel data changed: still "2D image / single slice";
+    - ``cut_pixels``: cut inside the pixel data: "pixel data claims 32 bytes but only k remain";
+    - ``cut_header``: cut inside the header: "no pixel data" when what is left parses and
+      has Rows, else "no DICOM image series found" (an unreadable or non-image object),
+      never a pixel read;
+    - ``anywhere``: up to 8 bytes changed anywhere and maybe a cut: one of the reasons above.
+    """
     f = tmp_path / "c.dcm"
-    f.write_bytes(bytes(buf[:cut]))
+    f.write_bytes(sample_bytes)
+    h0 = _core.read_dicom_header(str(f))
+    off, n_pix = h0.pixel_offset, h0.pixel_length
+    assert h0.error == "" and off + n_pix == len(sample_bytes) and n_pix == 32
+    buf = bytearray(sample_bytes)
+    kind = data.draw(st.sampled_from(["magic", "pixels", "cut_pixels", "cut_header", "anywhere"]))
+    if kind == "magic":
+        if data.draw(st.booleans()):
+            buf = buf[: data.draw(st.integers(0, 131))]
+        else:
+            i = data.draw(st.integers(128, 131))
+            buf[i] = data.draw(st.integers(0, 255).filter(lambda b: b != sample_bytes[i]))
+    elif kind == "pixels":
+        for _ in range(data.draw(st.integers(1, 8))):
+            buf[data.draw(st.integers(off, len(buf) - 1))] = data.draw(st.integers(0, 255))
+    elif kind == "cut_pixels":
+        buf = buf[: data.draw(st.integers(off, len(buf) - 1))]
+    elif kind == "cut_header":
+        buf = buf[: data.draw(st.integers(132, off - 1))]
+    else:
+        for _ in range(data.draw(st.integers(1, 8))):
+            buf[data.draw(st.integers(0, len(buf) - 1))] = data.draw(st.integers(0, 255))
+        buf = buf[: data.draw(st.integers(0, len(buf)))]
+    f.write_bytes(bytes(buf))
     h = _core.read_dicom_header(str(f))
     assert isinstance(h.error, str)
-    try:
+    if kind == "magic":
+        assert not h.is_dicom
+        reason, exc = r"not a DICOM file", ImageReadError
+    elif kind == "pixels":
+        assert h.error == ""
+        reason, exc = _CORRUPT_REASONS[-1], UnsupportedImageError
+    elif kind == "cut_pixels":
+        reason = rf"cannot read .*: pixel data claims 32 bytes but only {len(buf) - off} remain \(truncated file\)"
+        exc = ImageReadError
+    elif kind == "cut_header":
+        # No pixel data left: which of the two words depends on whether the rest parses
+        # (C++ parser, then pydicom) and holds Rows, but either says "no image in it".
+        reason = r"(cannot read .*: no pixel data \(the PixelData element is missing\)|" + _CORRUPT_REASONS[1] + ")"
+        exc = ImageReadError
+    else:
+        reason, exc = "(" + "|".join(_CORRUPT_REASONS) + ")", ImageReadError
+    with pytest.raises(exc, match="^" + re.escape(str(f)) + ": " + reason + "$") as info:
         dicom.read_dicom(f)
-    except NeuroVFMError:
-        pass
+    assert info.value.path == str(f)
+    if kind not in ("anywhere", "cut_header"):
+        assert type(info.value) is exc
 
 
 def test_corrupted_series_only_library_errors(tmp_path):

@@ -24,6 +24,7 @@ from test_kernels import _assert_parity, _sitk_resample
 
 import reference as R
 from neurovfm import _core
+from neurovfm.errors import ImageReadError
 
 FUZZ = settings(
     max_examples=150,
@@ -128,7 +129,7 @@ def _native(v):
 
 def _expect_error(call):
     """The call raises ValueError or TypeError with a message."""
-    with pytest.raises((ValueError, TypeError)) as e:
+    with pytest.raises((ValueError, TypeError), match=r"\S") as e:
         call()
     assert str(e.value).strip(), f"{e.type.__name__} without a message"
     return e.value
@@ -154,10 +155,11 @@ def _same_bytes(a, b):
 
 def test_module_functions():
     assert _core.hardware_threads() >= 1
-    assert _core.resample_isa() in ("avx2", "baseline")
+    assert _core.isa() in ("avx2", "baseline")
+    assert _core.resample_isa() == _core.isa()  # one switch for every kernel
     _core.release_cached_buffers()
     _core.release_cached_buffers()
-    for f in (_core.hardware_threads, _core.resample_isa, _core.release_cached_buffers):
+    for f in (_core.hardware_threads, _core.isa, _core.resample_isa, _core.release_cached_buffers):
         _expect_error(lambda f=f: f(1))
 
 
@@ -742,11 +744,11 @@ def test_dicom_readers(tmp_path_factory, data, seed, cut, mode, dtype, threads):
     def read(dt):
         try:
             return _core.read_dicom_pixels([str(p)], [h], np.dtype(dt), threads), None
+        except ImageReadError as e:  # documented: a file it cannot read, named with the reason
+            assert e.path == str(p) and e.reason and str(e) == f"{p}: {e.reason}"
+            return None, e
         except (ValueError, TypeError) as e:
             assert str(e)
-            return None, e
-        except RuntimeError as e:  # documented: a file it cannot read raises RuntimeError naming it
-            assert str(p) in str(e)
             return None, e
 
     out, err = read(dtype)
@@ -756,11 +758,11 @@ def test_dicom_readers(tmp_path_factory, data, seed, cut, mode, dtype, threads):
     elif not supported:
         assert err is not None
     elif out is None:
-        pass  # a clear ValueError/TypeError, or a RuntimeError naming the file below
+        pass  # a clear ValueError/TypeError, or an ImageReadError naming the file above
     else:  # read: a consistent array the header describes
         assert out.shape == (max(1, h.number_of_frames), h.rows, h.cols)
     if supported:
-        assert isinstance(err, (type(None), ValueError, RuntimeError))
+        assert isinstance(err, (type(None), ValueError))
     else:
         assert isinstance(err, TypeError)
     # mismatched lists, empty lists, a header of another file
@@ -771,7 +773,7 @@ def test_dicom_readers(tmp_path_factory, data, seed, cut, mode, dtype, threads):
     hsmall = _core.read_dicom_header(str(small))
     try:
         got = _core.read_dicom_pixels([str(small), str(p)], [hsmall, hsmall], np.dtype("f4"), threads)
-    except (ValueError, TypeError, RuntimeError) as e:
+    except (ValueError, TypeError) as e:
         assert str(e)
     else:
         assert got.shape[1:] == (1, 1)

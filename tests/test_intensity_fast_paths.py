@@ -70,7 +70,9 @@ def test_dequantise_all_values_and_threads():
 
 
 def test_avx2_and_baseline_give_the_same_bytes(tmp_path):
-    """Run the kernels with the AVX2 variants disabled in a subprocess and compare."""
+    """Run every kernel with an AVX2 variant (resampling, the item gather, dequantisation)
+    with NEUROVFM_DISABLE_AVX2=0 and =1 in subprocesses and compare: one switch turns all
+    of them to the baseline, and the bytes do not change."""
     script = (
         "import numpy as np, sys\n"
         "from neurovfm import _core\n"
@@ -78,7 +80,16 @@ def test_avx2_and_baseline_give_the_same_bytes(tmp_path):
         "a = rng.integers(-1024, 3000, size=(37, 70, 53)).astype(np.int16)[:, ::-1]\n"
         "r = _core.resample_bspline(a, [9, 48, 32], [0, 3, 2], [4, 1, 1], [1.0, 0.7, 0.8], 2)\n"
         "d = _core.dequantize_u8(rng.integers(0, 256, (1, 8, 64, 64), dtype=np.uint8), 2)\n"
-        "np.savez(sys.argv[1], r=r, d=d, isa=_core.resample_isa())\n"
+        "u = rng.integers(0, 256, (1, 16, 64, 48), dtype=np.uint8)\n"
+        "fl = rng.integers(0, 2, (4, 4, 3), dtype=np.uint8)\n"
+        "items = []\n"
+        "for t in (False, True):\n"
+        "    for f in ((False, False, False), (True, True, True), (False, True, False), (False, False, True)):\n"
+        "        for tok in (True, False):\n"
+        "            items += list(_core.make_item(u, fl, [1, 0, 1], [2, 3, 2], t, f, 'float32', tok, 2)[:3])\n"
+        "items.append(_core.make_item(u[0, :, ::2, :], None, None, None, False, (False,) * 3)[0])\n"
+        "np.savez(sys.argv[1], r=r, d=d, isa=_core.isa(), risa=_core.resample_isa(),\n"
+        "         **{f'i{k}': x for k, x in enumerate(items)})\n"
     )
     outs = []
     for disable in ("0", "1"):
@@ -86,8 +97,11 @@ def test_avx2_and_baseline_give_the_same_bytes(tmp_path):
         env = {**os.environ, "NEUROVFM_DISABLE_AVX2": disable}
         subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env)
         outs.append(np.load(out))
-    assert str(outs[1]["isa"]) == "baseline"
-    assert np.array_equal(outs[0]["r"], outs[1]["r"]) and np.array_equal(outs[0]["d"], outs[1]["d"])
+    assert str(outs[1]["isa"]) == str(outs[1]["risa"]) == "baseline"
+    assert str(outs[0]["isa"]) == str(outs[0]["risa"]) == _core.isa() or "NEUROVFM_DISABLE_AVX2" in os.environ
+    assert set(outs[0].files) == set(outs[1].files)
+    for k in sorted(set(outs[0].files) - {"isa", "risa"}):
+        assert np.array_equal(outs[0][k], outs[1][k]), k
 
 
 def test_kernels_survive_fork():

@@ -9,9 +9,10 @@ from conftest import random_volume
 
 import reference as R
 from neurovfm import _core
+from neurovfm.data import tokenize
+from neurovfm.errors import NeuroVFMError
 
-ALL_DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32,
-              np.float64]
+ALL_DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64]
 QS = [0.0, 0.5, 10.0, 25.0, 50.0, 99.5, 100.0]
 SHAPES = [(1, 1, 1), (1, 1, 7), (3, 5, 7), (2, 13, 1), (11, 17, 19)]
 
@@ -52,8 +53,7 @@ def test_percentiles_with_ties(dtype):
     rng = np.random.default_rng(1)
     a = rng.integers(0, 4, size=(9, 10, 11)).astype(dtype)
     vals, mn, mx = _core.percentiles(a, QS + [33.3, 66.7, 90.0], 2)
-    np.testing.assert_array_equal(vals, np.percentile(a.astype(np.float64), QS + [33.3, 66.7,
-                                                                                 90.0]))
+    np.testing.assert_array_equal(vals, np.percentile(a.astype(np.float64), QS + [33.3, 66.7, 90.0]))
     assert (mn, mx) == (a.min(), a.max())
 
 
@@ -79,7 +79,7 @@ def test_percentiles_infinities(dtype):
 
 
 def test_percentiles_empty_raises():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="percentiles: empty volume"):
         _core.percentiles(np.zeros((0, 3, 3), np.float32), [50.0], 1)
 
 
@@ -127,15 +127,43 @@ def test_token_background(dtype):
     np.testing.assert_array_equal(flags, R.ref_tokenize(fg.astype(np.float32), fg)[2])
     assert flags[0] == 0 and flags[-1] == 1
     # flipped view
-    np.testing.assert_array_equal(_core.token_background(fg[::-1], 1),
-                                  R.ref_tokenize(fg[::-1].astype(np.float32), fg[::-1])[2])
+    np.testing.assert_array_equal(
+        _core.token_background(fg[::-1], 1), R.ref_tokenize(fg[::-1].astype(np.float32), fg[::-1])[2]
+    )
 
 
 def test_token_background_errors():
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="mask must be bool or uint8"):
         _core.token_background(np.ones((4, 16, 16), np.float32), 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"not a multiple of \(4, 16, 16\)"):
         _core.token_background(np.ones((4, 16, 15), bool), 1)
+
+
+def test_tokenize_token_background_and_foreground():
+    """tokenize(volume, token_background) takes the [N] flags; a voxel mask goes by foreground=."""
+    rng = np.random.default_rng(11)
+    vol = rng.random((8, 32, 16), dtype=np.float32)
+    fg = np.ones(vol.shape, bool)
+    fg[1, 3, 5] = fg[6, 20, 10] = False  # background in tokens 0 and 3 of 4
+    flags = _core.token_background(fg, 1)
+    np.testing.assert_array_equal(flags, [1, 0, 0, 1])
+    np.testing.assert_array_equal(tokenize(vol, flags).filtered, flags)
+    np.testing.assert_array_equal(tokenize(vol, token_background=flags).filtered, flags)
+    np.testing.assert_array_equal(tokenize(vol, foreground=fg).filtered, flags)
+    np.testing.assert_array_equal(tokenize(vol[None], foreground=fg[None].astype(np.float32)).filtered, flags)
+    assert not tokenize(vol).filtered.any()
+    with pytest.raises(ValueError, match=r"pass a voxel foreground mask as tokenize\(volume, foreground=mask\)") as e:
+        tokenize(vol, fg)
+    assert isinstance(e.value, NeuroVFMError)
+    with pytest.raises(ValueError, match="not both"):
+        tokenize(vol, flags, foreground=fg)
+    with pytest.raises(ValueError, match="token_background has 3 token flags, the volume has 4 tokens"):
+        tokenize(vol, flags[:3])
+    with pytest.raises(ValueError, match=r"foreground mask shape \(8, 32, 32\) does not match"):
+        tokenize(vol, foreground=np.ones((8, 32, 32), bool))
+    with pytest.raises(ValueError, match=r"not a multiple of \(4, 16, 16\)") as e:
+        tokenize(vol[:, :, :15])
+    assert isinstance(e.value, NeuroVFMError)
 
 
 # --- copy_contiguous ----------------------------------------------------------------------
@@ -144,8 +172,17 @@ def test_token_background_errors():
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 def test_copy_contiguous(dtype):
     a = _values(np.random.default_rng(7), (5, 7, 11), dtype)
-    views = [a, a[::-1], a[:, ::-1], a[:, :, ::-1], a[::-1, ::-1, ::-1], a.transpose(2, 0, 1),
-             a.transpose(1, 2, 0)[::-1, :, ::-1], a[1:4, ::3, ::-2], a[:1, :1, :1]]
+    views = [
+        a,
+        a[::-1],
+        a[:, ::-1],
+        a[:, :, ::-1],
+        a[::-1, ::-1, ::-1],
+        a.transpose(2, 0, 1),
+        a.transpose(1, 2, 0)[::-1, :, ::-1],
+        a[1:4, ::3, ::-2],
+        a[:1, :1, :1],
+    ]
     for v in views:
         out = _core.copy_contiguous(v, 2)
         assert out.flags.c_contiguous and out.dtype == a.dtype
@@ -160,13 +197,13 @@ def test_bad_dtype_is_type_error(dtype):
     a = np.zeros((4, 16, 16), dtype=dtype)
     with pytest.raises(TypeError, match="dtype"):
         _core.copy_contiguous(a, 1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="tokenize: unsupported dtype"):
         _core.tokenize(a, 1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="percentiles: unsupported dtype"):
         _core.percentiles(a, [50.0], 1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="resample: unsupported dtype"):
         _core.resample_bspline(a, [4, 16, 16], [0, 0, 0], [1, 1, 1], [1, 1, 1], 1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="ct_windows: unsupported dtype"):
         _core.ct_windows(a, [(80.0, 40.0)], -500.0)
 
 
@@ -179,10 +216,13 @@ def test_non_native_byte_order_is_type_error():
 @pytest.mark.parametrize("shape", [(16,), (16, 16), (1, 4, 16, 16)])
 def test_wrong_ndim_is_value_error(shape):
     a = np.zeros(shape, np.float32)
-    for call in (lambda: _core.copy_contiguous(a, 1), lambda: _core.tokenize(a, 1),
-                 lambda: _core.percentiles(a, [50.0], 1),
-                 lambda: _core.ct_windows(a, [(80.0, 40.0)], -500.0),
-                 lambda: _core.resample_bspline(a, [1, 1, 1], [0, 0, 0], [1] * 3, [1] * 3, 1)):
+    for call in (
+        lambda: _core.copy_contiguous(a, 1),
+        lambda: _core.tokenize(a, 1),
+        lambda: _core.percentiles(a, [50.0], 1),
+        lambda: _core.ct_windows(a, [(80.0, 40.0)], -500.0),
+        lambda: _core.resample_bspline(a, [1, 1, 1], [0, 0, 0], [1] * 3, [1] * 3, 1),
+    ):
         with pytest.raises(ValueError, match="3-D"):
             call()
 
@@ -244,21 +284,31 @@ def _sitk_resample(a, in_spacing, out_spacing, size):
     """SimpleITK's B-spline resample of a NumPy volume (numpy axis order throughout)."""
     img = sitk.GetImageFromArray(a)
     img.SetSpacing([float(s) for s in in_spacing[::-1]])
-    out = sitk.Resample(img, [int(n) for n in size[::-1]], sitk.Transform(), sitk.sitkBSpline,
-                        img.GetOrigin(), [float(t) for t in out_spacing[::-1]],
-                        img.GetDirection(), 0, img.GetPixelID())
+    out = sitk.Resample(
+        img,
+        [int(n) for n in size[::-1]],
+        sitk.Transform(),
+        sitk.sitkBSpline,
+        img.GetOrigin(),
+        [float(t) for t in out_spacing[::-1]],
+        img.GetDirection(),
+        0,
+        img.GetPixelID(),
+    )
     return sitk.GetArrayFromImage(out)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32,
-                                   np.float64])
-@pytest.mark.parametrize("spacing,target", [
-    ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
-    ((5.0, 0.45, 0.45), (4.0, 1.0, 1.0)),
-    ((0.9, 0.86, 0.86), (1.0, 1.0, 4.0)),
-    ((3.0, 3.0, 3.0), (4.0, 1.0, 1.0)),
-    ((1.3, 0.7, 2.9), (1.0, 4.0, 1.0)),
-])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize(
+    "spacing,target",
+    [
+        ((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
+        ((5.0, 0.45, 0.45), (4.0, 1.0, 1.0)),
+        ((0.9, 0.86, 0.86), (1.0, 1.0, 4.0)),
+        ((3.0, 3.0, 3.0), (4.0, 1.0, 1.0)),
+        ((1.3, 0.7, 2.9), (1.0, 4.0, 1.0)),
+    ],
+)
 def test_resample_matches_sitk(dtype, spacing, target):
     a = random_volume(np.random.default_rng(17), (9, 23, 14), dtype)
     size = [int(n * (s / t)) for n, s, t in zip(a.shape, spacing, target)]
@@ -311,8 +361,7 @@ def test_resample_exact_half_boundary_is_outside():
     assert out[0, 0, 8] == pytest.approx(5.0, abs=1e-12) and out[0, 0, 9] == 0.0
 
 
-@pytest.mark.parametrize("dtype,lo,hi", [(np.uint8, 0, 255), (np.int16, -32768, 32767),
-                                         (np.uint16, 0, 65535)])
+@pytest.mark.parametrize("dtype,lo,hi", [(np.uint8, 0, 255), (np.int16, -32768, 32767), (np.uint16, 0, 65535)])
 def test_resample_clamps_integer_overshoot(dtype, lo, hi):
     """B-spline ringing beyond the type range clamps instead of wrapping."""
     a = np.full((4, 4, 12), lo, dtype)
@@ -343,9 +392,9 @@ def test_resample_size_one_axes():
 
 def test_resample_bad_arguments():
     a = np.zeros((3, 3, 3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="output sizes and crop starts must be >= 0"):
         _core.resample_bspline(a, [-1, 3, 3], [0, 0, 0], [1.0] * 3, [1.0] * 3, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="output sizes and crop starts must be >= 0"):
         _core.resample_bspline(a, [3, 3, 3], [-1, 0, 0], [1.0] * 3, [1.0] * 3, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="input has an empty axis"):
         _core.resample_bspline(np.zeros((0, 3, 3)), [3, 3, 3], [0, 0, 0], [1.0] * 3, [1.0] * 3, 1)

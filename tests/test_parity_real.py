@@ -94,7 +94,7 @@ def test_prepare_and_tokenize_match_reference(results, rel, mode):
     np.testing.assert_array_equal(tok, rtok)
     np.testing.assert_array_equal(coords, rcoords)
     np.testing.assert_array_equal(filtered, rfiltered)
-    np.testing.assert_array_equal(tokenize(arrs[0], fg)[2], rmask)
+    np.testing.assert_array_equal(tokenize(arrs[0], foreground=fg)[2], rmask)
 
 
 @pytest.mark.parametrize("rel", sorted(DOCUMENTED))

@@ -271,9 +271,9 @@ def test_tokenize_parity_after_prepare(mode):
     img = resampled_like(np.random.default_rng(9), np.int16, 2, tokens=(3, 2, 3))
     arrs, mask, _, fg = prepare_for_inference(img, mode, return_foreground=True)
     for a in arrs:
-        for m in (mask, fg, None):
-            tok, coords, filtered = tokenize(a, m)
-            rtok, rcoords, rfiltered = R.ref_tokenize(a, m)
+        for flags, voxels in ((mask, None), (None, fg), (None, None)):
+            tok, coords, filtered = tokenize(a, flags, foreground=voxels)
+            rtok, rcoords, rfiltered = R.ref_tokenize(a, voxels if flags is None else flags)
             np.testing.assert_array_equal(tok, rtok)
             np.testing.assert_array_equal(coords, rcoords)
             np.testing.assert_array_equal(filtered, rfiltered)

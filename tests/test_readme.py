@@ -13,8 +13,8 @@ Convention (also stated at the end of the README):
   download): the package name and extras they name must be this package's;
   ``torchrun`` lines run only where torch is installed, and a block that fails only
   for want of torch is skipped where torch is not installed;
-- a block after ``<!-- readme-test: ci -->`` is what CI runs: each of its commands
-  must be in ``.ci/run``, in order, and the last one must end ``.ci/run``;
+- a block after ``<!-- readme-test: ci -->`` is README's test command: one line (a
+  script in the checkout), which ``.ci/run`` runs last, after the ASan stage;
 - a ``text`` block after ``<!-- readme-test: layout -->`` lists the cache files:
   every file of a built cache must match one line and every line some file;
 - a ``text`` block after ``<!-- readme-test: paths -->`` lists paths of the checkout:
@@ -289,16 +289,45 @@ def _commands(text: str) -> list:
     return out
 
 
+def check_ci(readme_block: str, ci_run: str) -> str:
+    """README's test command (the ``readme-test: ci`` block) is one line, a script of the
+    checkout, and ``.ci/run`` runs it last, after building, installing and the ASan stage."""
+    documented = _commands(readme_block)
+    assert len(documented) == 1, f"README's test command must be one line, not {documented}"
+    (cmd,) = documented
+    script = REPO / shlex.split(cmd)[0]
+    assert script.is_file() and os.access(script, os.X_OK), f"{cmd!r}: {script} is not an executable script"
+    run = _commands(ci_run)
+    assert run and run[-1] == cmd, f".ci/run must end with the README's test command {cmd!r}, not {run[-1:]}"
+    steps = (
+        [i for i, c in enumerate(run) if "scripts/asan_test.sh" in c],
+        [i for i, c in enumerate(run) if c.startswith("scripts/test.sh") and "build install" in c],
+    )
+    assert all(steps), f".ci/run builds and installs the wheel and runs scripts/asan_test.sh: {run}"
+    assert steps[1][0] < steps[0][0] < len(run) - 1, f".ci/run: build + install, then ASan, then {cmd!r}: {run}"
+    return cmd
+
+
 def test_ci_block_is_what_ci_runs():
     ci = [b for b in BLOCKS if b.marker == "ci"]
     assert len(ci) == 1, "README.md needs exactly one block marked readme-test: ci (Run the tests)"
-    documented = _commands(ci[0].code)
-    run = _commands(CI_RUN.read_text())
-    pos = 0
-    for cmd in documented:
-        assert cmd in run[pos:], f".ci/run does not run {cmd!r} (after its earlier steps)"
-        pos = run.index(cmd, pos) + 1
-    assert run[-1] == documented[-1], f".ci/run must end with the README's test command {documented[-1]!r}"
+    assert check_ci(ci[0].code, CI_RUN.read_text()) == "scripts/test.sh"
+
+
+def test_ci_check_can_fail():
+    ci_run = CI_RUN.read_text()
+    with pytest.raises(AssertionError, match="must be one line"):
+        check_ci("scripts/wheel.sh build\nscripts/wheel.sh test -q\n", ci_run)
+    with pytest.raises(AssertionError, match="must be one line"):
+        check_ci("# only a comment\n", ci_run)
+    with pytest.raises(AssertionError, match="is not an executable script"):
+        check_ci("scripts/no_such_script.sh\n", ci_run + "\nscripts/no_such_script.sh\n")
+    with pytest.raises(AssertionError, match="must end with the README's test command"):
+        check_ci("scripts/test.sh\n", ci_run + "\necho done\n")
+    with pytest.raises(AssertionError, match="runs scripts/asan_test.sh"):
+        check_ci("scripts/test.sh\n", "scripts/test.sh tools build install\nscripts/test.sh\n")
+    with pytest.raises(AssertionError, match="then ASan, then"):
+        check_ci("scripts/test.sh\n", "scripts/asan_test.sh\nscripts/test.sh tools build install\nscripts/test.sh\n")
 
 
 def _layout_patterns(code: str) -> list:
@@ -343,10 +372,11 @@ def test_layout_block_matches_a_built_cache(tmp_path):
 
 def test_paths_block_exists():
     (block,) = [b for b in BLOCKS if b.marker == "paths"]
-    for line in block.code.splitlines():
-        if line.strip():
-            path = line.split()[0]
-            assert (REPO / path).exists(), f"README.md layout names {path}, which does not exist"
+    paths = [line.split()[0] for line in block.code.splitlines() if line.strip()]
+    assert len(paths) >= 5, f"README.md:{block.line}: the paths block lists {paths}"
+    for path in paths:
+        assert (REPO / path).exists(), f"README.md layout names {path}, which does not exist"
+    assert {"python/neurovfm/", "tests/", "bench/", "scripts/"} <= set(paths)
 
 
 # --- the API section -------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def _check_layout(keys, R, batch_size, shuffle, drop_last, seed, epoch):
             assert all(c == 1 for c in all_seen.values())  # evaluation: each study exactly once
         if shuffle:
             extra = sum(all_seen.values()) - len(sizes)
-            assert extra <= sum(len(b) for b in packed[-(R - 1):]) if R > 1 else extra == 0
+            assert extra <= sum(len(b) for b in packed[-(R - 1) :]) if R > 1 else extra == 0
     # disjoint across ranks when nothing is repeated
     if all(c == 1 for c in all_seen.values()):
         for a in range(R):
@@ -89,8 +89,10 @@ def test_sampler_properties(sizes, R, batch_size, shuffle, drop_last, seed, epoc
 
 
 @settings(max_examples=60, deadline=None)
-@given(sizes=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=30),
-       batch_size=st.integers(min_value=1, max_value=10))
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=30),
+    batch_size=st.integers(min_value=1, max_value=10),
+)
 def test_packing_in_order_is_greedy(sizes, batch_size):
     keys = _keys(sizes)
     s = StudyAwareBatchSampler(keys, batch_size=batch_size, shuffle=False, num_replicas=1, rank=0)
@@ -130,8 +132,7 @@ def test_big_studies_and_equalisation_rules():
     assert [len(t) for t in two] == [2, 2]
     # three ranks, no shuffle: multi-study batches are split so that no study repeats
     keys3 = _keys([10, 1, 1, 10, 1, 1])
-    three = [list(StudyAwareBatchSampler(keys3, batch_size=4, shuffle=False, num_replicas=3, rank=r))
-             for r in range(3)]
+    three = [list(StudyAwareBatchSampler(keys3, batch_size=4, shuffle=False, num_replicas=3, rank=r)) for r in range(3)]
     assert [len(b) for b in three] == [2, 2, 2]
     assert sorted(i for b in three for batch in b for i in batch) == list(range(len(keys3)))
     # more ranks than studies without shuffling: batches repeat (warned)

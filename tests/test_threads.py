@@ -19,8 +19,10 @@ THREADS = [1, 2, 7]
 def volumes():
     """Volumes large enough that every kernel splits its work into many blocks."""
     rng = np.random.default_rng(42)
-    return {np.dtype(dt).name: random_volume(rng, (36, 160, 144), dt)
-            for dt in (np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64)}
+    return {
+        np.dtype(dt).name: random_volume(rng, (36, 160, 144), dt)
+        for dt in (np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64)
+    }
 
 
 def same_for_all_threads(fn):
@@ -43,37 +45,37 @@ def _bytes(r):
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32", "float32", "float64"])
-@pytest.mark.parametrize("plan", [
-    ([9, 64, 64], [0, 0, 0], [4.0, 1.0, 1.0], [5.0, 0.45, 0.45]),   # downsample in-plane
-    ([32, 112, 96], [3, 5, 1], [1.0, 1.0, 4.0], [1.0, 0.9, 3.0]),    # upsample with a crop
-    ([36, 160, 144], [0, 0, 0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]),  # identity
-])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        ([9, 64, 64], [0, 0, 0], [4.0, 1.0, 1.0], [5.0, 0.45, 0.45]),  # downsample in-plane
+        ([32, 112, 96], [3, 5, 1], [1.0, 1.0, 4.0], [1.0, 0.9, 3.0]),  # upsample with a crop
+        ([36, 160, 144], [0, 0, 0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]),  # identity
+    ],
+)
 def test_resample(volumes, dtype, plan):
     a = volumes[dtype]
     n_out, start, t, s = plan
     same_for_all_threads(lambda th: _core.resample_bspline(a, n_out, start, t, s, th))
     flipped = a[::-1, :, ::-1].transpose(0, 2, 1)
-    same_for_all_threads(lambda th: _core.resample_bspline(flipped, [16, 48, 80], [1, 2, 3],
-                                                           [4.0, 1.0, 1.0], [2.0, 0.7, 0.8], th))
+    same_for_all_threads(
+        lambda th: _core.resample_bspline(flipped, [16, 48, 80], [1, 2, 3], [4.0, 1.0, 1.0], [2.0, 0.7, 0.8], th)
+    )
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32", "float32", "float64"])
 def test_percentiles_and_normalise(volumes, dtype):
     a = volumes[dtype][:, :, :128]
-    (lo, p10, hi), mn, mx = same_for_all_threads(
-        lambda th: _core.percentiles(a, [0.5, 10.0, 99.5], th))
+    (lo, p10, hi), mn, mx = same_for_all_threads(lambda th: _core.percentiles(a, [0.5, 10.0, 99.5], th))
     same_for_all_threads(lambda th: _core.percentiles(a[::-1, ::2], [0.0, 37.3, 100.0], th))
-    same_for_all_threads(lambda th: _core.mri_normalise(a, lo, hi, max(lo, mn), min(hi, mx), p10,
-                                                        True, True, th))
+    same_for_all_threads(lambda th: _core.mri_normalise(a, lo, hi, max(lo, mn), min(hi, mx), p10, True, True, th))
 
 
 @pytest.mark.parametrize("dtype", ["int16", "float32"])
 def test_ct_windows(volumes, dtype):
     a = volumes[dtype][:, :, :128]
-    same_for_all_threads(lambda th: _core.ct_windows(a, R.CT_WINDOWS, R.CT_FOREGROUND, True, True,
-                                                     th))
-    same_for_all_threads(lambda th: _core.ct_windows(a[::-1, :, ::-1], R.CT_WINDOWS,
-                                                     R.CT_FOREGROUND, True, False, th))
+    same_for_all_threads(lambda th: _core.ct_windows(a, R.CT_WINDOWS, R.CT_FOREGROUND, True, True, th))
+    same_for_all_threads(lambda th: _core.ct_windows(a[::-1, :, ::-1], R.CT_WINDOWS, R.CT_FOREGROUND, True, False, th))
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32", "float64"])
@@ -97,7 +99,7 @@ def test_set_num_threads(restore_threads):
     neurovfm.set_num_threads(None)
     assert neurovfm.get_num_threads() >= 1
     for bad in (0, -1, 1.5, "2", True):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="number of threads must be a positive integer"):
             neurovfm.set_num_threads(bad)
 
 
@@ -110,14 +112,13 @@ def test_env_var(monkeypatch, restore_threads):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rel,mode", [("mr/stroke/T2.nii.gz", "mri"),
-                                      ("ct/phantom_head_1mm.nii.gz", "ct")])
+@pytest.mark.parametrize("rel,mode", [("mr/stroke/T2.nii.gz", "mri"), ("ct/phantom_head_1mm.nii.gz", "ct")])
 def test_load_image_real_scan(data_dir, restore_threads, rel, mode):
     def run(th):
         neurovfm.set_num_threads(th)
         img = load_image(data_dir / rel)
-        arrs, mask, view, fg = prepare_for_inference(img, mode, return_foreground=True)
-        tok = tokenize(arrs[0], mask)
-        return [sitk.GetArrayFromImage(img), list(arrs), mask, fg, list(tok)]
+        arrs, token_background, view, fg = prepare_for_inference(img, mode, return_foreground=True)
+        tok = tokenize(arrs[0], token_background)
+        return [sitk.GetArrayFromImage(img), list(arrs), token_background, fg, list(tok)]
 
     same_for_all_threads(run)

@@ -40,25 +40,25 @@ py::tuple ct_windows_py(const py::array& in, const std::vector<std::array<double
     outs.append(a);
     ws.push_back(Window{w[0], w[1]});
   }
-  py::object tb = py::none(), fg = py::none();
-  std::uint8_t* tbp = nullptr;
-  std::uint8_t* fgp = nullptr;
+  py::object token_background = py::none(), foreground = py::none();
+  std::uint8_t* token_background_ptr = nullptr;
+  std::uint8_t* foreground_ptr = nullptr;
   if (token_flags) {
     py::array_t<std::uint8_t> a(n);
-    tbp = a.mutable_data();
-    tb = a;
+    token_background_ptr = a.mutable_data();
+    token_background = a;
   }
   if (voxel_mask) {
     py::array_t<bool> a(std::vector<py::ssize_t>{v.shape[0], v.shape[1], v.shape[2]});
-    fgp = reinterpret_cast<std::uint8_t*>(a.mutable_data());
-    fg = a;
+    foreground_ptr = reinterpret_cast<std::uint8_t*>(a.mutable_data());
+    foreground = a;
   }
   {
     py::gil_scoped_release release;
-    ct_windows(v, ws.data(), static_cast<int>(ws.size()), ptrs.data(), quantize, fg_threshold, tbp,
-               fgp, threads);
+    ct_windows(v, ws.data(), static_cast<int>(ws.size()), ptrs.data(), quantize, fg_threshold,
+               token_background_ptr, foreground_ptr, threads);
   }
-  return py::make_tuple(outs, tb, fg);
+  return py::make_tuple(outs, token_background, foreground);
 }
 
 py::tuple percentiles_py(const py::array& in, const std::vector<double>& q, int threads) {
@@ -82,24 +82,25 @@ py::tuple mri_normalise_py(const py::array& in, double lo, double hi, double mn,
   const std::vector<py::ssize_t> shape{1, v.shape[0], v.shape[1], v.shape[2]};
   py::array out = quantize ? py::array(py::array_t<std::uint8_t>(shape)) : py::array(py::array_t<float>(shape));
   void* op = out.mutable_data();
-  py::object tb = py::none(), fg = py::none();
-  std::uint8_t* tbp = nullptr;
-  std::uint8_t* fgp = nullptr;
+  py::object token_background = py::none(), foreground = py::none();
+  std::uint8_t* token_background_ptr = nullptr;
+  std::uint8_t* foreground_ptr = nullptr;
   if (token_flags) {
     py::array_t<std::uint8_t> a(n);
-    tbp = a.mutable_data();
-    tb = a;
+    token_background_ptr = a.mutable_data();
+    token_background = a;
   }
   if (voxel_mask) {
     py::array_t<bool> a(std::vector<py::ssize_t>{v.shape[0], v.shape[1], v.shape[2]});
-    fgp = reinterpret_cast<std::uint8_t*>(a.mutable_data());
-    fg = a;
+    foreground_ptr = reinterpret_cast<std::uint8_t*>(a.mutable_data());
+    foreground = a;
   }
   {
     py::gil_scoped_release release;
-    mri_normalise(v, lo, hi, mn, mx, fg_threshold, op, quantize, tbp, fgp, threads);
+    mri_normalise(v, lo, hi, mn, mx, fg_threshold, op, quantize, token_background_ptr,
+                  foreground_ptr, threads);
   }
-  return py::make_tuple(out, tb, fg);
+  return py::make_tuple(out, token_background, foreground);
 }
 
 // The elements of a C-contiguous, aligned array of T (any shape), not copied.

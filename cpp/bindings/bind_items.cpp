@@ -33,7 +33,7 @@ VolumeView volume_view(const py::array& a, const char* what) {
   return view3d(a, what);
 }
 
-py::tuple make_item_py(const py::array& volume, const std::optional<py::array>& flags,
+py::tuple make_item_py(const py::array& volume, const std::optional<py::array>& token_background,
                        std::optional<Triple> crop_start, std::optional<Triple> crop_size,
                        bool transpose_hw, std::array<bool, 3> flips, const std::string& dtype,
                        bool tokens, int threads) {
@@ -44,16 +44,19 @@ py::tuple make_item_py(const py::array& volume, const std::optional<py::array>& 
                           std::to_string(v.shape[1]) + ", " + std::to_string(v.shape[2]) +
                           ") is not a multiple of (4, 16, 16)");
   const Triple side{v.shape[0] / kTokD, v.shape[1] / kTokH, v.shape[2] / kTokW};
-  VolumeView f;
-  f.data = nullptr;
-  f.dtype = DType::u8;
-  if (flags) {
-    f = view3d(*flags, "make_item flags");
-    if (f.dtype != DType::u8) throw py::type_error("make_item: flags must be uint8");
+  VolumeView token_background_view;
+  token_background_view.data = nullptr;
+  token_background_view.dtype = DType::u8;
+  if (token_background) {
+    token_background_view = view3d(*token_background, "make_item flags");
+    if (token_background_view.dtype != DType::u8)
+      throw py::type_error("make_item: flags must be uint8");
     for (int k = 0; k < 3; ++k)
-      if (f.shape[k] != side[k])
-        throw py::value_error("make_item: flags shape (" + std::to_string(f.shape[0]) + ", " +
-                              std::to_string(f.shape[1]) + ", " + std::to_string(f.shape[2]) +
+      if (token_background_view.shape[k] != side[k])
+        throw py::value_error("make_item: flags shape (" +
+                              std::to_string(token_background_view.shape[0]) + ", " +
+                              std::to_string(token_background_view.shape[1]) + ", " +
+                              std::to_string(token_background_view.shape[2]) +
                               ") is not the token grid (" + std::to_string(side[0]) + ", " +
                               std::to_string(side[1]) + ", " + std::to_string(side[2]) + ")");
   }
@@ -87,18 +90,21 @@ py::tuple make_item_py(const py::array& volume, const std::optional<py::array>& 
                          : py::array(out_dt, std::vector<py::ssize_t>{1, grid[0] * kTokD,
                                                                       grid[1] * kTokH, grid[2] * kTokW});
   py::array_t<std::int32_t> coords(std::vector<py::ssize_t>{n, 3});
-  py::array_t<std::uint8_t> out_flags(std::vector<py::ssize_t>{n});
-  if (!flags) std::memset(out_flags.mutable_data(), 0, static_cast<std::size_t>(n));
+  py::array_t<std::uint8_t> out_token_background(std::vector<py::ssize_t>{n});
+  if (!token_background)
+    std::memset(out_token_background.mutable_data(), 0, static_cast<std::size_t>(n));
   void* op = out.mutable_data();
   std::int32_t* cp = coords.mutable_data();
-  std::uint8_t* fp = flags ? out_flags.mutable_data() : nullptr;
+  std::uint8_t* token_background_out_ptr =
+      token_background ? out_token_background.mutable_data() : nullptr;
   {
     py::gil_scoped_release release;
-    make_item(v, f, plan, tokens ? ItemLayout::tokens : ItemLayout::volume, type, op, fp, cp, threads);
+    make_item(v, token_background_view, plan, tokens ? ItemLayout::tokens : ItemLayout::volume,
+              type, op, token_background_out_ptr, cp, threads);
   }
   py::array_t<std::int32_t> size(3);
   for (int k = 0; k < 3; ++k) size.mutable_data()[k] = static_cast<std::int32_t>(grid[k]);
-  return py::make_tuple(out, coords, out_flags, size);
+  return py::make_tuple(out, coords, out_token_background, size);
 }
 
 }  // namespace
@@ -106,13 +112,14 @@ py::tuple make_item_py(const py::array& volume, const std::optional<py::array>& 
 void register_items(py::module_& m) {
   m.def("make_item", &make_item_py, py::arg("volume"), py::arg("flags") = py::none(),
         py::arg("crop_start") = py::none(), py::arg("crop_size") = py::none(),
-        py::arg("transpose_hw") = false, py::arg("flips") = std::array<bool, 3>{false, false, false},
-        py::arg("dtype") = "float32", py::arg("tokens") = true, py::arg("threads") = 1,
-        "One training item from a uint8 volume [D, H, W] or [1, D, H, W] and its token flags\n"
-        "[D/4, H/16, W/16]: crop (token box), swap H/W, flip (output axes), convert\n"
-        "(float32 = x / 255, or uint8) and tokenise, in one pass.\n"
-        "Returns (img [N, 1024] or [1, D', H', W'], coords int32 [N, 3], flags uint8 [N],\n"
-        "grid int32 [3] (d, h, w tokens)).");
+        py::arg("transpose_hw") = false,
+        py::arg("flips") = std::array<bool, 3>{false, false, false}, py::arg("dtype") = "float32",
+        py::arg("tokens") = true, py::arg("threads") = 1,
+        "One training item from a uint8 volume [D, H, W] or [1, D, H, W] and its token\n"
+        "background flags [D/4, H/16, W/16]: crop (token box), swap H/W, flip (output axes),\n"
+        "convert (float32 = x / 255, or uint8) and tokenise, in one pass.\n"
+        "Returns (img [N, 1024] or [1, D', H', W'], coords int32 [N, 3], token background\n"
+        "flags uint8 [N], grid int32 [3] (d, h, w tokens)).");
 }
 
 }  // namespace neurovfm::bindings

@@ -8,10 +8,8 @@
 #include <vector>
 
 #include "common.hpp"
-#include "neurovfm/orient.hpp"
 #include "neurovfm/parallel.hpp"
 #include "neurovfm/resample.hpp"
-#include "neurovfm/tokens.hpp"
 
 namespace neurovfm::bindings {
 namespace {
@@ -140,50 +138,6 @@ struct PyStreamResampler {
   }
 };
 
-py::array copy_contiguous_py(const py::array& in, int threads) {
-  VolumeView v = view3d(in, "copy_contiguous");
-  py::array out(to_numpy(v.dtype), std::vector<py::ssize_t>{v.shape[0], v.shape[1], v.shape[2]});
-  void* dst = out.mutable_data();
-  {
-    py::gil_scoped_release release;
-    copy_contiguous(v, dst, threads);
-  }
-  return out;
-}
-
-py::tuple tokenize_py(const py::array& in, int threads) {
-  VolumeView v = view3d(in, "tokenize");
-  if (v.shape[0] % kTokD || v.shape[1] % kTokH || v.shape[2] % kTokW)
-    throw py::value_error("tokenize: volume shape (" + std::to_string(v.shape[0]) + ", " +
-                          std::to_string(v.shape[1]) + ", " + std::to_string(v.shape[2]) +
-                          ") is not a multiple of (4, 16, 16)");
-  const py::ssize_t n = (v.shape[0] / kTokD) * (v.shape[1] / kTokH) * (v.shape[2] / kTokW);
-  py::array out(to_numpy(v.dtype), std::vector<py::ssize_t>{n, kTokSize});
-  py::array_t<std::int32_t> coords(std::vector<py::ssize_t>{n, 3});
-  void* dst = out.mutable_data();
-  std::int32_t* c = coords.mutable_data();
-  {
-    py::gil_scoped_release release;
-    tokenize(v, dst, c, threads);
-  }
-  return py::make_tuple(out, coords);
-}
-
-py::array token_background_py(const py::array& fg, int threads) {
-  VolumeView v = view3d(fg, "token_background");
-  if (v.dtype != DType::u8) throw py::type_error("token_background: mask must be bool or uint8");
-  if (v.shape[0] % kTokD || v.shape[1] % kTokH || v.shape[2] % kTokW)
-    throw py::value_error("token_background: mask shape is not a multiple of (4, 16, 16)");
-  const py::ssize_t n = (v.shape[0] / kTokD) * (v.shape[1] / kTokH) * (v.shape[2] / kTokW);
-  py::array_t<std::uint8_t> out(n);
-  std::uint8_t* dst = out.mutable_data();
-  {
-    py::gil_scoped_release release;
-    token_background(v, dst, threads);
-  }
-  return out;
-}
-
 }  // namespace
 
 void register_resample(py::module_& m) {
@@ -203,12 +157,6 @@ void register_resample(py::module_& m) {
       .def("wait", &PyStreamResampler::wait, py::arg("ticket"))
       .def("close", &PyStreamResampler::close)
       .def("finish", &PyStreamResampler::finish, py::arg("threads") = 1);
-  m.def("copy_contiguous", &copy_contiguous_py, py::arg("volume"), py::arg("threads") = 1,
-        "C-contiguous copy of a strided 3-D view (applies a reorientation).");
-  m.def("tokenize", &tokenize_py, py::arg("volume"), py::arg("threads") = 1,
-        "[D, H, W] -> ([N, 1024] tokens, [N, 3] int32 coords).");
-  m.def("token_background", &token_background_py, py::arg("foreground"), py::arg("threads") = 1,
-        "Per-token background flags (uint8 [N]) from a voxel foreground mask.");
 }
 
 }  // namespace neurovfm::bindings

@@ -108,9 +108,15 @@ inline py::array empty_big(const py::dtype& dt, const std::vector<py::ssize_t>& 
   return py::array(dt, shape, p, owner);
 }
 
-void register_resample(py::module_& m);
-void register_intensity(py::module_& m);
-void register_dicom(py::module_& m);
-void register_items(py::module_& m);
+// One per binding file (module.cpp calls them all).
+void register_errors(py::module_& m);     // bind_errors.cpp: kernel exceptions -> Python
+void register_runtime(py::module_& m);    // bind_runtime.cpp: threads, instruction set
+void register_memory(py::module_& m);     // bind_memory.cpp: empty, release_cached_buffers
+void register_resample(py::module_& m);   // bind_resample.cpp: B-spline resampling
+void register_orient(py::module_& m);     // bind_orient.cpp: copy_contiguous
+void register_tokens(py::module_& m);     // bind_tokens.cpp: tokenize, token_background
+void register_intensity(py::module_& m);  // bind_intensity.cpp: CT windows, MRI, dequantize
+void register_dicom(py::module_& m);      // bind_dicom.cpp: DICOM headers and pixels
+void register_items(py::module_& m);      // bind_items.cpp: make_item
 
 }  // namespace neurovfm::bindings

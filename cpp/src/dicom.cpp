@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "neurovfm/dtype.hpp"
+#include "neurovfm/errors.hpp"
 #include "neurovfm/parallel.hpp"
 
 namespace neurovfm {
@@ -771,15 +772,15 @@ void plan_pixels(const std::vector<std::string>& paths, const std::vector<DicomH
   for (std::size_t i = 0; i < paths.size(); ++i) {
     const DicomHeader& h = headers[i];
     const std::string& p = paths[i];
-    if (!h.error.empty()) throw std::runtime_error(p + ": " + h.error);
-    if (!h.has_pixel_data) throw std::runtime_error(p + ": no pixel data");
+    if (!h.error.empty()) throw FileError(p, h.error);
+    if (!h.has_pixel_data) throw FileError(p, "no pixel data");
     if (!h.uncompressed_native)
-      throw std::runtime_error(p + ": pixel data is not uncompressed little endian (transfer syntax " +
-                               h.transfer_syntax + ")");
+      throw FileError(p, "pixel data is not uncompressed little endian (transfer syntax " +
+                             h.transfer_syntax + ")");
     if (h.rows != rows || h.cols != cols || rows <= 0 || cols <= 0)
-      throw std::runtime_error(p + ": image is " + std::to_string(h.rows) + " x " +
-                               std::to_string(h.cols) + " pixels, expected " +
-                               std::to_string(rows) + " x " + std::to_string(cols));
+      throw FileError(p, "image is " + std::to_string(h.rows) + " x " + std::to_string(h.cols) +
+                             " pixels, expected " + std::to_string(rows) + " x " +
+                             std::to_string(cols));
     if (dicom_stored_dtype(h) < 0)
       throw std::runtime_error(
           p + ": unsupported pixel layout (SamplesPerPixel " + std::to_string(h.samples_per_pixel) +
@@ -787,18 +788,17 @@ void plan_pixels(const std::vector<std::string>& paths, const std::vector<DicomH
           std::to_string(h.bits_stored) + ", HighBit " + std::to_string(h.high_bit) +
           ", PixelRepresentation " + std::to_string(h.pixel_representation) + ")");
     if (dicom_output_dtype(h) < 0)
-      throw std::runtime_error(p + ": unsupported rescale slope/intercept for the stored type");
+      throw FileError(p, "unsupported rescale slope/intercept for the stored type");
     const std::int64_t frames = std::max(1, h.number_of_frames);
     const std::int64_t per_frame = frame * (h.bits_allocated / 8);  // <= 2^32 * 4
     if (frames > (std::int64_t(1) << 36) / per_frame)  // pixel data lengths are < 2^32
-      throw std::runtime_error(p + ": implausible number of frames (" + std::to_string(frames) + ")");
+      throw FileError(p, "implausible number of frames (" + std::to_string(frames) + ")");
     const std::int64_t need = frames * per_frame;
     if (h.pixel_length < need)
-      throw std::runtime_error(p + ": pixel data holds " + std::to_string(h.pixel_length) +
-                               " bytes but " + std::to_string(rows) + " x " +
-                               std::to_string(cols) + " x " + std::to_string(frames) + " x " +
-                               std::to_string(h.bits_allocated / 8) + " = " +
-                               std::to_string(need) + " are needed (truncated pixel data)");
+      throw FileError(p, "pixel data holds " + std::to_string(h.pixel_length) + " bytes but " +
+                             std::to_string(rows) + " x " + std::to_string(cols) + " x " +
+                             std::to_string(frames) + " x " + std::to_string(h.bits_allocated / 8) +
+                             " = " + std::to_string(need) + " are needed (truncated pixel data)");
     nbytes[i] = need;
     first[i + 1] = first[i] + frames;
   }
@@ -834,13 +834,13 @@ void read_dicom_pixels(const std::vector<std::string>& paths,
       const DicomHeader& h = headers[i];
       const std::string& p = paths[i];
       std::ifstream in(p, std::ios::binary);
-      if (!in) throw std::runtime_error(p + ": cannot open file");
+      if (!in) throw FileError(p, "cannot open file");
       in.seekg(0, std::ios::end);
       const std::int64_t size = static_cast<std::int64_t>(in.tellg());
       if (size < h.pixel_offset + nbytes[i])
-        throw std::runtime_error(p + ": file is truncated: pixel data needs bytes up to " +
-                                 std::to_string(h.pixel_offset + nbytes[i]) + " but the file has " +
-                                 std::to_string(size));
+        throw FileError(p, "file is truncated: pixel data needs bytes up to " +
+                               std::to_string(h.pixel_offset + nbytes[i]) + " but the file has " +
+                               std::to_string(size));
       const std::size_t count = static_cast<std::size_t>((first[i + 1] - first[i]) * frame);
       const DType sd = static_cast<DType>(dicom_stored_dtype(h));
       // Same type and no rescale: read straight into the output (then clean
@@ -856,7 +856,7 @@ void read_dicom_pixels(const std::vector<std::string>& paths,
       in.seekg(static_cast<std::streamoff>(h.pixel_offset));
       in.read(reinterpret_cast<char*>(target), static_cast<std::streamsize>(nbytes[i]));
       if (in.gcount() != static_cast<std::streamsize>(nbytes[i]))
-        throw std::runtime_error(p + ": could not read the pixel data");
+        throw FileError(p, "could not read the pixel data");
       if (direct && !(h.bits_allocated == 16 && h.bits_stored < 16)) continue;
       dispatch_dtype(od, [&](auto o) {
         using O = decltype(o);

@@ -21,23 +21,24 @@ void check_token_shape(const VolumeView& in) {
         "volume shape must be a multiple of 4x16x16 to compute token background flags");
 }
 
-// Runs body(d, token_bg_slab) for every slice d, slabs of 4 slices per unit so
+// Runs body(d, token_background_slab) for every slice d, slabs of 4 slices per unit so
 // that each unit owns its tokens' flags (zeroed here).
 template <typename Body>
-void for_each_slice(const VolumeView& in, std::uint8_t* token_bg, int threads, Body&& body) {
+void for_each_slice(const VolumeView& in, std::uint8_t* token_background, int threads,
+                    Body&& body) {
   const std::int64_t D = in.shape[0], H = in.shape[1], W = in.shape[2];
   const std::int64_t per_slab = (H / kTokH) * (W / kTokW);
-  const std::int64_t slab = token_bg ? kTokD : 1;
+  const std::int64_t slab = token_background ? kTokD : 1;
   const std::size_t units = static_cast<std::size_t>(D / slab);
   parallel_for(units, threads, 1, [&](std::size_t begin, std::size_t end) {
     for (std::size_t u = begin; u < end; ++u) {
-      std::uint8_t* tb = nullptr;
-      if (token_bg) {
-        tb = token_bg + static_cast<std::int64_t>(u) * per_slab;
-        std::memset(tb, 0, static_cast<std::size_t>(per_slab));
+      std::uint8_t* slab_background = nullptr;
+      if (token_background) {
+        slab_background = token_background + static_cast<std::int64_t>(u) * per_slab;
+        std::memset(slab_background, 0, static_cast<std::size_t>(per_slab));
       }
       for (std::int64_t d = static_cast<std::int64_t>(u) * slab; d < (static_cast<std::int64_t>(u) + 1) * slab; ++d)
-        body(d, tb);
+        body(d, slab_background);
     }
   });
 }
@@ -70,9 +71,10 @@ inline std::uint8_t quantize_one(double v) {
 // by the same two functions of the same double value (identical bytes),
 // which removes the per-voxel double arithmetic.
 template <typename Map>
-void map_volume(const VolumeView& in, int n_maps, void* const* out, bool quantize, double fg_threshold,
-                std::uint8_t* token_bg, std::uint8_t* fg, int threads, Map&& f) {
-  if (token_bg) check_token_shape(in);
+void map_volume(const VolumeView& in, int n_maps, void* const* out, bool quantize,
+                double fg_threshold, std::uint8_t* token_background, std::uint8_t* foreground,
+                int threads, Map&& f) {
+  if (token_background) check_token_shape(in);
   if (n_maps < 0 || n_maps > 8) throw std::invalid_argument("intensity: 0 to 8 output maps");
   const std::int64_t H = in.shape[1], W = in.shape[2];
   const std::int64_t wt = W / kTokW;
@@ -102,48 +104,52 @@ void map_volume(const VolumeView& in, int n_maps, void* const* out, bool quantiz
         fgtab[static_cast<std::size_t>(v)] = x > fg_threshold;
       }
     }
-    for_each_slice(in, token_bg, threads, [&](std::int64_t d, std::uint8_t* tb) {
-      for (std::int64_t h = 0; h < H; ++h) {
-        const T* row = src + d * in.strides[0] + h * in.strides[1];
-        const std::int64_t o = (d * H + h) * W;
-        const std::int64_t sw = in.strides[2];
-        std::uint8_t* tbrow = tb ? tb + (h / kTokH) * wt : nullptr;
-        for (std::int64_t w = 0; w < W; ++w) {
-          const T raw = row[w * sw];
-          bool is_fg;
-          if (use_table) {
-            const std::int64_t v = static_cast<std::int64_t>(raw) + kOff;
-            for (int k = 0; k < n_maps; ++k) {
-              if (quantize)
-                static_cast<std::uint8_t*>(out[k])[o + w] = qtab[static_cast<std::size_t>(k * kVals + v)];
-              else
-                static_cast<float*>(out[k])[o + w] = ftab[static_cast<std::size_t>(k * kVals + v)];
-            }
-            is_fg = fgtab[static_cast<std::size_t>(v)] != 0;
-          } else {
-            const double x = static_cast<double>(raw);
-            for (int k = 0; k < n_maps; ++k) {
-              const double r = f(k, x);
-              if (quantize)
-                static_cast<std::uint8_t*>(out[k])[o + w] = quantize_one(r);
-              else
-                static_cast<float*>(out[k])[o + w] = static_cast<float>(r);
-            }
-            is_fg = x > fg_threshold;
-          }
-          if (fg) fg[o + w] = is_fg;
-          if (tbrow && !is_fg) tbrow[w / kTokW] = 1;
-        }
-      }
-    });
+    for_each_slice(in, token_background, threads,
+                   [&](std::int64_t d, std::uint8_t* slab_background) {
+                     for (std::int64_t h = 0; h < H; ++h) {
+                       const T* row = src + d * in.strides[0] + h * in.strides[1];
+                       const std::int64_t o = (d * H + h) * W;
+                       const std::int64_t sw = in.strides[2];
+                       std::uint8_t* token_background_row =
+                           slab_background ? slab_background + (h / kTokH) * wt : nullptr;
+                       for (std::int64_t w = 0; w < W; ++w) {
+                         const T raw = row[w * sw];
+                         bool is_fg;
+                         if (use_table) {
+                           const std::int64_t v = static_cast<std::int64_t>(raw) + kOff;
+                           for (int k = 0; k < n_maps; ++k) {
+                             if (quantize)
+                               static_cast<std::uint8_t*>(out[k])[o + w] =
+                                   qtab[static_cast<std::size_t>(k * kVals + v)];
+                             else
+                               static_cast<float*>(out[k])[o + w] =
+                                   ftab[static_cast<std::size_t>(k * kVals + v)];
+                           }
+                           is_fg = fgtab[static_cast<std::size_t>(v)] != 0;
+                         } else {
+                           const double x = static_cast<double>(raw);
+                           for (int k = 0; k < n_maps; ++k) {
+                             const double r = f(k, x);
+                             if (quantize)
+                               static_cast<std::uint8_t*>(out[k])[o + w] = quantize_one(r);
+                             else
+                               static_cast<float*>(out[k])[o + w] = static_cast<float>(r);
+                           }
+                           is_fg = x > fg_threshold;
+                         }
+                         if (foreground) foreground[o + w] = is_fg;
+                         if (token_background_row && !is_fg) token_background_row[w / kTokW] = 1;
+                       }
+                     }
+                   });
   });
 }
 
 }  // namespace
 
 void ct_windows(const VolumeView& in, const Window* windows, int n_windows, void* const* out,
-                bool quantize, double fg_threshold, std::uint8_t* token_bg, std::uint8_t* fg,
-                int threads) {
+                bool quantize, double fg_threshold, std::uint8_t* token_background,
+                std::uint8_t* foreground, int threads) {
   if (n_windows < 0 || n_windows > 8) throw std::invalid_argument("ct_windows: 0 to 8 windows");
   double lo[8], hi[8], den[8];
   for (int k = 0; k < n_windows; ++k) {
@@ -151,16 +157,16 @@ void ct_windows(const VolumeView& in, const Window* windows, int n_windows, void
     hi[k] = windows[k].level + windows[k].width / 2.0;
     den[k] = (hi[k] - lo[k]) + 1e-8;  // the reference's (upper - lower + 1e-8)
   }
-  map_volume(in, n_windows, out, quantize, fg_threshold, token_bg, fg, threads,
+  map_volume(in, n_windows, out, quantize, fg_threshold, token_background, foreground, threads,
              [&](int k, double x) { return (clip(x, lo[k], hi[k]) - lo[k]) / den[k]; });
 }
 
 void mri_normalise(const VolumeView& in, double lo, double hi, double mn, double mx,
-                   double fg_threshold, void* out, bool quantize, std::uint8_t* token_bg,
-                   std::uint8_t* fg, int threads) {
+                   double fg_threshold, void* out, bool quantize, std::uint8_t* token_background,
+                   std::uint8_t* foreground, int threads) {
   const double den = mx - mn + 1e-8;
   void* outs[1] = {out};
-  map_volume(in, 1, outs, quantize, fg_threshold, token_bg, fg, threads,
+  map_volume(in, 1, outs, quantize, fg_threshold, token_background, foreground, threads,
              [&](int, double x) { return (clip(x, lo, hi) - mn) / den; });
 }
 

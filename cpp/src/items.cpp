@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "neurovfm/isa.hpp"
 #include "neurovfm/parallel.hpp"
 #include "neurovfm/tokens.hpp"
 
@@ -90,12 +91,10 @@ inline void to_float_portable(const std::uint8_t* in, float* out, std::int64_t n
   }
 }
 
-#if defined(NEUROVFM_ITEMS_SSE2) && (defined(__GNUC__) || defined(__clang__))
-#define NEUROVFM_ITEMS_AVX 1
-bool have_avx() {
-  static const bool yes = __builtin_cpu_supports("avx");
-  return yes;
-}
+// The float32 gather has an AVX2 variant (the same products and sums, 8 lanes
+// at a time), taken when isa() says so (neurovfm/isa.hpp: the kernels' one switch).
+#if defined(NEUROVFM_ITEMS_SSE2) && defined(NEUROVFM_X86_AVX2)
+#define NEUROVFM_ITEMS_AVX2 1
 #endif
 
 struct Geometry {
@@ -167,8 +166,8 @@ void gather_f32_portable(const std::uint8_t* base, const std::int64_t ss[3], flo
       to_float_portable(tile + (z * kTokH + y) * kTokW, dst + z * r.dz + y * r.dy, kTokW);
 }
 
-#ifdef NEUROVFM_ITEMS_AVX
-__attribute__((target("avx"))) inline void convert16_avx(__m128i v, float* out) {
+#ifdef NEUROVFM_ITEMS_AVX2
+NEUROVFM_TARGET_AVX2 inline void convert16_avx2(__m128i v, float* out) {
   const __m256 c1 = _mm256_set1_ps(kC1), c2 = _mm256_set1_ps(kC2);
   const __m128i a = _mm_cvtepu8_epi32(v), b = _mm_cvtepu8_epi32(_mm_srli_si128(v, 4));
   const __m128i c = _mm_cvtepu8_epi32(_mm_srli_si128(v, 8)), d = _mm_cvtepu8_epi32(_mm_srli_si128(v, 12));
@@ -179,19 +178,20 @@ __attribute__((target("avx"))) inline void convert16_avx(__m128i v, float* out) 
 }
 
 // gather_f32_portable's bytes, with the uint8 rows read straight from the source.
-__attribute__((target("avx"))) void gather_f32_avx(const std::uint8_t* base, const std::int64_t ss[3],
-                                                   float* dst, Rows r) {
+NEUROVFM_TARGET_AVX2 void gather_f32_avx2(const std::uint8_t* base, const std::int64_t ss[3],
+                                          float* dst, Rows r) {
   if (ss[2] == 1) {
     for (std::int64_t z = 0; z < kTokD; ++z)
       for (std::int64_t y = 0; y < kTokH; ++y)
-        convert16_avx(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base + z * ss[0] + y * ss[1])),
-                      dst + z * r.dz + y * r.dy);
+        convert16_avx2(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + z * ss[0] + y * ss[1])),
+            dst + z * r.dz + y * r.dy);
   } else if (ss[2] == -1) {
     const __m128i rev = _mm_setr_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     for (std::int64_t z = 0; z < kTokD; ++z)
       for (std::int64_t y = 0; y < kTokH; ++y) {
         const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + z * ss[0] + y * ss[1] - 15));
-        convert16_avx(_mm_shuffle_epi8(v, rev), dst + z * r.dz + y * r.dy);
+        convert16_avx2(_mm_shuffle_epi8(v, rev), dst + z * r.dz + y * r.dy);
       }
   } else if (ss[1] == 1 || ss[1] == -1) {
     // H and W swapped: 16 source rows per slice, transposed in registers.
@@ -207,30 +207,35 @@ __attribute__((target("avx"))) void gather_f32_avx(const std::uint8_t* base, con
           m[x] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
       }
       transpose16_regs(m);
-      for (std::int64_t y = 0; y < kTokH; ++y) convert16_avx(m[y], dst + z * r.dz + y * r.dy);
+      for (std::int64_t y = 0; y < kTokH; ++y) convert16_avx2(m[y], dst + z * r.dz + y * r.dy);
     }
   } else {
     alignas(64) std::uint8_t tile[kTokSize];
     gather_u8(base, ss, tile, Rows{kTokH * kTokW, kTokW});
     for (std::int64_t z = 0; z < kTokD; ++z)
       for (std::int64_t y = 0; y < kTokH; ++y)
-        convert16_avx(_mm_load_si128(reinterpret_cast<const __m128i*>(tile + (z * kTokH + y) * kTokW)),
-                      dst + z * r.dz + y * r.dy);
+        convert16_avx2(
+            _mm_load_si128(reinterpret_cast<const __m128i*>(tile + (z * kTokH + y) * kTokW)),
+            dst + z * r.dz + y * r.dy);
   }
 }
 #endif
 
-inline void gather_f32(const std::uint8_t* base, const std::int64_t ss[3], float* dst, Rows r) {
-#ifdef NEUROVFM_ITEMS_AVX
-  if (have_avx()) {
-    gather_f32_avx(base, ss, dst, r);
+// `avx2`: use_avx2(), read once per item by the caller.
+inline void gather_f32(const std::uint8_t* base, const std::int64_t ss[3], float* dst, Rows r,
+                       bool avx2) {
+#ifdef NEUROVFM_ITEMS_AVX2
+  if (avx2) {
+    gather_f32_avx2(base, ss, dst, r);
     return;
   }
+#else
+  (void)avx2;
 #endif
   gather_f32_portable(base, ss, dst, r);
 }
 
-void check_plan(const VolumeView& v, const VolumeView& flags, const ItemPlan& plan) {
+void check_plan(const VolumeView& v, const VolumeView& token_background, const ItemPlan& plan) {
   if (v.dtype != DType::u8) throw std::invalid_argument("make_item: the volume must be uint8");
   if (v.shape[0] % kTokD || v.shape[1] % kTokH || v.shape[2] % kTokW)
     throw std::invalid_argument("make_item: volume shape must be a multiple of 4x16x16");
@@ -243,11 +248,13 @@ void check_plan(const VolumeView& v, const VolumeView& flags, const ItemPlan& pl
                                   ") of axis " + std::to_string(k) + " is outside the token grid (" +
                                   std::to_string(side) + " tokens)");
   }
-  if (flags.data) {
-    if (flags.dtype != DType::u8) throw std::invalid_argument("make_item: flags must be uint8");
+  if (token_background.data) {
+    if (token_background.dtype != DType::u8)
+      throw std::invalid_argument("make_item: token background flags must be uint8");
     for (int k = 0; k < 3; ++k)
-      if (flags.shape[k] != v.shape[k] / kPatch[k])
-        throw std::invalid_argument("make_item: flags shape does not match the token grid");
+      if (token_background.shape[k] != v.shape[k] / kPatch[k])
+        throw std::invalid_argument(
+            "make_item: token background flags shape does not match the token grid");
   }
 }
 
@@ -259,10 +266,11 @@ void item_grid(const ItemPlan& plan, std::int64_t grid[3]) {
   grid[2] = plan.transpose_hw ? plan.crop_size[1] : plan.crop_size[2];
 }
 
-void make_item(const VolumeView& volume, const VolumeView& flags, const ItemPlan& plan,
-               ItemLayout layout, ItemType type, void* out, std::uint8_t* out_flags,
+void make_item(const VolumeView& volume, const VolumeView& token_background, const ItemPlan& plan,
+               ItemLayout layout, ItemType type, void* out, std::uint8_t* out_token_background,
                std::int32_t* out_coords, int threads) {
-  check_plan(volume, flags, plan);
+  check_plan(volume, token_background, plan);
+  const bool avx2 = use_avx2();
   Geometry g{};
   item_grid(plan, g.grid);
   for (int k = 0; k < 3; ++k) {
@@ -273,7 +281,7 @@ void make_item(const VolumeView& volume, const VolumeView& flags, const ItemPlan
   }
   const std::int64_t n = g.grid[0] * g.grid[1] * g.grid[2];
   const auto* src = static_cast<const std::uint8_t*>(volume.data);
-  const auto* fsrc = static_cast<const std::uint8_t*>(flags.data);
+  const auto* background_src = static_cast<const std::uint8_t*>(token_background.data);
   const std::int64_t row = g.extent[2], plane = g.extent[1] * g.extent[2];
   parallel_for(static_cast<std::size_t>(n), threads, 32, [&](std::size_t b, std::size_t e) {
     const std::int64_t b0 = static_cast<std::int64_t>(b);
@@ -289,14 +297,14 @@ void make_item(const VolumeView& volume, const VolumeView& flags, const ItemPlan
       }
       if (out_coords)
         for (int k = 0; k < 3; ++k) out_coords[3 * ti + k] = static_cast<std::int32_t>(t[k]);
-      if (fsrc && out_flags) {
-        std::int64_t foff = 0;
+      if (background_src && out_token_background) {
+        std::int64_t background_off = 0;
         for (int k = 0; k < 3; ++k) {
           const std::int64_t tk = plan.flip[k] ? g.grid[k] - 1 - t[k] : t[k];
-          foff += (plan.crop_start[source_axis(k, plan.transpose_hw)] + tk) *
-                  flags.strides[source_axis(k, plan.transpose_hw)];
+          background_off += (plan.crop_start[source_axis(k, plan.transpose_hw)] + tk) *
+                    token_background.strides[source_axis(k, plan.transpose_hw)];
         }
-        out_flags[ti] = fsrc[foff];
+        out_token_background[ti] = background_src[background_off];
       }
       std::int64_t ss[3];
       const std::uint8_t* base = token_source(src, g, plan, t, ss);
@@ -312,7 +320,7 @@ void make_item(const VolumeView& volume, const VolumeView& flags, const ItemPlan
       if (type == ItemType::u8)
         gather_u8(base, ss, static_cast<std::uint8_t*>(out) + o, r);
       else
-        gather_f32(base, ss, static_cast<float*>(out) + o, r);
+        gather_f32(base, ss, static_cast<float*>(out) + o, r, avx2);
     }
   });
 }

@@ -1,12 +1,15 @@
-// Public resampling API: picks the widest instruction-set variant of the
-// kernels this CPU runs (all variants give identical bytes).
+// Public resampling API: runs the instruction-set variant of the kernels that
+// isa() chose (neurovfm/isa.hpp; all variants give identical bytes).
 #include "neurovfm/resample.hpp"
 
+#include <algorithm>
+
 #include <cmath>
-#include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <vector>
+
+#include "neurovfm/isa.hpp"
 
 #define NEUROVFM_ISA base
 #include "resample_impl.hpp"
@@ -25,23 +28,18 @@ void last(DType, const double*, const std::int64_t[3], int, const std::int64_t[3
 
 namespace {
 
-struct Isa {
+struct Variant {
   decltype(&base::first_two) first_two;
   decltype(&base::last) last;
-  const char* name;
 };
 
-Isa pick_isa() {
+const Variant& variant() {
+  static const Variant chosen = [] {
 #if defined(NEUROVFM_HAVE_AVX2)
-  const char* off = std::getenv("NEUROVFM_DISABLE_AVX2");
-  if (!(off && *off && *off != '0') && __builtin_cpu_supports("avx2"))
-    return {&avx2::first_two, &avx2::last, "avx2"};
+    if (isa() == Isa::avx2) return Variant{&avx2::first_two, &avx2::last};
 #endif
-  return {&base::first_two, &base::last, "baseline"};
-}
-
-const Isa& isa() {
-  static const Isa chosen = pick_isa();
+    return Variant{&base::first_two, &base::last};
+  }();
   return chosen;
 }
 
@@ -80,8 +78,6 @@ void check_plan(const std::int64_t shape[3], const AxisPlan plan[3]) {
 
 }  // namespace
 
-const char* resample_isa() { return isa().name; }
-
 void bspline_coefficients(double* line, std::int64_t n, std::int64_t stride) {
   if (n <= 1) return;
   std::vector<double> s(static_cast<std::size_t>(n));
@@ -104,8 +100,9 @@ void resample_bspline(const VolumeView& in, const AxisPlan plan[3], void* out, i
   std::int64_t mst[3];
   c_strides(mid_shape, mst);
   auto mid = make_big<double>(static_cast<std::size_t>(mid_shape[0] * mid_shape[1] * mid_shape[2]));
-  isa().first_two(in.dtype, in.data, in.shape, in.strides, plan, order, mid.get(), mst, threads);
-  isa().last(in.dtype, mid.get(), mid_shape, order[2], in.shape, plan, out, threads);
+  variant().first_two(in.dtype, in.data, in.shape, in.strides, plan, order, mid.get(), mst,
+                      threads);
+  variant().last(in.dtype, mid.get(), mid_shape, order[2], in.shape, plan, out, threads);
 }
 
 StreamResampler::StreamResampler(DType dtype, const std::int64_t in_shape[3], int stream_axis,
@@ -144,8 +141,8 @@ void StreamResampler::push(const VolumeView& slab, std::int64_t i0, int threads)
     std::int64_t mst[3];
     c_strides(mid_shape_, mst);
     const int order[2] = {first_axis_, second_axis_};
-    isa().first_two(dtype_, slab.data, slab.shape, slab.strides, plan_, order, mid_.get() + i0 * mst[s],
-                    mst, threads);
+    variant().first_two(dtype_, slab.data, slab.shape, slab.strides, plan_, order,
+                        mid_.get() + i0 * mst[s], mst, threads);
   }
   for (std::int64_t i = i0; i < i0 + len; ++i) seen_[static_cast<std::size_t>(i)] = 1;
   seen_count_ += len;
@@ -158,7 +155,7 @@ void StreamResampler::finish(void* out, int threads) {
   if (finished_) throw std::invalid_argument("stream resample: finish called twice");
   finished_ = true;
   if (plan_[0].n_out == 0 || plan_[1].n_out == 0 || plan_[2].n_out == 0) return;
-  isa().last(dtype_, mid_.get(), mid_shape_, stream_axis_, in_shape_, plan_, out, threads);
+  variant().last(dtype_, mid_.get(), mid_shape_, stream_axis_, in_shape_, plan_, out, threads);
   mid_.reset();
 }
 

@@ -49,21 +49,24 @@ void tokenize(const VolumeView& in, void* out, std::int32_t* coords, int threads
   });
 }
 
-void token_background(const VolumeView& fg, std::uint8_t* token_bg, int threads) {
-  check(fg);
-  if (fg.dtype != DType::u8) throw std::invalid_argument("foreground mask must be uint8 or bool");
-  const std::int64_t td = fg.shape[0] / kTokD, th = fg.shape[1] / kTokH, tw = fg.shape[2] / kTokW;
-  const auto* src = static_cast<const std::uint8_t*>(fg.data);
+void token_background(const VolumeView& foreground, std::uint8_t* out, int threads) {
+  check(foreground);
+  if (foreground.dtype != DType::u8)
+    throw std::invalid_argument("foreground mask must be uint8 or bool");
+  const std::int64_t td = foreground.shape[0] / kTokD, th = foreground.shape[1] / kTokH,
+                     tw = foreground.shape[2] / kTokW;
+  const auto* src = static_cast<const std::uint8_t*>(foreground.data);
   parallel_for(static_cast<std::size_t>(td), threads, 1, [&](std::size_t b, std::size_t e) {
     for (std::size_t a = b; a < e; ++a) {
-      std::uint8_t* tb = token_bg + static_cast<std::int64_t>(a) * th * tw;
-      std::memset(tb, 0, static_cast<std::size_t>(th * tw));
+      std::uint8_t* slab_background = out + static_cast<std::int64_t>(a) * th * tw;
+      std::memset(slab_background, 0, static_cast<std::size_t>(th * tw));
       for (std::int64_t dz = 0; dz < kTokD; ++dz)
-        for (std::int64_t y = 0; y < fg.shape[1]; ++y) {
+        for (std::int64_t y = 0; y < foreground.shape[1]; ++y) {
           const std::uint8_t* row =
-              src + (static_cast<std::int64_t>(a) * kTokD + dz) * fg.strides[0] + y * fg.strides[1];
-          for (std::int64_t x = 0; x < fg.shape[2]; ++x)
-            if (!row[x * fg.strides[2]]) tb[(y / kTokH) * tw + x / kTokW] = 1;
+              src + (static_cast<std::int64_t>(a) * kTokD + dz) * foreground.strides[0] +
+              y * foreground.strides[1];
+          for (std::int64_t x = 0; x < foreground.shape[2]; ++x)
+            if (!row[x * foreground.strides[2]]) slab_background[(y / kTokH) * tw + x / kTokW] = 1;
         }
     }
   });

@@ -9,6 +9,17 @@ or float64 (bool is read as uint8), in native byte order; they may be strided vi
 but are never copied. ``threads`` is the number of threads a kernel may use (below 1:
 one, but make_item refuses it; capped at ``max(64, 4 * hardware_threads())``); the
 result is the same for any count.
+
+Errors (``cpp/bindings/bind_errors.cpp``, the one place that maps the kernels' C++
+exceptions): a file the readers cannot use raises
+:class:`neurovfm.errors.ImageReadError` ``(path, reason)``; arguments or a call order
+a kernel refuses raise :class:`KernelError` (an ``InvalidArgumentError``: a ``NeuroVFMError`` and a
+``ValueError``);
+the bindings' own checks raise ``ValueError`` / ``TypeError``.
+
+Token background flags (uint8 ``[N]``, 1 = the 4x16x16 token holds a background
+voxel) are what ``token_flags=True`` asks for, what :func:`token_background` computes
+from a voxel ``foreground`` mask, and what :func:`make_item` takes as ``flags``.
 """
 
 from collections.abc import Sequence
@@ -17,16 +28,33 @@ from typing import Optional, SupportsFloat, SupportsIndex, SupportsInt, Union
 import numpy as np
 import numpy.typing as npt
 
+from neurovfm.errors import InvalidArgumentError
+
 _Int = Union[SupportsInt, SupportsIndex]
 _Float = Union[SupportsFloat, SupportsIndex]
 _Int3 = Sequence[_Int]  # exactly 3 values
 _Float3 = Sequence[_Float]  # exactly 3 values
 _DType = npt.DTypeLike
 
-# --- module.cpp -----------------------------------------------------------------------------
+# --- bind_errors.cpp -------------------------------------------------------------------------
+
+class KernelError(InvalidArgumentError):
+    """A kernel refused its arguments or the order of calls (a NeuroVFMError and a ValueError)."""
+
+# --- bind_runtime.cpp ------------------------------------------------------------------------
 
 def hardware_threads() -> int:
     """std::thread::hardware_concurrency() (at least 1)."""
+
+def isa() -> str:
+    """Instruction-set variant of every kernel: ``'avx2'`` or ``'baseline'`` (the same bytes).
+    Chosen once per process: ``'avx2'`` when the build has the AVX2 paths, the CPU has AVX2
+    and ``NEUROVFM_DISABLE_AVX2`` is unset, empty or ``0``."""
+
+def resample_isa() -> str:
+    """The same as :func:`isa` (kept for existing callers)."""
+
+# --- bind_memory.cpp -------------------------------------------------------------------------
 
 def empty(dtype: _DType, shape: Sequence[_Int]) -> npt.NDArray[np.generic]:
     """Uninitialised C-contiguous array for a large volume (huge pages where available).
@@ -35,9 +63,6 @@ def empty(dtype: _DType, shape: Sequence[_Int]) -> npt.NDArray[np.generic]:
 
 def release_cached_buffers() -> None:
     """Free the large buffers the kernels keep for reuse between volumes."""
-
-def resample_isa() -> str:
-    """Instruction set of the resampling kernels in use: ``'avx2'`` or ``'baseline'``."""
 
 # --- bind_resample.cpp ----------------------------------------------------------------------
 
@@ -82,8 +107,8 @@ class StreamResampler:
         before :meth:`wait` of that ticket."""
 
     def wait(self, ticket: _Int) -> None:
-        """Wait for every push up to ``ticket``; re-raises the first error (``ValueError``
-        for a ticket never issued)."""
+        """Wait for every push up to ``ticket``; re-raises the first error (a slab the
+        resampler refuses: :class:`KernelError`; ``ValueError`` for a ticket never issued)."""
 
     def close(self) -> None:
         """Drain and stop the background thread."""
@@ -92,8 +117,12 @@ class StreamResampler:
         """The resampled volume, once every slice was pushed (``ValueError`` otherwise, and
         on a second call: the resampler is spent)."""
 
+# --- bind_orient.cpp -------------------------------------------------------------------------
+
 def copy_contiguous(volume: npt.NDArray[np.generic], threads: _Int = 1) -> npt.NDArray[np.generic]:
     """C-contiguous copy of a strided 3-D view (applies a reorientation)."""
+
+# --- bind_tokens.cpp -------------------------------------------------------------------------
 
 def tokenize(
     volume: npt.NDArray[np.generic], threads: _Int = 1
@@ -101,7 +130,8 @@ def tokenize(
     """``[D, H, W]`` -> (``[N, 1024]`` tokens of the volume's dtype, ``[N, 3]`` int32 coords)."""
 
 def token_background(foreground: npt.NDArray[np.generic], threads: _Int = 1) -> npt.NDArray[np.uint8]:
-    """Per-token background flags (uint8 ``[N]``) from a bool/uint8 voxel foreground mask."""
+    """Token background flags (uint8 ``[N]``, 1 = the token holds a background voxel) from a
+    bool/uint8 voxel foreground mask ``[D, H, W]`` (True = foreground)."""
 
 # --- bind_intensity.cpp ---------------------------------------------------------------------
 
@@ -116,7 +146,9 @@ def ct_windows(
 ) -> tuple[list[npt.NDArray[np.generic]], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
     """CT windows ``[(width, level), ...]`` (at most 8; width positive and finite, level
     finite) -> (float32 ``[1, D, H, W]`` per window, or
-    uint8 ``v * 255`` truncated from the float64 value with ``quantize``; token flags or None; voxel foreground mask or None)."""
+    uint8 ``v * 255`` truncated from the float64 value with ``quantize``; token background
+    flags ``[N]`` (when ``token_flags``) or None; voxel foreground mask (when ``voxel_mask``)
+    or None)."""
 
 def percentiles(
     volume: npt.NDArray[np.generic], q: Sequence[_Float], threads: _Int = 1
@@ -136,7 +168,8 @@ def mri_normalise(
     quantize: bool = False,
 ) -> tuple[npt.NDArray[np.generic], Optional[npt.NDArray[np.uint8]], Optional[npt.NDArray[np.bool_]]]:
     """MRI clip + min-max normalisation -> (float32 ``[1, D, H, W]`` or, with ``quantize``,
-    uint8 ``v * 255`` truncated from the float64 value; token flags or None; voxel foreground mask or None)."""
+    uint8 ``v * 255`` truncated from the float64 value; token background flags ``[N]`` (when
+    ``token_flags``) or None; voxel foreground mask (when ``voxel_mask``) or None)."""
 
 def dequantize_u8(values: npt.NDArray[np.uint8], threads: _Int = 1) -> npt.NDArray[np.float32]:
     """``float32(v) / 255`` (C-contiguous input)."""
@@ -248,8 +281,8 @@ def read_dicom_pixels(
     paths: Sequence[str], headers: Sequence[DicomHeader], dtype: _DType, threads: _Int
 ) -> npt.NDArray[np.generic]:
     """Read uncompressed little-endian frames into a new ``(frames, rows, cols)`` array,
-    rescaled as GDCM does and converted to ``dtype``. ``RuntimeError`` names the file on
-    any problem."""
+    rescaled as GDCM does and converted to ``dtype``. A file it cannot use raises
+    :class:`neurovfm.errors.ImageReadError` with that file's ``path`` and the ``reason``."""
 
 # --- bind_items.cpp -------------------------------------------------------------------------
 
@@ -265,6 +298,7 @@ def make_item(
     threads: _Int = 1,
 ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.int32], npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
     """One training item from a uint8 volume ``[D, H, W]`` or ``[1, D, H, W]`` and its token
-    flags ``[D/4, H/16, W/16]``: crop (token box), swap H/W, flip, convert (float32 ``x / 255``
-    or uint8) and tokenise in one pass -> (img ``[N, 1024]`` or ``[1, D', H', W']``, coords
-    int32 ``[N, 3]``, flags uint8 ``[N]``, grid int32 ``[3]``)."""
+    background flags ``flags`` ``[D/4, H/16, W/16]``: crop (token box), swap H/W, flip, convert
+    (float32 ``x / 255`` or uint8) and tokenise in one pass -> (img ``[N, 1024]`` or
+    ``[1, D', H', W']``, coords int32 ``[N, 3]``, token background flags uint8 ``[N]`` (0 without
+    ``flags``), grid int32 ``[3]``)."""

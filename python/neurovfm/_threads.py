@@ -12,6 +12,8 @@ import math
 import os
 import threading
 
+from .errors import InvalidArgumentError
+
 _num_threads: int | None = None
 _local = threading.local()
 
@@ -83,7 +85,7 @@ def set_num_threads(n: int | None) -> None:
         _num_threads = None
         return
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+        raise InvalidArgumentError(f"number of threads must be a positive integer, got {n!r}")
     _num_threads = n
 
 
@@ -92,7 +94,7 @@ def thread_limit(n: int):
     """Within this block, kernels called from the current thread use ``n`` threads
     (used by parallel builders that run one image per worker)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+        raise InvalidArgumentError(f"number of threads must be a positive integer, got {n!r}")
     prev = getattr(_local, "n", None)
     _local.n = n
     try:
@@ -116,7 +118,7 @@ def get_num_threads() -> int:
                 return v
         except ValueError:
             pass
-        raise ValueError(f"NEUROVFM_NUM_THREADS must be a positive integer, got {env!r}")
+        raise InvalidArgumentError(f"NEUROVFM_NUM_THREADS must be a positive integer, got {env!r}")
     if _in_dataloader_worker():
         return 1
     return available_cpus()

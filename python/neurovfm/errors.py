@@ -1,7 +1,13 @@
-"""The library's exception types.
+"""The library's exception types: one family, defined here and nowhere else.
 
-Each derives from the builtin exception users already catch, so
-``except ValueError`` and ``except FileNotFoundError`` keep working.
+Every error neurovfm raises on purpose derives from :class:`NeuroVFMError` and
+from the builtin exception users already catch, so ``except NeuroVFMError``
+catches them all and ``except ValueError`` / ``TypeError`` / ``KeyError`` /
+``IndexError`` / ``FileNotFoundError`` keep working. Messages name the file (or
+the argument) and the reason. The compiled kernels' errors are mapped into this
+family in one place (``cpp/bindings/bind_errors.cpp``): a file the C++ readers
+cannot read is an :class:`ImageReadError`, a bad argument a kernel refuses an
+:class:`InvalidArgumentError` (``neurovfm._core.KernelError``).
 """
 
 from __future__ import annotations
@@ -10,12 +16,30 @@ import os
 
 __all__ = [
     "NeuroVFMError",
+    # arguments
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "UsageError",
+    # images
     "ImageNotFoundError",
     "ImageReadError",
     "UnsupportedImageError",
     "DicomSeriesError",
     "ImageTooSmallError",
     "StackedSliceError",
+    # datasets and the cache
+    "MissingFileError",
+    "MetadataError",
+    "EmptyDatasetError",
+    "MetadataNotFoundError",
+    "NotInDatasetError",
+    "StudyNotFoundError",
+    "MissingLabelError",
+    "LabelFileNotFoundError",
+    "DatasetError",
+    "DatasetIndexError",
+    "CacheEntryError",
+    "PtFormatError",
 ]
 
 
@@ -23,8 +47,41 @@ class NeuroVFMError(Exception):
     """Base class of every error raised by neurovfm."""
 
 
-class ImageNotFoundError(NeuroVFMError, FileNotFoundError):
-    """The path does not exist."""
+class _MessageKeyError(KeyError):
+    """A KeyError that prints its message, not the message's repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# --- arguments ---------------------------------------------------------------------------
+
+
+class InvalidArgumentError(NeuroVFMError, ValueError):
+    """An argument the library cannot use (a mode other than 'ct'/'mri', a thread count
+    that is not a positive integer, a shape that is not whole tokens, ...)."""
+
+
+class InvalidTypeError(NeuroVFMError, TypeError):
+    """An argument of the wrong type (not a SimpleITK image, a transform that is not
+    callable, an array dtype with no torch storage, ...)."""
+
+
+class UsageError(InvalidArgumentError):
+    """A command-line mistake (bad option, missing input): the CLI prints it on one line
+    and exits with code 2."""
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+class MissingFileError(NeuroVFMError, FileNotFoundError):
+    """A path the library needs does not exist."""
+
+
+class ImageNotFoundError(MissingFileError):
+    """The scan's path does not exist, or (datasets) the image is not cached and may not be
+    read from its raw file."""
 
 
 class ImageReadError(NeuroVFMError, ValueError):
@@ -45,7 +102,8 @@ class DicomSeriesError(ImageReadError):
 
 
 class ImageTooSmallError(ImageReadError):
-    """The volume is too small to resample to the target grid."""
+    """The volume is too small to resample to the target grid or to hold one 4x16x16
+    token (one type for "too small" everywhere: loading, the cache, the CLI, QA)."""
 
 
 class StackedSliceError(DicomSeriesError, UnsupportedImageError):
@@ -54,3 +112,54 @@ class StackedSliceError(DicomSeriesError, UnsupportedImageError):
     Both a broken series (:class:`DicomSeriesError`) and a 2D image rather than a
     volume (:class:`UnsupportedImageError`).
     """
+
+
+# --- datasets and the cache ----------------------------------------------------------------
+
+
+class MetadataError(NeuroVFMError, ValueError):
+    """A dataset description that cannot be used: a ``metadata.json``, ``raw/`` folder or
+    mode mapping that is malformed."""
+
+
+class EmptyDatasetError(MetadataError):
+    """The mode mapping and ``raw/`` (or the dataset's filters) leave no image: the
+    dataset would be empty."""
+
+
+class MetadataNotFoundError(MissingFileError):
+    """A ``raw/`` folder, mode mapping file or ``metadata.json`` that does not exist."""
+
+
+class NotInDatasetError(NeuroVFMError, _MessageKeyError):
+    """A study or image name that the dataset does not hold."""
+
+
+class StudyNotFoundError(NotInDatasetError):
+    """A study (or an image of a study) that the metadata does not hold."""
+
+
+class MissingLabelError(NotInDatasetError):
+    """Labels were given, but not for every study (``missing_label="error"``)."""
+
+
+class LabelFileNotFoundError(MissingFileError):
+    """The label file given as ``study_labels`` does not exist."""
+
+
+class DatasetError(InvalidArgumentError):
+    """A bad argument to ImageDataset, StudyAwareBatchSampler or a collate function, a
+    label file that cannot be used, or a batch PyTorch's default collate cannot stack."""
+
+
+class DatasetIndexError(NeuroVFMError, IndexError):
+    """An item index outside the dataset."""
+
+
+class CacheEntryError(NeuroVFMError, ValueError):
+    """A cache entry that cannot be served: truncated, corrupt, or replaced."""
+
+
+class PtFormatError(CacheEntryError):
+    """A ``.pt`` file that is not what the cache writes (bad zip or pickle structure,
+    wrong size, checksum mismatch)."""

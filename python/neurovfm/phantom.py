@@ -31,6 +31,12 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
+# The head model lives in _phantom_anatomy; _render calls it through this module's
+# name _anatomy (tests replace neurovfm.phantom._anatomy). The DICOM writer is _phantom_io.
+from ._phantom_anatomy import _HEAD, _anatomy
+from ._phantom_io import write_dicom_series
+from .errors import InvalidArgumentError
+
 __all__ = [
     "CT_TISSUES",
     "MRI_TISSUES",
@@ -81,10 +87,6 @@ MRI_TISSUES = {
     "cord": 450.0,
 }
 
-# Head (skin surface) semi-axes in mm: left-right, anterior-posterior, inferior-superior.
-_HEAD = (72.0, 90.0, 82.0)
-# Depths (mm below the skin) of the layer boundaries.
-_FAT, _GALEA, _SKULL, _DIPLOE, _INNER, _DURA, _CORTEX, _WM = 2.0, 4.5, 6.0, 8.0, 11.0, 13.0, 15.0, 19.0
 # Voxels per generation slab (bounds the temporary float32 arrays).
 _SLAB_VOXELS = 1 << 21
 
@@ -110,12 +112,12 @@ def _geometry(shape, spacing, direction, centre):
     size = tuple(int(n) for n in shape)
     sp = tuple(float(s) for s in spacing)
     if len(size) != 3 or min(size) < 2:
-        raise ValueError(f"shape must be three sizes >= 2 (x, y, z), got {shape!r}")
+        raise InvalidArgumentError(f"shape must be three sizes >= 2 (x, y, z), got {shape!r}")
     if len(sp) != 3 or min(sp) <= 0:
-        raise ValueError(f"spacing must be three positive values (x, y, z) in mm, got {spacing!r}")
+        raise InvalidArgumentError(f"spacing must be three positive values (x, y, z) in mm, got {spacing!r}")
     d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-9):
-        raise ValueError("direction must be an orthonormal 3x3 matrix")
+        raise InvalidArgumentError("direction must be an orthonormal 3x3 matrix")
     half = d @ ((np.asarray(size) - 1) * np.asarray(sp) / 2.0)
     # Round the origin to 1/64 mm: exact in float32 (NIfTI) and in a short decimal (DICOM DS).
     origin = tuple(float(v) for v in np.round((np.asarray(centre, float) - half) * 64.0) / 64.0)
@@ -127,131 +129,6 @@ def _fit_scale(size, spacing, d) -> float:
     front-back; the superior-inferior extent may be cut, as in a real scan."""
     extent = np.abs(d) @ ((np.asarray(size) - 1) * np.asarray(spacing))  # per patient axis
     return float(min(1.0, 0.92 * extent[0] / (2 * _HEAD[0]), 0.92 * extent[1] / (2 * _HEAD[1])))
-
-
-def _inside(depth, w):
-    """Fraction of a voxel inside a boundary at signed depth ``depth`` (mm, > 0 inside)."""
-    f = depth * np.float32(1.0 / w)
-    f += np.float32(0.5)
-    np.clip(f, 0.0, 1.0, out=f)
-    return f
-
-
-def _paint(v, frac, value):
-    """v <- v + frac * (value - v), in place."""
-    t = np.subtract(np.float32(value), v)
-    t *= frac
-    v += t
-
-
-def _ellipsoid_depth(x, y, z, c, a):
-    """Approximate depth (mm) inside the ellipsoid centred at ``c`` with semi-axes ``a``."""
-    r = np.sqrt(((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2 + ((z - c[2]) / a[2]) ** 2)
-    return (1.0 - r) * np.float32(min(a))
-
-
-def _whole(lo, hi):
-    return (slice(None),) * 3
-
-
-def _anatomy(x, y, z, tissues: dict, w: float, box=_whole) -> np.ndarray:
-    """Tissue values at anatomical coordinates x, y, z (mm from the head centre).
-
-    ``box(lo, hi)`` gives the slices of the slab that hold the anatomical box
-    ``[lo, hi]`` (or None when the slab misses it); local structures are only
-    computed there.
-    """
-    t = tissues
-    v = full = np.full(x.shape, t["air"], np.float32)
-    xf, yf, zf = x, y, z
-
-    def local(lo, hi, paint, pad=2 * w):
-        sl = box(np.asarray(lo, float) - pad, np.asarray(hi, float) + pad)
-        if sl is not None:
-            paint(full[sl], xf[sl], yf[sl], zf[sl])
-
-    def ellipsoid(c, a, value, width=w, within=None):
-        def paint(vv, xx, yy, zz):
-            f = _inside(_ellipsoid_depth(xx, yy, zz, c, a), width)
-            if within is not None:
-                f *= within(xx, yy, zz)
-            _paint(vv, f, value)
-
-        # The depth is scaled by min(a): the edge ramp reaches max(a) / min(a) times further.
-        pad = width * max(a) / min(a) + 2 * w
-        local([ci - ai for ci, ai in zip(c, a)], [ci + ai for ci, ai in zip(c, a)], paint, pad)
-
-    ax, ay, az = _HEAD
-    rho = np.sqrt(x * x + y * y + z * z)
-    r = np.sqrt((x / ax) ** 2 + (y / ay) ** 2 + (z / az) ** 2)
-    head = rho * (1.0 - r) / np.maximum(r, np.float32(1e-6))  # depth below the skin along the ray
-    del rho, r
-    # Neck: an elliptic cylinder below the skull base.
-    neck = (1.0 - np.sqrt((x / 46.0) ** 2 + ((y - 12.0) / 52.0) ** 2)) * np.float32(49.0)
-    np.minimum(neck, -40.0 - z, out=neck)
-    body = np.maximum(head, neck)
-    del neck
-
-    _paint(v, _inside(body, w), t["skin"])
-    _paint(v, _inside(body - _FAT, w), t["fat"])
-    _paint(v, _inside(body - _GALEA, w), t["muscle"])
-    del body
-
-    # Vertebra and spinal cord, below the skull.
-    def spine(vv, xx, yy, zz):
-        below = _inside(-60.0 - zz, w)
-        rv = np.sqrt(xx * xx + (yy - 18.0) ** 2)
-        _paint(vv, _inside(12.0 - rv, w) * below, t["vertebra"])
-        _paint(vv, _inside(9.5 - rv, w) * below, t["marrow"])
-        rc = np.sqrt(xx * xx + (yy - 36.0) ** 2)
-        _paint(vv, _inside(6.0 - rc, w) * below, t["csf"])
-        _paint(vv, _inside(4.0 - rc, w) * below, t["cord"])
-
-    local([-12.0, 6.0, -1e9], [12.0, 42.0, -60.0], spine)
-    # Skull, meninges, brain.
-    _paint(v, _inside(head - _SKULL, w), t["table"])
-    _paint(v, _inside(head - _DIPLOE, w), t["diploe"])
-    _paint(v, _inside(head - _INNER, w), t["table"])
-    # Where the depth can exceed _DURA - w: |q_i| < a_i (1 - (_DURA - w) / max(a)).
-    lim = np.asarray(_HEAD) * (1.0 - (_DURA - 2 * w) / max(_HEAD)) + 2 * w
-    inner = box(-lim, lim)
-    if inner is not None:  # the brain lies inside the inner table
-        v, x, y, z, head = v[inner], x[inner], y[inner], z[inner], head[inner]
-        _paint(v, _inside(head - _DURA, w), t["csf"])
-        brain = _inside(head - _CORTEX, w)
-        _paint(v, brain, t["gm"])
-        fold = np.sin(0.33 * x + 0.7) * np.sin(0.29 * y + 0.3) * np.sin(0.31 * z + 1.1)
-        fold *= np.float32(2.5)
-        fold += head
-        fold -= np.float32(_WM)
-        _paint(v, _inside(fold, w), t["wm"])
-        del fold, brain, v, x, y, z, head
-
-        def in_brain(xx, yy, zz):
-            rr = np.sqrt((xx / ax) ** 2 + (yy / ay) ** 2 + (zz / az) ** 2)
-            return _inside(np.sqrt(xx * xx + yy * yy + zz * zz) * (1.0 - rr) / np.maximum(rr, 1e-6) - _CORTEX, w)
-
-        # Sulcal CSF in the interhemispheric fissure (above the corpus callosum), with the falx.
-        def fissure(vv, xx, yy, zz):
-            upper = _inside(zz - 12.0, w) * in_brain(xx, yy, zz)
-            axx = np.abs(xx)
-            _paint(vv, _inside(1.6 - axx, w) * upper, t["csf"])
-            _paint(vv, _inside(0.5 - axx, w) * upper, t["falx"])
-
-        local([-1.6, -ay, 12.0], [1.6, ay, az], fissure)
-        # Deep grey nuclei (basal ganglia, thalami).
-        for sx in (-1.0, 1.0):
-            ellipsoid((sx * 18.0, 2.0, 2.0), (9.0, 15.0, 9.0), t["deep"])
-        # Ventricles: lateral, third, fourth.
-        for sx in (-1.0, 1.0):
-            ellipsoid((sx * 9.0, -2.0, 14.0), (5.5, 30.0, 9.0), t["csf"])
-        ellipsoid((0.0, 6.0, 0.0), (2.2, 12.0, 8.0), t["csf"])
-        ellipsoid((0.0, 34.0, -32.0), (5.0, 3.5, 5.0), t["csf"])
-        # A right fronto-parietal haemorrhage with a rim of oedema (right = -x in LPS).
-        c, a = (-36.0, -14.0, 26.0), (8.0, 11.0, 7.0)
-        ellipsoid(c, tuple(1.6 * s for s in a), t["oedema"], 2 * w, in_brain)
-        ellipsoid(c, a, t["blood"])
-    return full
 
 
 def _render(size, spacing, d, origin, centre, scale, tissues, seed, finish) -> np.ndarray:
@@ -412,106 +289,6 @@ def make_mri_phantom(
     return _to_image(arr, sp, d, origin)
 
 
-def _uid(*parts) -> str:
-    from pydicom.uid import generate_uid
-
-    return generate_uid(entropy_srcs=["neurovfm-phantom", *map(str, parts)])
-
-
-def write_dicom_series(
-    img: sitk.Image, out_dir: str | os.PathLike[str], *, seed: int = 0, description: str = "NEUROVFM PHANTOM HEAD"
-) -> list[Path]:
-    """Write an int16 HU CT image as a DICOM series of single-frame CT files.
-
-    Stored values are ``HU + 1024`` as unsigned 16-bit (12 bits stored) with
-    RescaleIntercept -1024 and RescaleSlope 1, as CT scanners store them; every
-    slice has ImagePositionPatient, ImageOrientationPatient, PixelSpacing and one
-    SeriesInstanceUID. The UIDs are derived from ``seed`` (deterministic).
-    Returns the file paths in slice order.
-    """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
-    from pydicom.valuerep import format_number_as_ds as ds_str
-
-    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError("write_dicom_series needs a 3D scalar image")
-    arr = sitk.GetArrayFromImage(img)
-    if arr.min() < -1024 or arr.max() > 3071:
-        raise ValueError("CT values must lie in -1024..3071 HU to be stored with 12 bits")
-    stored = (arr.astype(np.int32) + 1024).astype(np.uint16)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    sx, sy, sz = img.GetSpacing()
-    d = np.asarray(img.GetDirection(), float).reshape(3, 3)
-    origin = np.asarray(img.GetOrigin(), float)
-    study, series, frame = _uid(seed, "study"), _uid(seed, "series"), _uid(seed, "frame")
-    iop = [ds_str(float(v)) for v in (*d[:, 0], *d[:, 1])]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = ""
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-    ds.Modality = "CT"
-    ds.Manufacturer = "neurovfm"
-    ds.StudyDescription = "HEAD PHANTOM"
-    ds.SeriesDescription = description
-    ds.PatientName = "PHANTOM^HEAD"
-    ds.PatientID = f"NEUROVFM-PHANTOM-{seed}"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.BodyPartExamined = "HEAD"
-    ds.SliceThickness = ds_str(float(sz))
-    ds.SpacingBetweenSlices = ds_str(float(sz))
-    ds.KVP = "120"
-    ds.PatientPosition = "HFS"
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.StudyID = "1"
-    ds.SeriesNumber = 2
-    ds.InstanceNumber = 0
-    ds.ImagePositionPatient = [ds_str(float(v)) for v in origin]
-    ds.ImageOrientationPatient = iop
-    ds.FrameOfReferenceUID = frame
-    ds.PositionReferenceIndicator = ""
-    ds.SliceLocation = ds_str(float(origin[2]))
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = int(arr.shape[1]), int(arr.shape[2])
-    ds.PixelSpacing = [ds_str(float(sy)), ds_str(float(sx))]  # row spacing, column spacing
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.WindowCenter = "40"
-    ds.WindowWidth = "80"
-    ds.RescaleIntercept = "-1024"
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "HU"
-    ds.PixelData = b""
-    paths = []
-    for k in range(arr.shape[0]):  # one dataset, updated per slice
-        sop = _uid(seed, "instance", k)
-        meta.MediaStorageSOPInstanceUID = sop
-        ds.SOPInstanceUID = sop
-        ds.InstanceNumber = k + 1
-        pos = origin + d[:, 2] * (sz * k)
-        ds.ImagePositionPatient = [ds_str(float(v)) for v in pos]
-        ds.SliceLocation = ds_str(float(pos[2]))
-        ds.PixelData = stored[k].tobytes()
-        path = out / f"IM{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
 #: What :func:`write_phantoms` writes, by name.
 PHANTOM_FILES = {
     "ct_nifti": "ct_phantom.nii.gz",
@@ -542,7 +319,7 @@ def write_phantoms(
     names = list(PHANTOM_FILES) if names is None else list(names)
     unknown = [n for n in names if n not in PHANTOM_FILES]
     if unknown:
-        raise ValueError(f"unknown phantom name(s) {unknown}; choose from {list(PHANTOM_FILES)}")
+        raise InvalidArgumentError(f"unknown phantom name(s) {unknown}; choose from {list(PHANTOM_FILES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {n: out / PHANTOM_FILES[n] for n in names}

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .data.preprocess import CT_WINDOWS, view_axes
+from .errors import ImageNotFoundError, ImageTooSmallError, InvalidArgumentError, NotInDatasetError
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -136,7 +137,9 @@ def load_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None = 
     img = load_image(path, series_uid=series_uid)
     res = prepare_for_inference(img, mode)
     if res is None:
-        raise ValueError(f"{path}: too small for one 4x16x16 token after resampling to 1x1x4 mm (size {img.GetSize()})")
+        raise ImageTooSmallError(
+            path, f"too small for one 4x16x16 token after resampling to 1x1x4 mm (size {img.GetSize()})"
+        )
     arrs, mask, view = res
     m = mode.lower()
     return QAVolume(
@@ -165,17 +168,17 @@ def load_cached(data_dir: str | os.PathLike[str], study: str, image: str | None 
     try:
         rec = cm.metadata.get_study(study)
     except KeyError:
-        raise KeyError(f"study {study!r} is not in {cm.metadata_path}") from None
+        raise NotInDatasetError(f"study {study!r} is not in {cm.metadata_path}") from None
     names = [im.name for im in rec.images]
     if image is None:
         if len(names) != 1:
-            raise ValueError(f"study {study!r} holds {len(names)} images {names}: choose one with --image")
+            raise InvalidArgumentError(f"study {study!r} holds {len(names)} images {names}: choose one with --image")
         image = names[0]
     elif image not in names:
-        raise KeyError(f"study {study!r} has no image {image!r} (it has {names})")
+        raise NotInDatasetError(f"study {study!r} has no image {image!r} (it has {names})")
     got = cm.load_image(study, image, as_numpy=True)
     if got is None:
-        raise FileNotFoundError(
+        raise ImageNotFoundError(
             f"{study}/{image} is not cached (or stale): build it with `neurovfm cache build {cm.data_dir}`"
         )
     items = got if isinstance(got, list) else [got]
@@ -197,7 +200,7 @@ def _token_mask(vol: QAVolume) -> np.ndarray:
     grid = (d // TOKEN[0], h // TOKEN[1], w // TOKEN[2])
     mask = np.asarray(vol.mask).astype(bool)
     if mask.size != grid[0] * grid[1] * grid[2]:
-        raise ValueError(f"mask has {mask.size} token flags, a [D, H, W] = {vol.shape} volume has {np.prod(grid)}")
+        raise InvalidArgumentError(f"mask has {mask.size} token flags, a [D, H, W] = {vol.shape} volume has {np.prod(grid)}")
     return mask.reshape(grid)
 
 
@@ -287,7 +290,7 @@ def save_montage(vol: QAVolume, output: str | os.PathLike[str], dpi: int = 100) 
     """Render ``vol`` and write it to ``output`` (``.png``, ``.pdf`` or ``.svg``); returns the path."""
     out = Path(output)
     if out.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"QA output {str(out)!r} must end with {', '.join(SUFFIXES)}")
+        raise InvalidArgumentError(f"QA output {str(out)!r} must end with {', '.join(SUFFIXES)}")
     fig = render_montage(vol, dpi=dpi)
     fig.savefig(os.fspath(out), facecolor=fig.get_facecolor(), dpi=dpi)
     return out
@@ -307,13 +310,13 @@ def qa(
     """Write the QA montage of a scan (``source`` + ``mode``) or of a cached image
     (``cache`` + ``study`` [+ ``image``]) to ``output``; returns its path."""
     if (source is None) == (cache is None):
-        raise ValueError("give either a scan (source, mode) or a cached image (cache, study)")
+        raise InvalidArgumentError("give either a scan (source, mode) or a cached image (cache, study)")
     if source is not None:
         if mode is None:
-            raise ValueError("mode ('ct' or 'mri') is needed with a scan")
+            raise InvalidArgumentError("mode ('ct' or 'mri') is needed with a scan")
         vol = load_scan(source, mode, series_uid=series_uid)
     else:
         if study is None:
-            raise ValueError("study is needed with cache")
+            raise InvalidArgumentError("study is needed with cache")
         vol = load_cached(cache, study, image)
     return save_montage(vol, output, dpi=dpi)

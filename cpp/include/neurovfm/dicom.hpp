@@ -77,8 +77,8 @@ bool dicom_fast_readable(const DicomHeader& h);
 
 // Checks that read_dicom_pixels can read `paths` with `headers` (same rows and
 // columns, supported layout, pixel data long enough for rows x cols x frames)
-// and returns the total number of frames. Throws std::runtime_error naming the
-// file otherwise. Lets a caller size the output before allocating it.
+// and returns the total number of frames. Throws FileError (neurovfm/errors.hpp)
+// naming the file otherwise. Lets a caller size the output before allocating it.
 std::int64_t dicom_total_frames(const std::vector<std::string>& paths,
                                 const std::vector<DicomHeader>& headers);
 
@@ -87,7 +87,7 @@ std::int64_t dicom_total_frames(const std::vector<std::string>& paths,
 // out = stored * slope + intercept exactly as GDCM does (per file, in that
 // file's own rescaled type, then converted to `out_dtype`, a neurovfm::DType
 // as int). Unused high bits are masked (unsigned) or the sign bit of BitsStored
-// extended (signed). Throws std::runtime_error naming the file on any
+// extended (signed). Throws FileError naming the file on any
 // inconsistency (sizes, truncation, unsupported encoding).
 void read_dicom_pixels(const std::vector<std::string>& paths,
                        const std::vector<DicomHeader>& headers, void* out, int out_dtype,

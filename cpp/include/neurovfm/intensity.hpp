@@ -17,13 +17,13 @@ struct Window {
 // double (the reference's order of operations), as
 // float32 (C order), or with `quantize` as uint8(value * 255) by truncation of
 // the double value, never of its float32 rounding (the cache's values,
-// docs/numbers.md). token_bg (may be null) receives per
-// 4x16x16 token 1 when any voxel is background (x <= fg_threshold); fg (may be
+// docs/numbers.md). token_background (may be null) receives per
+// 4x16x16 token 1 when any voxel is background (x <= fg_threshold); foreground (may be
 // null) the voxel foreground mask (x > fg_threshold). D, H, W must be
-// multiples of 4, 16, 16 when token_bg is given.
+// multiples of 4, 16, 16 when token_background is given.
 void ct_windows(const VolumeView& in, const Window* windows, int n_windows, void* const* out,
-                bool quantize, double fg_threshold, std::uint8_t* token_bg, std::uint8_t* fg,
-                int threads);
+                bool quantize, double fg_threshold, std::uint8_t* token_background,
+                std::uint8_t* foreground, int threads);
 
 // Exact percentiles (NumPy's default linear interpolation) of all voxels,
 // values taken as double; q in percent. Also returns the minimum and maximum.
@@ -37,8 +37,8 @@ void percentiles(const VolumeView& in, const double* q, int nq, double* result, 
 // minimum and maximum of clip(x, lo, hi) (i.e. max(lo, min(x)) and
 // min(hi, max(x))); foreground is x > fg_threshold.
 void mri_normalise(const VolumeView& in, double lo, double hi, double mn, double mx,
-                   double fg_threshold, void* out, bool quantize, std::uint8_t* token_bg,
-                   std::uint8_t* fg, int threads);
+                   double fg_threshold, void* out, bool quantize, std::uint8_t* token_background,
+                   std::uint8_t* foreground, int threads);
 
 }  // namespace neurovfm
 

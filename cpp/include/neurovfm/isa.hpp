@@ -1,11 +1,16 @@
-// Run-time choice of an AVX2 variant for small hot loops (x86-64 GCC/Clang).
-// Variants perform the same IEEE operations (no FMA), so results are identical;
-// NEUROVFM_DISABLE_AVX2=1 forces the baseline (tests compare both).
+// The one instruction-set switch of the kernels (x86-64, GCC/Clang).
+//
+// Compile time: the AVX2 paths exist when CMake defines NEUROVFM_HAVE_AVX2 (an
+// x86-64 target, not MSVC, not -DNEUROVFM_NO_AVX2=ON; it also compiles
+// resample_avx2.cpp). Run time: isa() picks them once per process when the CPU
+// has AVX2 and NEUROVFM_DISABLE_AVX2 is unset, empty or "0". Every kernel with
+// an AVX2 variant (resampling, the item gather, dequantisation) asks isa(), so
+// one variable switches all of them. Variants perform the same IEEE operations
+// in the same order (no FMA, no fast-math): identical bytes, which
+// tests/test_intensity_fast_paths.py checks by running both.
 #pragma once
 
-#include <cstdlib>
-
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(NEUROVFM_NO_AVX2)
+#if defined(NEUROVFM_HAVE_AVX2) && (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define NEUROVFM_X86_AVX2 1
 #define NEUROVFM_TARGET_AVX2 __attribute__((target("avx2")))
 #else
@@ -14,16 +19,15 @@
 
 namespace neurovfm {
 
-inline bool use_avx2() {
-#if defined(NEUROVFM_X86_AVX2)
-  static const bool v = [] {
-    const char* off = std::getenv("NEUROVFM_DISABLE_AVX2");
-    return !(off && *off && *off != '0') && __builtin_cpu_supports("avx2");
-  }();
-  return v;
-#else
-  return false;
-#endif
-}
+enum class Isa : int { baseline = 0, avx2 = 1 };
+
+// The variant every kernel uses (decided on the first call, then fixed).
+Isa isa();
+
+// isa() == Isa::avx2.
+inline bool use_avx2() { return isa() == Isa::avx2; }
+
+// Its name: "avx2" or "baseline" (_core.isa() and _core.resample_isa()).
+const char* isa_name();
 
 }  // namespace neurovfm

@@ -1,6 +1,6 @@
 // Training items from the uint8 cache: crop, H/W swap, flips, uint8 -> float32
-// (or uint8) and 4x16x16 tokenisation in one pass, with the token flags and
-// coordinates of the result.
+// (or uint8) and 4x16x16 tokenisation in one pass, with the token background
+// flags and coordinates of the result.
 #pragma once
 
 #include <cstdint>
@@ -34,14 +34,15 @@ enum class ItemType : int {
 void item_grid(const ItemPlan& plan, std::int64_t grid[3]);
 
 // Builds one item from a uint8 volume view (shape a multiple of 4x16x16; any
-// strides) and, optionally, its token flags view (shape the token grid, uint8).
-// Writes out (layout/type as asked, C-contiguous), out_flags [N] (the flags of
-// the output tokens, in raster order; skipped when flags.data or out_flags is
-// null) and out_coords [N, 3] (the (d, h, w) index of each output token; may be
-// null). Throws std::invalid_argument on a bad shape or box. Every output token
-// is written by exactly one thread: identical bytes for any thread count.
-void make_item(const VolumeView& volume, const VolumeView& flags, const ItemPlan& plan,
-               ItemLayout layout, ItemType type, void* out, std::uint8_t* out_flags,
+// strides) and, optionally, its token background flags (1 = the token holds a
+// background voxel; shape the token grid, uint8). Writes out (layout/type as
+// asked, C-contiguous), out_token_background [N] (the flags of the output
+// tokens, in raster order; skipped when token_background.data or
+// out_token_background is null) and out_coords [N, 3] (the (d, h, w) index of
+// each output token; may be null). Throws std::invalid_argument on a bad shape or box. Every output
+// token is written by exactly one thread: identical bytes for any thread count.
+void make_item(const VolumeView& volume, const VolumeView& token_background, const ItemPlan& plan,
+               ItemLayout layout, ItemType type, void* out, std::uint8_t* out_token_background,
                std::int32_t* out_coords, int threads);
 
 }  // namespace neurovfm

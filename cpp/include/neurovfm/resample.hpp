@@ -71,9 +71,6 @@ class StreamResampler {
   bool finished_ = false;
 };
 
-// The instruction-set variant in use: "avx2" or "baseline" (same bytes).
-const char* resample_isa();
-
 // Prefilter one line in place (exposed for tests): B-spline coefficients of
 // `n` samples spaced `stride` apart.
 void bspline_coefficients(double* line, std::int64_t n, std::int64_t stride);

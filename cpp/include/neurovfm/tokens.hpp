@@ -16,8 +16,8 @@ constexpr std::int64_t kTokSize = kTokD * kTokH * kTokW;
 // type; coords may be null.
 void tokenize(const VolumeView& in, void* out, std::int32_t* coords, int threads);
 
-// Per-token background flag from a voxel foreground mask (1 = foreground):
-// 1 when any voxel of the patch is background.
-void token_background(const VolumeView& fg, std::uint8_t* token_bg, int threads);
+// The token background flags [N] (raster order) of a voxel foreground mask
+// (uint8, 1 = foreground): 1 when any voxel of the token is background.
+void token_background(const VolumeView& foreground, std::uint8_t* out, int threads);
 
 }  // namespace neurovfm

@@ -1,38 +1,20 @@
-"""CacheManager: a memory-mapped uint8 cache of preprocessed volumes.
+"""CacheManager: builds and reads the memory-mapped uint8 cache of preprocessed volumes.
 
-Layout (SPEC 5)::
-
-    processed/<study>/<image>.pt          MRI: uint8 volume [1, D, H, W]
-    processed/<study>/<image>_brain.pt    CT: one file per window (brain, blood, bone)
-    processed/<study>/<image>_blood.pt
-    processed/<study>/<image>_bone.pt
-    processed/<study>/<image>_mask.pt     uint8 token background flags [D/4, H/16, W/16] (1 = background)
-    processed/<study>/<image>.json        sidecar: shape, spacing, view, mode, windows, source
-                                          fingerprint, pipeline version, file sizes and CRC-32s
-    processed/<study>/<image>.failed.json why the last build of this image failed
-
-Every ``.pt`` file is what ``torch.save(tensor)`` writes and loads with
-``torch.load(path, weights_only=True, mmap=True)``. The sidecar is written
-last: an image is cached when its sidecar exists, matches the source and the
-pipeline version, and every file has the recorded size and CRC-32 (checked on
-every read: a corrupt file is never served). Every file is written
-under a temporary name and renamed, so a build killed at any moment leaves
-nothing that reads as valid, and a rerun completes it.
+The format of an entry (its files, sidecar, validity rule, encoding and zero-copy open)
+belongs to :mod:`neurovfm.data.entry` (docs/cache.md); this module runs builds over a
+dataset (workers, shards, the summary, the ``processed`` flags of ``metadata.json``)
+and serves entries as float32 (:meth:`CacheManager.load_image`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-import socket
 import sys
-import tempfile
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,19 +22,26 @@ import numpy as np
 
 from .. import _core
 from .._threads import available_cpus, get_num_threads, thread_limit
-from . import ptfile
-from .metadata import DatasetMetadata, ImageRecord
-from .preprocess import CT_WINDOWS
+from ..errors import InvalidArgumentError, NotInDatasetError
+from . import entry
+from .entry import PIPELINE_VERSION, WINDOW_NAMES
+from .metadata import DatasetMetadata, ImageRecord, MetadataNotFoundError
 
 __all__ = ["CacheManager", "BuildSummary", "PIPELINE_VERSION", "shard_from_env"]
 
 log = logging.getLogger("neurovfm")
 
-#: Bump whenever cached numbers would change: older entries become stale (and are rebuilt).
-#: neurovfm-2: quantised from the float64 values (the reference's bytes; docs/numbers.md) and
-#: one resampling order for every entry point.
-PIPELINE_VERSION = "neurovfm-2"
-WINDOW_NAMES = tuple(w[0] for w in CT_WINDOWS)
+
+def check_study_names(metadata: DatasetMetadata, names: Iterable[str] | None, metadata_path: str) -> set[str] | None:
+    """The set of ``names`` (None: every study); :class:`~neurovfm.errors.NotInDatasetError` (a ``KeyError``)
+    naming those not in the metadata. Shared by the builder and the dataset."""
+    if names is None:
+        return None
+    wanted = {str(s) for s in names}
+    unknown = sorted(wanted - {s.name for s in metadata})
+    if unknown:
+        raise NotInDatasetError(f"unknown studies (not in {metadata_path}): {unknown}")
+    return wanted
 
 
 def shard_from_env(environ=None):
@@ -76,80 +65,6 @@ def _in_shard(key: str, shard) -> bool:
         return True
     i, n = shard
     return zlib.crc32(key.encode()) % n == i
-
-
-def _fingerprint(path: str) -> dict:
-    """Size and modification time of a file, or of every file under a folder."""
-    st = os.stat(path)
-    if not os.path.isdir(path):
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    count, total, newest = 0, 0, 0
-    for root, _dirs, files in os.walk(path):
-        for fn in files:
-            try:
-                s = os.stat(os.path.join(root, fn))
-            except OSError:
-                continue
-            count += 1
-            total += s.st_size
-            newest = max(newest, s.st_mtime_ns)
-    return {"files": count, "size": total, "mtime_ns": newest}
-
-
-def _atomic_write_bytes(path: str, data: bytes, prefix: str | None = None) -> None:
-    folder = os.path.dirname(path)
-    if prefix is None:
-        prefix = "." + os.path.basename(path) + "."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _try_lock(fd: int, blocking: bool) -> bool:
-    """Exclusive lock on an open file (released when it is closed or the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        return True
-    except BlockingIOError:
-        return False
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _tmp_prefix(image: str) -> str:
-    """Prefix of every temporary file of an image's entry: ``.<image>.<8 random>.tmp``."""
-    return f".{image}."
-
-
-def _remove_leftovers(folder: str, image: str) -> None:
-    """Delete the temporary files an interrupted build of ``image`` left (caller holds its lock).
-
-    Matches exactly ``.<image>.<mkstemp's 8 characters>.tmp``, so the temporary
-    files of an image whose name merely starts with ``image`` are left alone."""
-    pattern = re.compile(re.escape(_tmp_prefix(image)) + r"[a-z0-9_]{8}\.tmp")
-    for fn in os.listdir(folder):
-        if pattern.fullmatch(fn):
-            _unlink(os.path.join(folder, fn))
 
 
 @dataclass
@@ -199,94 +114,50 @@ class CacheManager:
         self.data_dir = os.path.abspath(os.fspath(data_dir))
         self.metadata_path = os.path.join(self.data_dir, "metadata.json")
         if not os.path.exists(self.metadata_path):
-            raise FileNotFoundError(
+            raise MetadataNotFoundError(
                 f"{self.metadata_path}: no metadata.json. Create it first with "
                 f"DatasetMetadata.from_directory({self.data_dir!r}, mode_mapping).save() "
                 f"or `python -m neurovfm metadata {self.data_dir} --modes MODES.csv`"
             )
         self.metadata = DatasetMetadata.from_file(self.metadata_path)
         self.processed_dir = os.path.join(self.data_dir, "processed")
-        self._sidecars = {}
+        self._sidecars = entry.SidecarCache()
 
-    # -- paths -------------------------------------------------------------
+    # -- paths (the layout is entry's) ---------------------------------------
     def _dir(self, study: str) -> str:
         return os.path.join(self.processed_dir, study)
 
-    def file_names(self, image: str, mode: str) -> dict:
-        """Cache files of an image: {key: file name}; keys are windows (CT) or 'volume' (MRI), and 'mask'."""
-        if mode == "ct":
-            names = {w: f"{image}_{w}.pt" for w in WINDOW_NAMES}
-        else:
-            names = {"volume": f"{image}.pt"}
-        names["mask"] = f"{image}_mask.pt"
-        return names
+    def file_names(self, image: str, mode: str) -> dict[str, str]:
+        """Cache files of an image: {key: file name}; keys are windows (CT) or 'volume'
+        (MRI), and 'mask' (the token background flags)."""
+        return entry.file_names(image, mode)
 
     def sidecar_path(self, study: str, image: str) -> str:
-        return os.path.join(self._dir(study), f"{image}.json")
+        return entry.sidecar_path(self._dir(study), image)
 
-    def _failed_path(self, study: str, image: str) -> str:
-        return os.path.join(self._dir(study), f"{image}.failed.json")
-
-    # -- validity ----------------------------------------------------------
-    def _read_sidecar(self, study: str, image: str):
-        """The sidecar as a dict (None when absent or unreadable); parsed files
-        are remembered while their size and modification time stay the same."""
-        path = self.sidecar_path(study, image)
+    def _source(self, study: str, image: str) -> str | None:
+        """Path of the scan of ``study/image``; None when the metadata does not hold it."""
         try:
-            st = os.stat(path)
-        except OSError:
+            rec = self.metadata.get_study(study).image(image)
+        except KeyError:
             return None
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        hit = self._sidecars.get(path)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        try:
-            with open(path) as f:
-                side = json.load(f)
-        except (OSError, ValueError):
-            return None
-        if len(self._sidecars) > 4096:
-            self._sidecars.clear()
-        self._sidecars[path] = (key, side)
-        return side
+        return os.path.join(self.data_dir, rec.path)
 
+    # -- validity (the rule is entry's) --------------------------------------
     def entry_status(self, study: str, image: str, verify: bool = False) -> str:
-        """``'valid'``, ``'missing'``, ``'stale'`` (source or pipeline changed) or ``'corrupt'``."""
+        """``'valid'``, ``'missing'``, ``'stale'`` (source or pipeline changed) or ``'corrupt'``
+        (a file's size, or with ``verify`` its CRC-32, differs from the sidecar's)."""
         rec = self.metadata.get_study(study).image(image)
-        side = self._read_sidecar(study, image)
-        if side is None:
-            return "missing"
-        if side.get("version") != PIPELINE_VERSION:
-            return "stale"
-        try:
-            if side.get("source") != _fingerprint(os.path.join(self.data_dir, rec.path)):
-                return "stale"
-        except OSError:
-            return "stale"
-        folder = self._dir(study)
-        for info in side.get("files", {}).values():
-            p = os.path.join(folder, info["name"])
-            try:
-                if os.path.getsize(p) != info["bytes"]:
-                    return "corrupt"
-                if verify:
-                    if "file_crc32" in info:  # every byte, headers included
-                        if ptfile.file_crc32(p) != info["file_crc32"]:
-                            return "corrupt"
-                    else:
-                        ptfile.open_tensor(p, verify=True)
-            except (OSError, ValueError):
-                return "corrupt"
-        return "valid" if side.get("files") else "corrupt"
+        side = self._sidecars.get(self.sidecar_path(study, image))
+        status = entry.sidecar_status(side, os.path.join(self.data_dir, rec.path))
+        if status != "valid" or side is None:
+            return status
+        return entry.files_status(self._dir(study), side, verify)
 
     # -- build -------------------------------------------------------------
     def _targets(self, study_names, shard):
         out = []
-        wanted = None if study_names is None else set(study_names)
-        if wanted is not None:
-            unknown = sorted(wanted - {s.name for s in self.metadata})
-            if unknown:
-                raise KeyError(f"unknown studies (not in {self.metadata_path}): {unknown}")
+        wanted = check_study_names(self.metadata, study_names, self.metadata_path)
         for study in self.metadata:
             if wanted is not None and study.name not in wanted:
                 continue
@@ -326,11 +197,11 @@ class CacheManager:
         if shard is not None:
             i, n = (int(x) for x in shard)
             if not (n >= 1 and 0 <= i < n):
-                raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+                raise InvalidArgumentError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
             shard = (i, n)
         workers = num_workers if num_workers is not None else available_cpus()
         if workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers!r}")
+            raise InvalidArgumentError(f"num_workers must be >= 1, got {num_workers!r}")
         per_image = threads_per_image or (1 if workers > 1 else get_num_threads())
         targets = self._targets(study_names, shard)
         os.makedirs(self.processed_dir, exist_ok=True)
@@ -392,94 +263,8 @@ class CacheManager:
 
     def _build_one(self, study: str, mode: str, rec: ImageRecord, force: bool):
         """("done", previous status) | ("skipped" | "busy", None) | ("failed", reason)."""
-        folder = self._dir(study)
-        try:
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(os.path.join(folder, f".{rec.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:  # processed/ is read-only (or full): a valid entry is still fine
-            if not force and self.entry_status(study, rec.name, verify=True) == "valid":
-                return "skipped", None
-            return "failed", f"cannot write the cache in {folder}: {type(err).__name__}: {err}"
-        try:
-            if not _try_lock(fd, blocking=False):
-                return "busy", None
-            _remove_leftovers(folder, rec.name)  # of an interrupted build (we hold the lock)
-            before = self.entry_status(study, rec.name, verify=True)
-            if before == "valid" and not force:
-                return "skipped", None
-            if before == "corrupt":
-                log.warning("cache entry %s/%s is corrupt (size or checksum): rebuilding it", study, rec.name)
-            if before != "valid":
-                # never leave a stale or corrupt entry readable while (or if) the rebuild fails
-                _unlink(self.sidecar_path(study, rec.name))
-            source = os.path.join(self.data_dir, rec.path)
-            try:
-                fingerprint = _fingerprint(source)
-                self._write_entry(study, mode, rec, source, fingerprint)
-            except Exception as err:  # recorded, the build goes on
-                reason = f"{type(err).__name__}: {err}"
-                if isinstance(err, OSError) and not err.filename:  # e.g. ENOSPC from a write
-                    reason += f" (writing the cache in {folder})"
-                side = {"version": PIPELINE_VERSION, "reason": reason, "time": time.time()}
-                try:
-                    _atomic_write_bytes(
-                        self._failed_path(study, rec.name), json.dumps(side).encode(), _tmp_prefix(rec.name)
-                    )
-                except OSError as err2:  # e.g. the disk is full: the summary still has it
-                    log.warning("%s/%s: could not record the failure (%s)", study, rec.name, err2)
-                return "failed", reason
-            _unlink(self._failed_path(study, rec.name))
-            return "done", before
-        finally:
-            os.close(fd)  # releases the lock
-
-    def _write_entry(self, study, mode, rec, source, fingerprint):
-        """Write every file of the entry under a temporary name, then rename them
-        into place and write the sidecar last. A failure before the renames (a
-        full disk, say) leaves a valid older entry (``force``) as it was."""
-        from .io import load_image
-        from .preprocess import prepare_for_inference
-
-        folder = self._dir(study)
-        img = load_image(source)
-        prep = prepare_for_inference(img, mode, quantize=True)
-        if prep is None:
-            raise ValueError(f"{source}: volume {img.GetSize()} is smaller than one 4x16x16 token after preprocessing")
-        arrs, mask, view = prep
-        d, h, w = arrs[0].shape[1:]
-        keys = list(WINDOW_NAMES) if mode == "ct" else ["volume"]
-        payloads = dict(zip(keys, arrs))
-        payloads["mask"] = mask.reshape(d // 4, h // 16, w // 16)
-        names = self.file_names(rec.name, mode)
-        files, tmps = {}, {}
-        try:
-            for key, arr in payloads.items():
-                fd, tmps[key] = tempfile.mkstemp(prefix=_tmp_prefix(rec.name), suffix=".tmp", dir=folder)
-                os.close(fd)
-                files[key] = {"name": names[key], **ptfile.write_tensor(tmps[key], arr)}
-            _unlink(self.sidecar_path(study, rec.name))  # the old entry stops being valid first
-            for key, tmp in tmps.items():
-                os.replace(tmp, os.path.join(folder, names[key]))
-        except BaseException:
-            for tmp in tmps.values():
-                _unlink(tmp)
-            raise
-        side = {
-            "version": PIPELINE_VERSION,
-            "study": study,
-            "image": rec.name,
-            "mode": mode,
-            "view": int(view),
-            "shape": [1, int(d), int(h), int(w)],
-            "spacing": [float(x) for x in img.GetSpacing()],
-            "windows": list(WINDOW_NAMES) if mode == "ct" else None,
-            "source": fingerprint,
-            "source_path": rec.path,
-            "files": files,
-            "host": socket.gethostname(),
-            "time": time.time(),
-        }
-        _atomic_write_bytes(self.sidecar_path(study, rec.name), json.dumps(side, indent=1).encode(), _tmp_prefix(rec.name))
+        source = os.path.join(self.data_dir, rec.path)
+        return entry.build_entry(self._dir(study), study, rec.name, mode, source, rec.path, force)
 
     def _update_flags(self, summary: BuildSummary) -> None:
         """Set the processed flags in metadata.json (this process owns the update)."""
@@ -490,7 +275,7 @@ class CacheManager:
         lock = os.path.join(self.data_dir, ".metadata.lock")
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            _try_lock(fd, blocking=True)
+            entry.try_lock(fd, blocking=True)
             meta = DatasetMetadata.from_file(self.metadata_path)  # others may have written it
             for study in meta:
                 for rec in study.images:
@@ -503,21 +288,31 @@ class CacheManager:
             os.close(fd)
 
     # -- read --------------------------------------------------------------
+    def _valid_sidecar(self, study: str, image: str) -> dict[str, Any] | None:
+        """The sidecar of a valid entry by the sidecar's account (entry.sidecar_status:
+        version and source fingerprint); None otherwise. Files are checked when opened."""
+        source = self._source(study, image)
+        side = self._sidecars.get(self.sidecar_path(study, image))
+        if source is None or entry.sidecar_status(side, source) != "valid":
+            return None
+        return side
+
     def load_image(
         self, study: str, image: str, window: str | None = None, as_numpy: bool = False
     ) -> dict[str, Any] | list[dict[str, Any]] | None:
         """A cached image as float32 ``[1, D, H, W]`` in ``[0, 1]`` (``uint8 / 255``).
 
         Returns a dict (``data``, ``mask``, ``view``, ``mode``, ``window``,
-        ``shape``, ``spacing``); for CT with ``window=None`` a list of three
-        such dicts (brain, blood, bone). ``None`` when the image is not cached,
-        stale, or its files fail the size, structure and CRC-32 checks made on
-        every read (never serves a
-        corrupt file; ``build_cache`` rebuilds it). Tensors are torch tensors
-        unless ``as_numpy``.
+        ``shape``, ``spacing``); ``mask`` is the uint8 token background flags
+        ``[D/4, H/16, W/16]`` (1 = the token holds background; the key keeps the
+        published name). For CT with ``window=None`` a list of three such dicts
+        (brain, blood, bone). ``None`` when the image is not cached, stale (its
+        source or the pipeline changed), or its files fail the size, shape and
+        CRC-32 checks made on every read (never serves a corrupt file;
+        ``build_cache`` rebuilds it). Tensors are torch tensors unless ``as_numpy``.
         """
-        side = self._read_sidecar(study, image)
-        if side is None or side.get("version") != PIPELINE_VERSION:
+        side = self._valid_sidecar(study, image)
+        if side is None:
             return None
         mode = side["mode"]
         if mode == "ct":
@@ -526,27 +321,27 @@ class CacheManager:
             elif window in WINDOW_NAMES:
                 wins = [window]
             else:
-                raise ValueError(f"window must be one of {WINDOW_NAMES} or None, got {window!r}")
+                raise InvalidArgumentError(f"window must be one of {WINDOW_NAMES} or None, got {window!r}")
         else:
             if window is not None:
-                raise ValueError(f"{study}/{image} is MRI: window must be None, got {window!r}")
+                raise InvalidArgumentError(f"{study}/{image} is MRI: window must be None, got {window!r}")
             wins = ["volume"]
         folder = self._dir(study)
         try:
-            # The token flags are small: kept with the (cached) sidecar.
-            mask = side.get("_mask")
-            if mask is None:
-                mask = np.array(self._open(folder, side, "mask"))
-                mask.flags.writeable = False
-                side["_mask"] = mask
+            # The token background flags are small: kept with the (cached) sidecar.
+            token_background = side.get("_token_background")
+            if token_background is None:
+                token_background = np.array(entry.open_file(folder, side, entry.TOKEN_BACKGROUND))
+                token_background.flags.writeable = False
+                side["_token_background"] = token_background
             out = []
             for key in wins:
-                u8 = self._open(folder, side, key)
+                u8 = entry.open_file(folder, side, key)
                 data = _core.dequantize_u8(u8, get_num_threads())
                 out.append(
                     {
                         "data": data,
-                        "mask": mask,
+                        "mask": token_background,
                         "view": side["view"],
                         "mode": mode,
                         "window": key if mode == "ct" else None,
@@ -568,32 +363,17 @@ class CacheManager:
         return out[0]
 
     def open_uint8(self, study: str, image: str, key: str) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-        """Zero-copy read-only uint8 view of one cached file (key: window, 'volume' or 'mask'), and the sidecar.
+        """Zero-copy read-only uint8 view of one cached file (key: window, 'volume' or
+        'mask', the token background flags), and the sidecar.
 
-        ``(None, None)`` when the image is not cached; :class:`ptfile.PtFormatError`
-        (a ``ValueError``) when the file fails its size or CRC-32 check."""
-        side = self._read_sidecar(study, image)
-        if side is None or side.get("version") != PIPELINE_VERSION:
+        ``(None, None)`` when the image is not cached (or stale); a ``ValueError``
+        (:class:`~neurovfm.data.ptfile.PtFormatError` or
+        :class:`~neurovfm.data.entry.CacheEntryError`) when the file fails its size,
+        shape or CRC-32 check."""
+        side = self._valid_sidecar(study, image)
+        if side is None:
             return None, None
-        return self._open(self._dir(study), side, key), side
-
-    @staticmethod
-    def _open(folder, side, key):
-        info = side["files"].get(key)
-        if info is None:
-            raise ValueError(f"no cached file for {key!r}")
-        p = os.path.join(folder, info["name"])
-        if "offset" in info:
-            arr = ptfile.open_at(p, info["offset"], info["dtype"], info["shape"], info["bytes"], info.get("crc32"))
-        else:
-            if os.path.getsize(p) != info["bytes"]:
-                raise ValueError(f"{p}: size {os.path.getsize(p)} differs from the recorded {info['bytes']}")
-            arr = ptfile.open_tensor(p, verify=True)
-        expect = tuple(side["shape"]) if key != "mask" else (
-            side["shape"][1] // 4, side["shape"][2] // 16, side["shape"][3] // 16)
-        if arr.shape != expect:
-            raise ValueError(f"{p}: shape {arr.shape}, expected {expect}")
-        return arr
+        return entry.open_file(self._dir(study), side, key), side
 
     # -- stats / verify ----------------------------------------------------
     def get_cache_stats(self) -> dict:
@@ -607,7 +387,7 @@ class CacheManager:
                     cached += 1
                 elif st in ("stale", "corrupt"):
                     stale += 1
-                if st != "valid" and os.path.exists(self._failed_path(study.name, rec.name)):
+                if st != "valid" and os.path.exists(entry.failed_path(self._dir(study.name), rec.name)):
                     failed += 1
         nbytes = 0
         if os.path.isdir(self.processed_dir):

@@ -8,6 +8,11 @@ A dataset folder looks like::
       raw/<study>/<image>/...             folders holding a DICOM series (any file names)
       metadata.json                       written by DatasetMetadata.save
       processed/                          the cache (see neurovfm.data.cache)
+
+Errors raised here derive from :class:`neurovfm.errors.NeuroVFMError` and from the
+builtin a caller catches: :class:`MetadataError` (``ValueError``; an empty dataset is
+:class:`EmptyDatasetError`), :class:`MetadataNotFoundError` (``FileNotFoundError``),
+:class:`StudyNotFoundError` (``KeyError``).
 """
 
 from __future__ import annotations
@@ -19,14 +24,38 @@ import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
-__all__ = ["DatasetMetadata", "ImageRecord", "StudyRecord", "load_mode_mapping", "MODES"]
+from ..errors import EmptyDatasetError, MetadataError, MetadataNotFoundError, StudyNotFoundError
+
+__all__ = [
+    "DatasetMetadata",
+    "ImageRecord",
+    "StudyRecord",
+    "load_mode_mapping",
+    "MODES",
+    "MetadataError",
+    "EmptyDatasetError",
+    "MetadataNotFoundError",
+    "StudyNotFoundError",
+]
 
 log = logging.getLogger("neurovfm")
 
 MODES = ("ct", "mri")
 METADATA_VERSION = 1
+#: How many study names a message lists before "... and N more".
+_NAMES_SHOWN = 10
+
+
+def _count(n: int) -> str:
+    return f"{n} study" if n == 1 else f"{n} studies"
+
+
+def _names(names: Iterable[str]) -> str:
+    ordered = sorted(names)
+    shown = ", ".join(repr(n) for n in ordered[:_NAMES_SHOWN])
+    return shown + (f" and {len(ordered) - _NAMES_SHOWN} more" if len(ordered) > _NAMES_SHOWN else "")
 
 
 @dataclass
@@ -43,27 +72,30 @@ class ImageRecord:
 class StudyRecord:
     name: str
     mode: str
-    images: list = field(default_factory=list)
+    images: list[ImageRecord] = field(default_factory=list)
 
     def image(self, name: str) -> ImageRecord:
         for im in self.images:
             if im.name == name:
                 return im
-        raise KeyError(f"study {self.name!r} has no image {name!r}")
+        raise StudyNotFoundError(f"study {self.name!r} has no image {name!r}")
 
 
-def load_mode_mapping(mode_mapping) -> dict:
+def load_mode_mapping(mode_mapping: Mapping[str, str] | str | os.PathLike[str]) -> dict[str, str]:
     """A {study: mode} dict from a dict, a CSV file (study,mode) or a JSON object file."""
     if isinstance(mode_mapping, Mapping):
         return {str(k): v for k, v in mode_mapping.items()}
     path = os.fspath(mode_mapping)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: mode mapping file not found")
+        raise MetadataNotFoundError(f"{path}: mode mapping file not found")
     if path.lower().endswith(".json"):
         with open(path) as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except ValueError as err:
+                raise MetadataError(f"{path}: not a JSON mode mapping ({err})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: the JSON mode mapping must be an object {{study: mode}}")
+            raise MetadataError(f"{path}: the JSON mode mapping must be an object {{study: mode}}")
         return {str(k): v for k, v in data.items()}
     out = {}
     with open(path, newline="") as f:
@@ -72,7 +104,7 @@ def load_mode_mapping(mode_mapping) -> dict:
         if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
             continue
         if len(row) < 2:
-            raise ValueError(f"{path}: line {i + 1} has no mode column (expected 'study,mode')")
+            raise MetadataError(f"{path}: line {i + 1} has no mode column (expected 'study,mode')")
         study, mode = row[0].strip(), row[1].strip()
         if i == 0 and mode.lower() not in MODES and study.lower() in ("study", "study_id", "studyid", "id", "name"):
             continue  # header line
@@ -99,7 +131,7 @@ def _holds_dicom(folder: str) -> bool:
     return False
 
 
-def _scan_study(data_dir: str, study_dir: str) -> list:
+def _scan_study(data_dir: str, study_dir: str) -> list[ImageRecord]:
     from .dicom import is_dicom_file
 
     images = []
@@ -125,7 +157,7 @@ def _scan_study(data_dir: str, study_dir: str) -> list:
     names = [im.name for im in images]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise ValueError(f"{study_dir}: several images share the name(s) {sorted(dup)} (e.g. a.nii and a.nii.gz)")
+        raise MetadataError(f"{study_dir}: several images share the name(s) {sorted(dup)} (e.g. a.nii and a.nii.gz)")
     return images
 
 
@@ -144,34 +176,63 @@ class DatasetMetadata:
         """Scan ``data_dir/raw/<study>/`` for NIfTI files, DICOM files and DICOM folders.
 
         ``mode_mapping`` maps study names to ``'ct'`` or ``'mri'``: a dict, a CSV
-        file (``study,mode``) or a JSON object file. A study missing from it or
-        with another mode is skipped with a warning that names it.
+        file (``study,mode``) or a JSON object file. A study of ``raw/`` missing
+        from it, with another mode or without images is skipped with a warning that
+        names it; so are the studies it names that ``raw/`` lacks (one warning).
+        No usable study at all is an error (:class:`EmptyDatasetError`, naming the
+        mapping and the ``raw/`` folder): an empty dataset is never described.
         """
         data_dir = os.path.abspath(os.fspath(data_dir))
         raw = os.path.join(data_dir, "raw")
         if not os.path.isdir(raw):
-            raise FileNotFoundError(f"{raw}: no raw/ folder (expected raw/<study>/<images>)")
+            raise MetadataNotFoundError(f"{raw}: no raw/ folder (expected raw/<study>/<images>)")
         modes = load_mode_mapping(mode_mapping)
+        what = (
+            f"the mode mapping ({_count(len(modes))})"
+            if isinstance(mode_mapping, Mapping)
+            else f"the mode mapping {os.fspath(mode_mapping)} ({_count(len(modes))})"
+        )
+        folders = sorted(
+            e.name for e in os.scandir(raw) if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")
+        )
         studies = []
-        for entry in sorted(os.scandir(raw), key=lambda e: e.name):
-            if not entry.is_dir(follow_symlinks=True) or entry.name.startswith("."):
-                continue
-            mode = modes.get(entry.name)
+        skipped: list[
+            tuple[str, str]
+        ] = []  # (study, warning): given, given only when the dataset is not empty (else the error says it all)
+        for name in folders:
+            mode = modes.get(name)
             if mode is None:
-                warnings.warn(f"study {entry.name!r} is not in the mode mapping: skipped", stacklevel=2)
+                skipped.append((name, f"study {name!r} is not in the mode mapping: skipped"))
                 continue
             m = str(mode).strip().lower()
             if m not in MODES:
-                warnings.warn(f"study {entry.name!r} has mode {mode!r} (expected 'ct' or 'mri'): skipped", stacklevel=2)
+                skipped.append((name, f"study {name!r} has mode {mode!r} (expected 'ct' or 'mri'): skipped"))
                 continue
-            images = _scan_study(data_dir, entry.path)
+            images = _scan_study(data_dir, os.path.join(raw, name))
             if not images:
-                warnings.warn(f"study {entry.name!r} holds no NIfTI or DICOM image: skipped", stacklevel=2)
+                skipped.append((name, f"study {name!r} holds no NIfTI or DICOM image: skipped"))
                 continue
-            studies.append(StudyRecord(entry.name, m, images))
-        missing = sorted(set(modes) - {s.name for s in studies} - {e.name for e in os.scandir(raw)})
+            studies.append(StudyRecord(name, m, images))
+        missing = set(modes) - set(folders)
         if missing:
-            log.info("mode mapping names %d studies absent from %s: %s", len(missing), raw, missing[:10])
+            skipped.append(("", f"{_count(len(missing))} of {what} not in {raw}: skipped ({_names(missing)})"))
+        if not studies:
+            common = set(modes) & set(folders)
+            if not modes:
+                reason = f"{what} names no study"
+            elif not folders:
+                reason = f"{raw} holds no study folder (expected raw/<study>/<images>)"
+            elif not common:
+                reason = (
+                    f"{what} matches none of the {_count(len(folders))} in {raw} "
+                    f"(it names {_names(modes)}; raw/ holds {_names(folders)})"
+                )
+            else:
+                why = "; ".join(w for study, w in skipped if study in common)
+                reason = f"every study of {raw} that {what} names was skipped: {why}"
+            raise EmptyDatasetError(f"no usable study, the dataset would be empty: {reason}")
+        for _study, w in skipped:
+            warnings.warn(w, stacklevel=2)
         return cls(data_dir, studies)
 
     @classmethod
@@ -179,19 +240,20 @@ class DatasetMetadata:
         """Load a ``metadata.json`` written by :meth:`save`."""
         path = os.fspath(path)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: metadata file not found")
+            raise MetadataNotFoundError(f"{path}: metadata file not found")
         try:
             with open(path) as f:
                 data = json.load(f)
             studies = [
-                StudyRecord(s["name"], s["mode"], [ImageRecord(**im) for im in s["images"]])
-                for s in data["studies"]
+                StudyRecord(s["name"], s["mode"], [ImageRecord(**im) for im in s["images"]]) for s in data["studies"]
             ]
             data_dir = data.get("data_dir") or os.path.dirname(os.path.abspath(path))
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a neurovfm metadata file ({err})") from None
+            raise MetadataError(f"{path}: not a neurovfm metadata file ({err})") from None
         # The folder holding metadata.json is the dataset (it may have moved).
-        return cls(os.path.dirname(os.path.abspath(path)) if os.path.basename(path) == "metadata.json" else data_dir, studies)
+        return cls(
+            os.path.dirname(os.path.abspath(path)) if os.path.basename(path) == "metadata.json" else data_dir, studies
+        )
 
     def save(self, path: str | os.PathLike[str] | None = None) -> str:
         """Write the metadata as JSON (default ``data_dir/metadata.json``), atomically."""
@@ -225,22 +287,22 @@ class DatasetMetadata:
     def __contains__(self, study: str) -> bool:
         return study in self._studies
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[StudyRecord]:
         return iter(self._studies.values())
 
     def get_study(self, name: str) -> StudyRecord:
         try:
             return self._studies[name]
         except KeyError:
-            raise KeyError(f"no study {name!r} in {self.data_dir}") from None
+            raise StudyNotFoundError(f"no study {name!r} in {self.data_dir}") from None
 
-    def get_all_studies(self) -> list:
+    def get_all_studies(self) -> list[StudyRecord]:
         return list(self._studies.values())
 
-    def get_studies_by_mode(self, mode: str) -> list:
+    def get_studies_by_mode(self, mode: str) -> list[StudyRecord]:
         m = mode.lower()
         if m not in MODES:
-            raise ValueError(f"mode must be 'ct' or 'mri', got {mode!r}")
+            raise MetadataError(f"mode must be 'ct' or 'mri', got {mode!r}")
         return [s for s in self._studies.values() if s.mode == m]
 
     def num_images(self) -> int:

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from .. import _core
 from .._threads import get_num_threads
+from ..errors import InvalidArgumentError, InvalidTypeError, UnsupportedImageError
 from .volume import check_finite
 
 __all__ = [
@@ -40,7 +41,7 @@ def view_axes(view: int) -> tuple:
 def _check_mode(mode) -> str:
     m = mode.lower() if isinstance(mode, str) else mode
     if m not in ("ct", "mri"):
-        raise ValueError(f"mode must be 'ct' or 'mri' (any case), got {mode!r}")
+        raise InvalidArgumentError(f"mode must be 'ct' or 'mri' (any case), got {mode!r}")
     return m
 
 
@@ -67,23 +68,34 @@ def prepare_for_inference(
 
     Returns
     -------
-    ``(img_arrs, mask, view)`` (plus ``foreground`` when asked), or ``None``
-    when the volume is smaller than one token (``D < 4`` or ``H < 16`` or
-    ``W < 16``). ``img_arrs`` is a list of float32 ``[1, D, H, W]`` arrays in
+    ``(img_arrs, token_background, view)`` (plus ``foreground`` when asked), or
+    ``None`` when the volume is smaller than one token (``D < 4`` or ``H < 16``
+    or ``W < 16``). ``img_arrs`` is a list of float32 ``[1, D, H, W]`` arrays in
     ``[0, 1]``: the brain, blood and bone windows for CT, one normalised volume
-    for MRI. ``mask`` is uint8 ``[N]``, 1 where a 4x16x16 token holds any
-    background voxel. ``view = 2 - z_dim``.
+    for MRI. ``token_background`` is uint8 ``[N]``, the token background flags:
+    1 where a 4x16x16 token holds any background voxel (the README calls it
+    ``mask``; pass it to :func:`tokenize`). ``view = 2 - z_dim``.
+
+    Raises
+    ------
+    ~neurovfm.errors.InvalidArgumentError
+        (a ``ValueError``) for a mode other than ``'ct'``/``'mri'``, a ``z_dim``
+        other than 0, 1, 2, or a volume that is not a whole number of tokens.
+    InvalidTypeError
+        (a ``TypeError``) when ``img`` is not a ``SimpleITK.Image``.
+    ~neurovfm.errors.UnsupportedImageError
+        (a ``ValueError``) when ``img`` is not a 3D scalar image.
     """
     m = _check_mode(mode)
     if not isinstance(img, sitk.Image):
-        raise TypeError(f"img must be a SimpleITK.Image, got {type(img).__name__}")
+        raise InvalidTypeError(f"img must be a SimpleITK.Image, got {type(img).__name__}")
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError("prepare_for_inference needs a 3D scalar image")
+        raise UnsupportedImageError("<in-memory image>", "prepare_for_inference needs a 3D scalar image")
     spacing = img.GetSpacing()
     if z_dim is None:
         z_dim = 2 if spacing[0] == spacing[1] == spacing[2] else int(np.argmax(spacing))
     if z_dim not in (0, 1, 2):
-        raise ValueError(f"z_dim must be 0, 1 or 2, got {z_dim!r}")
+        raise InvalidArgumentError(f"z_dim must be 0, 1 or 2, got {z_dim!r}")
     view = 2 - z_dim
     arr = sitk.GetArrayViewFromImage(img).transpose(_VIEW_AXES[view])
     D, H, W = arr.shape
@@ -92,13 +104,13 @@ def prepare_for_inference(
     if arr.dtype.kind == "f":
         check_finite(arr, "<in-memory image>")
     if D % 4 or H % 16 or W % 16:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"volume [D, H, W] = {arr.shape} is not a multiple of the 4x16x16 token; "
             "load it with load_image(preprocess=True), which crops it"
         )
     threads = get_num_threads()
     if m == "ct":
-        arrs, mask, fg = _core.ct_windows(
+        arrs, token_background, foreground = _core.ct_windows(
             arr, [(w, lv) for _, w, lv in CT_WINDOWS], CT_FOREGROUND_HU, True, return_foreground, threads, quantize
         )
     else:
@@ -106,16 +118,21 @@ def prepare_for_inference(
         # min and max of clip(x, lo, hi), as the reference computes them.
         mn = min(max(vmin, lo), hi)
         mx = min(max(vmax, lo), hi)
-        out, mask, fg = _core.mri_normalise(arr, lo, hi, mn, mx, p_fg, True, return_foreground, threads, quantize)
+        out, token_background, foreground = _core.mri_normalise(
+            arr, lo, hi, mn, mx, p_fg, True, return_foreground, threads, quantize
+        )
         arrs = [out]
     del arr
     if return_foreground:
-        return arrs, mask, view, fg
-    return arrs, mask, view
+        return arrs, token_background, view, foreground
+    return arrs, token_background, view
 
 
 class Tokens(NamedTuple):
-    """Tokens of a volume: ``img [N, 1024]``, ``coords [N, 3]`` int32, ``filtered [N]`` uint8."""
+    """Tokens of a volume: ``img [N, 1024]``, ``coords [N, 3]`` int32, ``filtered [N]`` uint8.
+
+    ``filtered`` holds the token background flags (1 = the token holds a background
+    voxel); it keeps the name of NeuroVFM's batch key."""
 
     img: np.ndarray
     coords: np.ndarray
@@ -129,7 +146,12 @@ class Tokens(NamedTuple):
         return (self.coords[-1] + 1).astype(np.int32)
 
 
-def tokenize(volume: npt.ArrayLike, mask: npt.ArrayLike | None = None) -> Tokens:
+def tokenize(
+    volume: npt.ArrayLike,
+    token_background: npt.ArrayLike | None = None,
+    *,
+    foreground: npt.ArrayLike | None = None,
+) -> Tokens:
     """Cut ``[1, D, H, W]`` or ``[D, H, W]`` into 4x16x16 tokens.
 
     Parameters
@@ -137,40 +159,65 @@ def tokenize(volume: npt.ArrayLike, mask: npt.ArrayLike | None = None) -> Tokens
     volume
         Array (NumPy, or anything ``np.asarray`` accepts without copying, e.g.
         a CPU torch tensor); D, H, W multiples of 4, 16, 16. Its dtype is kept.
-    mask
-        Either the per-token background flags ``[N]`` from
-        :func:`prepare_for_inference` (copied into ``filtered``), or a voxel
-        foreground mask ``[D, H, W]`` / ``[1, D, H, W]`` (flags computed: 1
-        when any voxel of the token is background), or ``None`` (all 0).
+    token_background
+        The token background flags ``[N]`` (1 = the token holds a background
+        voxel), as :func:`prepare_for_inference` returns them; copied into
+        ``filtered``.
+    foreground
+        Keyword only, instead of ``token_background``: a voxel foreground mask
+        ``[D, H, W]`` or ``[1, D, H, W]`` (True = foreground); the flags are
+        computed from it (1 when any voxel of the token is background).
+
+    With neither, every flag is 0.
 
     Returns
     -------
     :class:`Tokens` ``(img, coords, filtered)``; each row of ``img`` is the
     patch ``[4, 16, 16]`` flattened, rows in (d, h, w) raster order; ``coords``
-    holds the (d, h, w) token index. ``Tokens.size`` is ``[D/4, H/16, W/16]``.
+    holds the (d, h, w) token index; ``filtered`` the token background flags
+    (uint8 ``[N]``). ``Tokens.size`` is ``[D/4, H/16, W/16]``.
+
+    Raises
+    ------
+    ~neurovfm.errors.InvalidArgumentError
+        (a ``ValueError``) for a volume that is not ``[1, D, H, W]`` or
+        ``[D, H, W]``, flags or a mask that do not match it, a mask given as
+        ``token_background`` (pass it as ``foreground=``), or both arguments.
     """
     vol = np.asarray(volume)
     if vol.ndim == 4 and vol.shape[0] == 1:
         vol = vol[0]
     if vol.ndim != 3:
-        raise ValueError(f"tokenize expects [1, D, H, W] or [D, H, W], got shape {np.shape(volume)}")
+        raise InvalidArgumentError(f"tokenize expects [1, D, H, W] or [D, H, W], got shape {np.shape(volume)}")
+    if token_background is not None and foreground is not None:
+        raise InvalidArgumentError(
+            "tokenize: pass token_background (the [N] token flags) or foreground= (a voxel mask), not both"
+        )
+    tb = None if token_background is None else np.asarray(token_background)
+    if tb is not None and tb.ndim != 1:
+        raise InvalidArgumentError(
+            f"tokenize: token_background must be the [N] token background flags, got shape {tb.shape}; "
+            "pass a voxel foreground mask as tokenize(volume, foreground=mask)"
+        )
     threads = get_num_threads()
-    img, coords = _core.tokenize(vol, threads)
+    try:
+        img, coords = _core.tokenize(vol, threads)
+    except ValueError as exc:  # the kernel's shape check: not a whole number of tokens
+        raise InvalidArgumentError(str(exc)) from None
     n = img.shape[0]
-    if mask is None:
-        filtered = np.zeros(n, np.uint8)
+    if tb is not None:
+        if tb.shape[0] != n:
+            raise InvalidArgumentError(f"token_background has {tb.shape[0]} token flags, the volume has {n} tokens")
+        filtered = tb.astype(np.uint8, copy=True)
+    elif foreground is not None:
+        fg = np.asarray(foreground)
+        if fg.ndim == 4 and fg.shape[0] == 1:
+            fg = fg[0]
+        if fg.shape != vol.shape:
+            raise InvalidArgumentError(f"foreground mask shape {fg.shape} does not match volume shape {vol.shape}")
+        if fg.dtype != np.bool_ and fg.dtype != np.uint8:
+            fg = fg != 0
+        filtered = _core.token_background(fg, threads)
     else:
-        mk = np.asarray(mask)
-        if mk.ndim == 1:
-            if mk.shape[0] != n:
-                raise ValueError(f"mask has {mk.shape[0]} token flags, the volume has {n} tokens")
-            filtered = mk.astype(np.uint8, copy=True)
-        else:
-            if mk.ndim == 4 and mk.shape[0] == 1:
-                mk = mk[0]
-            if mk.shape != vol.shape:
-                raise ValueError(f"foreground mask shape {mk.shape} does not match volume shape {vol.shape}")
-            if mk.dtype != np.bool_ and mk.dtype != np.uint8:
-                mk = mk != 0
-            filtered = _core.token_background(mk, threads)
+        filtered = np.zeros(n, np.uint8)
     return Tokens(img, coords, filtered)

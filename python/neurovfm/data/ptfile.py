@@ -17,12 +17,22 @@ import zlib
 
 import numpy as np
 
+from ..errors import InvalidTypeError, PtFormatError
+
 try:  # ISA-L's CRC-32 (PCLMUL folding) is ~4x faster than zlib's; same values
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # pragma: no cover - isal is a dependency
     _crc32 = zlib.crc32
 
-__all__ = ["write_tensor", "open_tensor", "open_at", "crc32", "file_crc32", "PtFormatError", "TORCH_STORAGE"]
+__all__ = [
+    "write_tensor",
+    "open_tensor",
+    "open_at",
+    "crc32",
+    "file_crc32",
+    "PtFormatError",
+    "TORCH_STORAGE",
+]
 
 _ALIGN = 64
 _PREFIX = "archive/"
@@ -39,10 +49,6 @@ TORCH_STORAGE = {
     np.dtype("bool"): "BoolStorage",
 }
 _STORAGE_DTYPE = {v: k for k, v in TORCH_STORAGE.items()}
-
-
-class PtFormatError(ValueError):
-    """The file is not a tensor file this module wrote (or torch.save would write)."""
 
 
 def crc32(data, value: int = 0) -> int:
@@ -104,7 +110,7 @@ def write_tensor(path, array: np.ndarray) -> dict:
     a = np.ascontiguousarray(array)
     storage = TORCH_STORAGE.get(a.dtype)
     if storage is None:
-        raise TypeError(f"no torch storage for dtype {a.dtype}")
+        raise InvalidTypeError(f"{path}: no torch storage for dtype {a.dtype} (one of {sorted(map(str, TORCH_STORAGE))})")
     strides = [s // a.itemsize for s in a.strides] if a.ndim else []
     payload = memoryview(a).cast("B") if a.size else b""
     entries = [
@@ -129,9 +135,7 @@ def write_tensor(path, array: np.ndarray) -> dict:
             start = offset + 30 + len(fname)
             pad = (-(start + 4)) % _ALIGN
             extra = struct.pack("<HH", 0x4246, pad) + b"Z" * pad
-            header = struct.pack(
-                "<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, size, size, len(fname), len(extra)
-            )
+            header = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, crc, size, size, len(fname), len(extra))
             if name == "data/0":
                 data_crc = crc
                 data_offset = offset + len(header) + len(fname) + len(extra)
@@ -196,7 +200,15 @@ def _entries(buf, path):
             raise PtFormatError(f"{path}: corrupt central directory")
         fields = struct.unpack_from("<IHHHHHHIIIHHHHHII", buf, pos)
         method, crc, csize, usize, nlen, xlen, clen, off = (
-            fields[4], fields[7], fields[8], fields[9], fields[10], fields[11], fields[12], fields[16])
+            fields[4],
+            fields[7],
+            fields[8],
+            fields[9],
+            fields[10],
+            fields[11],
+            fields[12],
+            fields[16],
+        )
         name = bytes(buf[pos + 46 : pos + 46 + nlen]).decode(errors="replace")
         if off + 30 > n or buf[off : off + 4] != b"PK\x03\x04":
             raise PtFormatError(f"{path}: corrupt local header for {name}")

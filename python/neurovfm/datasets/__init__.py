@@ -5,44 +5,18 @@
 * :class:`StudyAwareBatchSampler`: batches of whole studies, equal batch counts
   on every DDP rank.
 * :func:`collate_padded` and :func:`collate_packed`: batches of items with
-  different token counts.
+  different token counts. A DataLoader over an ImageDataset needs one
+  (``collate_fn=dataset.collate_fn``): PyTorch's default collate cannot stack them.
 
-Training example (``TRAINING_EXAMPLE`` below; the tests run it as written, with
-only the two paths replaced)::
-
-    import functools
-
-    from torch.utils.data import DataLoader
-
-    from neurovfm.datasets import ImageDataset, StudyAwareBatchSampler, collate_packed
-
-    data_dir = "path/to/dataset"        # metadata.json, raw/, processed/ (the cache)
-    labels = "path/to/labels.csv"       # study,label
-
-    dataset = ImageDataset(data_dir, random_crop=True, augment=True, study_labels=labels, seed=0)
-    sampler = StudyAwareBatchSampler(dataset, batch_size=16, shuffle=True, seed=0)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=2,
-        persistent_workers=True,
-        collate_fn=functools.partial(collate_packed, drop_background=True),
-    )
-    for epoch in range(2):
-        sampler.set_epoch(epoch)  # new study order; also sets the dataset's epoch (new crops)
-        for batch in loader:
-            tokens = batch["img"]             # [T, 1024] float32, all images' tokens
-            cu_seqlens = batch["cu_seqlens"]  # [B + 1] int32, per image (per study: cu_seqlens_study)
-            coords = batch["coords"]          # [T, 3] token (d, h, w) positions
-            labels_b = batch["label"]         # [B] tensor
-            # model(tokens, coords, cu_seqlens, batch["max_seqlen"]) ...
-
-Under DDP (torchrun), the sampler takes the world size and rank from
-``torch.distributed``; every rank yields the same number of batches.
+:data:`TRAINING_EXAMPLE` is the README's training example as runnable code (the tests
+run it as written, with only the two paths replaced). Under DDP (torchrun), the
+sampler takes the world size and rank from ``torch.distributed``; every rank yields
+the same number of batches.
 """
 
 from .collate import collate_packed, collate_padded, labels_to_tensor
-from .dataset import ImageDataset, load_study_labels
+from .dataset import ImageDataset
+from .labels import load_study_labels
 from .sampler import StudyAwareBatchSampler
 
 __all__ = [
@@ -55,14 +29,35 @@ __all__ = [
     "load_study_labels",
 ]
 
+#: The README's training example, as runnable code. The ``__main__`` guard lets the
+#: DataLoader workers start by ``spawn`` (macOS, Windows), which re-imports the script.
+TRAINING_EXAMPLE = """\
+import functools
 
-def _example() -> str:
-    doc = __doc__ or ""
-    start = doc.index("    import functools")
-    end = doc.index("\nUnder DDP")
-    lines = doc[start:end].rstrip().splitlines()
-    return "\n".join(line.removeprefix("    ") for line in lines) + "\n"
+from torch.utils.data import DataLoader
 
+from neurovfm.datasets import ImageDataset, StudyAwareBatchSampler, collate_packed
 
-#: The README's training example, as runnable code.
-TRAINING_EXAMPLE = _example()
+data_dir = "path/to/dataset"        # metadata.json, raw/, processed/ (the cache)
+labels = "path/to/labels.csv"       # study,label
+
+if __name__ == "__main__":  # workers started by spawn (macOS, Windows) re-import this file
+    dataset = ImageDataset(data_dir, random_crop=True, augment=True, study_labels=labels, seed=0)
+    sampler = StudyAwareBatchSampler(dataset, batch_size=16, shuffle=True, seed=0)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=2,
+        persistent_workers=True,
+        # a collate function is required (variable token counts); dataset.collate_fn is collate_packed
+        collate_fn=functools.partial(collate_packed, drop_background=True),
+    )
+    for epoch in range(2):
+        sampler.set_epoch(epoch)  # new study order; also sets the dataset's epoch (new crops)
+        for batch in loader:
+            tokens = batch["img"]             # [T, 1024] float32, all images' tokens
+            cu_seqlens = batch["cu_seqlens"]  # [B + 1] int32, per image (per study: cu_seqlens_study)
+            coords = batch["coords"]          # [T, 3] token (d, h, w) positions
+            labels_b = batch["label"]         # [B] tensor
+            # model(tokens, coords, cu_seqlens, batch["max_seqlen"]) ...
+"""

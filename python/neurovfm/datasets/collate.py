@@ -2,6 +2,9 @@
 
 * :func:`collate_padded`: ``img [B, Nmax, 1024]``, padding marked as background
   (``filtered = 1``) and in ``padding_mask``, with ``lengths``.
+
+``filtered`` (the key of the published NeuroVFM code) holds the token background flags:
+1 = the 4x16x16 token holds background.
 * :func:`collate_packed`: all tokens concatenated ``[T, 1024]`` with cumulative
   sequence lengths per image and per study (the varlen attention layout of
   FlashAttention / ``torch.nn.attention`` nested tensors), optional removal of
@@ -24,7 +27,9 @@ import numbers
 
 import torch
 
-__all__ = ["collate_packed", "collate_padded", "labels_to_tensor"]
+from ..errors import DatasetError
+
+__all__ = ["collate_packed", "collate_padded", "labels_to_tensor", "check_default_collatable"]
 
 _TOKEN_KEYS = ("img", "coords", "filtered", "size")
 
@@ -104,17 +109,17 @@ def collate_padded(batch) -> dict | None:
         return None
     imgs = [_as_tensor(it["img"]) for it in items]
     coords = [_as_tensor(it["coords"]) for it in items]
-    flags = [_as_tensor(it["filtered"]) for it in items]
+    token_background = [_as_tensor(it["filtered"]) for it in items]
     B = len(items)
-    lengths = torch.tensor([len(f) for f in flags], dtype=torch.int64)
+    lengths = torch.tensor([len(f) for f in token_background], dtype=torch.int64)
     nmax = int(lengths.max()) if B else 0
     out_coords = _empty((B, nmax, 3), coords[0].dtype)
-    out_flags = _empty((B, nmax), torch.uint8)
+    out_background = _empty((B, nmax), torch.uint8)
     if imgs[0].dim() == 2:
         out_img = _empty((B, nmax, imgs[0].shape[1]), imgs[0].dtype)
         for b, im in enumerate(imgs):
             out_img[b, : im.shape[0]] = im
-            out_img[b, im.shape[0]:] = 0
+            out_img[b, im.shape[0] :] = 0
     elif imgs[0].dim() == 4:
         shape = [max(im.shape[k] for im in imgs) for k in range(4)]
         out_img = _empty([B] + shape, imgs[0].dtype)
@@ -122,17 +127,17 @@ def collate_padded(batch) -> dict | None:
         for b, im in enumerate(imgs):
             out_img[b, : im.shape[0], : im.shape[1], : im.shape[2], : im.shape[3]] = im
     else:
-        raise ValueError(f"collate_padded: img must be [N, 1024] or [1, D, H, W], got {tuple(imgs[0].shape)}")
+        raise DatasetError(f"collate_padded: img must be [N, 1024] or [1, D, H, W], got {tuple(imgs[0].shape)}")
     for b in range(B):
         n = int(lengths[b])
         out_coords[b, :n] = coords[b]
         out_coords[b, n:] = 0
-        out_flags[b, :n] = flags[b]
-        out_flags[b, n:] = 1
+        out_background[b, :n] = token_background[b]
+        out_background[b, n:] = 1
     out = {
         "img": out_img,
         "coords": out_coords,
-        "filtered": out_flags,
+        "filtered": out_background,
         "padding_mask": torch.arange(nmax)[None, :] >= lengths[:, None],
         "lengths": lengths,
         "size": torch.stack([_as_tensor(it["size"]).to(torch.int32) for it in items]),
@@ -140,8 +145,9 @@ def collate_padded(batch) -> dict | None:
     return _metadata(items, out)
 
 
-def collate_packed(batch, drop_background: bool = False, patch_drop: float = 0.0,
-                   generator: torch.Generator | None = None) -> dict | None:
+def collate_packed(
+    batch, drop_background: bool = False, patch_drop: float = 0.0, generator: torch.Generator | None = None
+) -> dict | None:
     """Concatenate the tokens of all items (varlen layout).
 
     Items are reordered so that the images of a study are consecutive (studies
@@ -165,7 +171,7 @@ def collate_packed(batch, drop_background: bool = False, patch_drop: float = 0.0
         (seeded differently in each DataLoader worker).
     """
     if not 0.0 <= float(patch_drop) < 1.0:
-        raise ValueError(f"patch_drop must be in [0, 1), got {patch_drop!r}")
+        raise DatasetError(f"patch_drop must be in [0, 1), got {patch_drop!r}")
     items = _items(batch)
     if items is None:
         return None
@@ -177,30 +183,31 @@ def collate_packed(batch, drop_background: bool = False, patch_drop: float = 0.0
     items = [items[j] for j in order]
     keeps = []
     for it in items:
-        im, fl = _as_tensor(it["img"]), _as_tensor(it["filtered"])
+        im, background = _as_tensor(it["img"]), _as_tensor(it["filtered"])
         if im.dim() != 2:
-            raise ValueError(f"collate_packed needs token items [N, 1024] (tokenize=True), got {tuple(im.shape)}")
+            raise DatasetError(f"collate_packed needs token items [N, 1024] (tokenize=True), got {tuple(im.shape)}")
         keep = None
         if drop_background:
-            keep = torch.nonzero(fl == 0).flatten()
+            keep = torch.nonzero(background == 0).flatten()
         if patch_drop > 0:
-            n = len(fl) if keep is None else len(keep)
+            n = len(background) if keep is None else len(keep)
             k = n - int(n * float(patch_drop))
             sel = torch.randperm(n, generator=generator)[:k].sort().values
             keep = sel if keep is None else keep[sel]
         keeps.append(keep)
-    lengths = torch.tensor([len(_as_tensor(it["filtered"])) if kp is None else len(kp)
-                            for it, kp in zip(items, keeps)], dtype=torch.int64)
+    lengths = torch.tensor(
+        [len(_as_tensor(it["filtered"])) if kp is None else len(kp) for it, kp in zip(items, keeps)], dtype=torch.int64
+    )
     cu = torch.zeros(len(items) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(lengths, 0)
     total = int(cu[-1])
     im0 = _as_tensor(items[0]["img"])
     out_img = _empty((total, im0.shape[1]), im0.dtype)
     out_coords = _empty((total, 3), _as_tensor(items[0]["coords"]).dtype)
-    out_flags = _empty((total,), torch.uint8)
+    out_background = _empty((total,), torch.uint8)
     for j, (it, keep) in enumerate(zip(items, keeps)):
         a, b = int(cu[j]), int(cu[j + 1])
-        for src, dst in ((it["img"], out_img), (it["coords"], out_coords), (it["filtered"], out_flags)):
+        for src, dst in ((it["img"], out_img), (it["coords"], out_coords), (it["filtered"], out_background)):
             src = _as_tensor(src)
             if keep is None:
                 dst[a:b] = src
@@ -209,11 +216,13 @@ def collate_packed(batch, drop_background: bool = False, patch_drop: float = 0.0
     per_study = torch.tensor([int(lengths[i : i + len(js)].sum()) for i, js in _starts(studies)], dtype=torch.int64)
     cu_s = torch.zeros(len(studies) + 1, dtype=torch.int32)
     cu_s[1:] = torch.cumsum(per_study, 0)
-    study_index = torch.repeat_interleave(torch.arange(len(studies)), torch.tensor([len(js) for js in studies.values()]))
+    study_index = torch.repeat_interleave(
+        torch.arange(len(studies)), torch.tensor([len(js) for js in studies.values()])
+    )
     out = {
         "img": out_img,
         "coords": out_coords,
-        "filtered": out_flags,
+        "filtered": out_background,
         "image_index": torch.repeat_interleave(torch.arange(len(items)), lengths),
         "cu_seqlens": cu,
         "cu_seqlens_study": cu_s,
@@ -231,3 +240,35 @@ def _starts(studies):
     for js in studies.values():
         yield i, js
         i += len(js)
+
+
+DEFAULT_COLLATE_HINT = (
+    "ImageDataset items have different token counts and None fields (window of MRI, label "
+    "without labels), which torch's default collate cannot stack: pass "
+    "DataLoader(dataset, ..., collate_fn=dataset.collate_fn) (collate_packed; or "
+    "neurovfm.datasets.collate_padded), or batch_size=None for single items"
+)
+
+
+def check_default_collatable(items: list) -> None:
+    """Raise :class:`DatasetError` with :data:`DEFAULT_COLLATE_HINT` when torch's default
+    collate cannot stack these items (a None item or field, token tensors of different
+    shapes): the message says which collate function to pass instead."""
+    if not _stackable(items):
+        raise DatasetError(DEFAULT_COLLATE_HINT)
+
+
+def _stackable(items: list) -> bool:
+    """Whether torch's default collate can stack these items (no None, equal token shapes)."""
+    if any(it is None for it in items):
+        return False
+    if not all(isinstance(it, dict) for it in items):
+        return True  # a transform made something else: leave it to the collate
+    if any(v is None for it in items for v in it.values()):
+        return False
+    return all(
+        torch.is_tensor(it.get(k)) and it[k].shape == items[0][k].shape
+        for k in ("img", "coords", "filtered")
+        if torch.is_tensor(items[0].get(k))
+        for it in items
+    )

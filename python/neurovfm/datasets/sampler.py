@@ -37,6 +37,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import DatasetError, InvalidTypeError
+
 __all__ = ["StudyAwareBatchSampler", "study_groups_of"]
 
 log = logging.getLogger("neurovfm")
@@ -52,7 +54,7 @@ def study_groups_of(source) -> list:
         for i in range(len(source)):
             groups.setdefault(source[i], []).append(i)
         return list(groups.items())
-    raise TypeError("dataset must have study_groups() or be a sequence of study keys")
+    raise InvalidTypeError("dataset must have study_groups() or be a sequence of study keys")
 
 
 def _dist_defaults(num_replicas, rank):
@@ -69,9 +71,9 @@ def _dist_defaults(num_replicas, rank):
         rank = me if rank is None else rank
     num_replicas, rank = int(num_replicas), int(rank)
     if num_replicas < 1:
-        raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
+        raise DatasetError(f"num_replicas must be >= 1, got {num_replicas}")
     if not 0 <= rank < num_replicas:
-        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        raise DatasetError(f"rank must be in [0, {num_replicas}), got {rank}")
     return num_replicas, rank
 
 
@@ -143,10 +145,18 @@ class StudyAwareBatchSampler:
         is initialised, else 1 and 0.
     """
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 num_replicas: int | None = None, rank: int | None = None):
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -186,8 +196,13 @@ class StudyAwareBatchSampler:
             if not self.shuffle:
                 batches, ok = _split_to(batches, groups, target)
                 if not ok:
-                    log.warning("StudyAwareBatchSampler: %d studies cannot fill %d batches on %d ranks without "
-                                "repeating studies; batches are repeated", len(groups), target, R)
+                    log.warning(
+                        "StudyAwareBatchSampler: %d studies cannot fill %d batches on %d ranks without "
+                        "repeating studies; batches are repeated",
+                        len(groups),
+                        target,
+                        R,
+                    )
             base = list(batches)
             while len(batches) < target:
                 batches.append(base[(len(batches) - len(base)) % len(base)])
@@ -207,5 +222,7 @@ class StudyAwareBatchSampler:
         return len(self.global_batches()) // self.num_replicas
 
     def __repr__(self) -> str:
-        return (f"StudyAwareBatchSampler({len(self.groups)} studies, batch_size={self.batch_size}, "
-                f"shuffle={self.shuffle}, rank {self.rank}/{self.num_replicas}, epoch {self.epoch})")
+        return (
+            f"StudyAwareBatchSampler({len(self.groups)} studies, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, rank {self.rank}/{self.num_replicas}, epoch {self.epoch})"
+        )

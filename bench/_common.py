@@ -1,0 +1,56 @@
+"""What every benchmark shares: the import paths, the corpus, thread counts, a timer.
+
+Importing this module puts the package (``python/`` of the checkout, unless a
+``neurovfm`` is already importable, e.g. an installed wheel or ``PYTHONPATH=python``)
+and the tests' helpers (``tests/``: ``reference``, ``corpus``, ...) on ``sys.path``,
+so a benchmark compares the library with the very reference the tests use.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    import neurovfm  # noqa: F401
+except ImportError:  # a checkout without PYTHONPATH=python
+    sys.path.insert(0, str(ROOT / "python"))
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+import neurovfm  # noqa: E402
+
+
+def corpus_dir() -> Path:
+    """The real-scan corpus: $NEUROVFM_TEST_DATA, else ``../shared/data`` beside the checkout."""
+    env = os.environ.get("NEUROVFM_TEST_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def set_threads(n: int | None, torch_too: bool = False) -> None:
+    """The same thread count for SimpleITK (the reference) and neurovfm (and torch)."""
+    import SimpleITK as sitk
+
+    if n is not None:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n)
+    neurovfm.set_num_threads(n)
+    if torch_too and n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """The median of ``repeats`` timed calls of ``fn`` (seconds), one after another."""
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)

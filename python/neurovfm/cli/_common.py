@@ -1,0 +1,61 @@
+"""What every command shares: the usage error, the parser class and its formatter,
+the option types, and the one-line rendering of an error."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import NoReturn
+
+from ..errors import UsageError
+
+PROG = "neurovfm"
+#: Names of the views ``prepare_for_inference`` reports (the slice axis of [D, H, W]).
+VIEW_NAMES = {0: "axial", 1: "coronal", 2: "sagittal"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but errors become :class:`UsageError` (one line, no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def mode(text: str) -> str:
+    m = text.lower()
+    if m not in ("ct", "mri"):
+        raise argparse.ArgumentTypeError(f"invalid mode {text!r} (choose ct or mri)")
+    return m
+
+
+def check_output_folder(out: Path) -> None:
+    """UsageError when the folder ``out`` would be written to does not exist."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {str(parent)!r} does not exist")
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` as one line: an OSError's reason with its file name, else its message."""
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+        if err.filename and str(err.filename) not in text:
+            text = f"{err.filename}: {text}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())

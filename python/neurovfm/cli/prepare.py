@@ -1,0 +1,365 @@
+"""``neurovfm prepare``: file to tokens on a scan (or the built-in phantoms), the
+report of what each stage produced and how long it took, and the output file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._common import PROG, VIEW_NAMES, Formatter, UsageError, check_output_folder, one_line
+from ._common import mode as mode_arg
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from ..data.volume import RawVolume
+
+#: File suffixes ``prepare -o`` can write.
+OUTPUT_SUFFIXES = (".npz", ".pt")
+
+_DESCRIPTION = """\
+Run the NeuroVFM preprocessing on a scan, from file to tokens, and report what
+each stage produced and how long it took:
+
+  load_image             read, reorient to RPI, B-spline resample to 1x1x4 mm, crop
+  prepare_for_inference  CT windows (brain, blood, bone) or MRI normalisation, masks
+  tokenize               4x16x16 patches -> tokens [N, 1024], coords, filtered
+
+Without PATH, built-in synthetic phantoms are written to a temporary folder and
+the whole reading path runs on them: the CT as NIfTI, the same CT as a DICOM
+series (mode ct) and a sagittal T1 MR as NIfTI (mode mri)."""
+
+_EPILOG = """\
+examples:
+  neurovfm prepare
+  neurovfm prepare --mode ct --phantom-dir phantoms/    keep the phantom files
+  neurovfm prepare head_ct.nii.gz --mode ct
+  neurovfm prepare study/series_dir --mode mri --series-uid 1.2.840.113619.2.55.3
+  neurovfm prepare head_ct.nii.gz --mode ct -j 4 -o tokens.npz
+  neurovfm prepare t1.nii.gz --mode mri -o tokens.pt    (needs PyTorch)
+
+output file (-o): tokens [C, N, 1024] float32 (C = 3 CT windows brain, blood,
+bone; or 1 for MRI), coords [N, 3] int32, filtered [N] uint8 (1 = background
+token), size [3] int32, arrays [C, D, H, W] float32, channels, mode, view,
+spacing, source. Without PATH, one file per phantom: OUT.<name>.npz.
+"""
+
+
+def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "prepare",
+        parents=[common],
+        help="file to tokens on a scan (or the built-in phantoms), with timings",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=Formatter,
+    )
+    p.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help="NIfTI file, DICOM file or DICOM series folder, or any image SimpleITK reads",
+    )
+    p.add_argument(
+        "--mode",
+        type=mode_arg,
+        metavar="{ct,mri}",
+        help="modality of PATH (required with PATH); without PATH, run only these phantoms",
+    )
+    p.add_argument(
+        "--series-uid", metavar="UID", help="SeriesInstanceUID to read when a DICOM folder holds several series"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT",
+        help="save tokens, coords, filtered and the arrays to OUT.npz (NumPy) or OUT.pt (PyTorch)",
+    )
+    p.add_argument(
+        "--phantom-dir",
+        type=Path,
+        metavar="DIR",
+        help="without PATH: write the phantoms here and keep them (default: a temporary folder)",
+    )
+    p.set_defaults(func=cmd_prepare)
+
+
+# --- one scan -------------------------------------------------------------------------------
+
+
+@dataclass
+class InputHeader:
+    """The input as read, before any resampling."""
+
+    size: tuple[int, ...]  # (x, y, z)
+    spacing: tuple[float, ...]  # (x, y, z)
+    dtype: str
+    orientation: str
+
+
+@dataclass
+class ScanResult:
+    """What ``prepare`` measured on one scan."""
+
+    name: str
+    path: str
+    mode: str
+    input_size: tuple[int, ...]  # (x, y, z)
+    input_spacing: tuple[float, ...]
+    input_dtype: str
+    input_orientation: str
+    output_shape: tuple[int, ...]  # [D, H, W]
+    output_spacing: tuple[float, ...]  # (x, y, z)
+    view: int
+    tokens: int
+    token_grid: tuple[int, ...]
+    fg_tokens: float  # fraction of tokens without background
+    fg_voxels: float  # fraction of foreground voxels
+    times: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    arrays: dict[str, Any] = field(default_factory=dict, repr=False)  # what -o saves
+
+
+def _orientation(direction: Any) -> str:
+    import SimpleITK as sitk
+
+    try:
+        return str(sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(d) for d in direction]))
+    except RuntimeError:  # pragma: no cover - not a 3x3 direction
+        return "?"
+
+
+def _header(shape_zyx: tuple[int, ...], spacing: Any, dtype: Any, direction: Any) -> InputHeader:
+    import numpy as np
+
+    return InputHeader(
+        tuple(int(s) for s in shape_zyx[::-1]),
+        tuple(float(s) for s in spacing[:3]),
+        np.dtype(dtype).name,
+        _orientation(direction),
+    )
+
+
+def _volume_header(vol: RawVolume) -> InputHeader:
+    return _header(vol.array.shape, vol.spacing, vol.array.dtype, vol.direction)
+
+
+def load_with_header(path: str, series_uid: str | None = None) -> tuple[sitk.Image, InputHeader]:
+    """``load_image(path, series_uid=series_uid)`` and the header of the input, which
+    is read once, by the pipeline itself.
+
+    The same dispatch as :func:`neurovfm.data.load_image`: a readable NIfTI file
+    has its header parsed once (``nifti_layout``) and is streamed when it can be or
+    decoded whole; any other input is read whole (``read_volume``), then resampled
+    (``preprocess_volume``). The bytes are load_image's (tests/test_cli.py checks).
+    """
+    from ..data import io, readers
+
+    if readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
+        layout = readers.nifti_layout(path)
+        stream = io._stream_plan(layout) if layout.direct else None
+        if stream is not None:
+            header = _header(layout.shape, layout.spacing, layout.dtype, layout.direction)
+            return io._preprocess_nifti_streaming(layout, stream), header
+        vol = readers.read_nifti(path, layout)
+    else:
+        vol = io.read_volume(path, series_uid=series_uid)
+    return io.preprocess_volume(vol), _volume_header(vol)
+
+
+def run_scan(
+    path: str | os.PathLike[str],
+    mode: str,
+    series_uid: str | None = None,
+    name: str = "",
+    keep_arrays: bool = False,
+) -> ScanResult:
+    """File to tokens on one scan, timed per stage."""
+    import numpy as np
+
+    from ..data import prepare_for_inference, tokenize
+    from ..errors import ImageTooSmallError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    t0 = time.perf_counter()
+    img, header = load_with_header(path, series_uid)
+    t1 = time.perf_counter()
+    res = prepare_for_inference(img, mode, return_foreground=True)
+    t2 = time.perf_counter()
+    if res is None:
+        raise ImageTooSmallError(
+            path,
+            f"too small for one 4x16x16 token after resampling to 1x1x4 mm (size {tuple(img.GetSize())} in x, y, z)",
+        )
+    arrs, mask, view, fg = res  # type: ignore[misc]  # return_foreground=True: four items
+    toks = [tokenize(a, mask) for a in arrs]
+    t3 = time.perf_counter()
+
+    n = toks[0].img.shape[0]
+    out = ScanResult(
+        name=name or os.path.basename(path.rstrip(os.sep)),
+        path=path,
+        mode=mode,
+        input_size=header.size,
+        input_spacing=header.spacing,
+        input_dtype=header.dtype,
+        input_orientation=header.orientation,
+        output_shape=tuple(int(s) for s in arrs[0].shape[1:]),
+        output_spacing=tuple(img.GetSpacing()),
+        view=int(view),
+        tokens=int(n),
+        token_grid=tuple(int(s) for s in toks[0].size),
+        fg_tokens=float(1.0 - mask.mean()) if n else 0.0,
+        fg_voxels=float(np.count_nonzero(fg) / fg.size) if fg.size else 0.0,
+        times={"read+resample": t1 - t0, "prepare": t2 - t1, "tokenize": t3 - t2, "total": t3 - t0},
+    )
+    if keep_arrays:
+        channels = ["brain", "blood", "bone"] if mode == "ct" else ["mri"]
+        out.arrays = {
+            "tokens": np.stack([t.img for t in toks]),
+            "coords": toks[0].coords,
+            "filtered": toks[0].filtered,
+            "size": np.asarray(toks[0].size, np.int32),
+            "arrays": np.concatenate(arrs, axis=0),
+            "channels": channels,
+            "mode": mode,
+            "view": int(view),
+            "spacing": [float(s) for s in img.GetSpacing()],
+            "source": path,
+        }
+    return out
+
+
+# --- the report and the output file ---------------------------------------------------------
+
+
+def _fmt_mm(values: tuple[float, ...]) -> str:
+    return " x ".join(f"{v:.3f}".rstrip("0").rstrip(".") for v in values)
+
+
+def format_result(r: ScanResult) -> str:
+    """The lines ``prepare`` prints for one scan."""
+    t = r.times
+    d, h, w = r.output_shape
+    lines = [
+        f"{r.name}: {r.path} (mode {r.mode})",
+        (
+            f"  input     {' x '.join(map(str, r.input_size))} voxels (x, y, z), "
+            f"{_fmt_mm(r.input_spacing)} mm, {r.input_dtype}, orientation {r.input_orientation}"
+        ),
+        (
+            f"  output    [D, H, W] = [{d}, {h}, {w}], spacing {_fmt_mm(r.output_spacing)} mm (x, y, z), "
+            f"view {r.view} ({VIEW_NAMES.get(r.view, '?')})"
+        ),
+        (
+            f"  tokens    N = {r.tokens} ({' x '.join(map(str, r.token_grid))}), "
+            f"foreground {100 * r.fg_tokens:.1f}% of tokens, {100 * r.fg_voxels:.1f}% of voxels"
+        ),
+        (
+            f"  time      read+resample {t['read+resample']:.3f} s | prepare {t['prepare']:.3f} s | "
+            f"tokenize {t['tokenize']:.3f} s | total {t['total']:.3f} s"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+_NEEDS_TORCH = "saving .pt files needs PyTorch (pip install torch); use an .npz output instead"
+
+
+def _check_output(out: Path | None) -> None:
+    if out is None:
+        return
+    suffix = out.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise UsageError(f"output {str(out)!r} must end with .npz or .pt")
+    if suffix == ".pt":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise UsageError(_NEEDS_TORCH)
+    check_output_folder(out)
+
+
+def save_result(r: ScanResult, out: Path) -> None:
+    """Write what ``run_scan(keep_arrays=True)`` kept to ``.npz`` or ``.pt``."""
+    import numpy as np
+
+    a = r.arrays
+    if out.suffix.lower() == ".pt":
+        try:
+            import torch
+        except ImportError:
+            raise UsageError(_NEEDS_TORCH) from None
+        payload = {
+            k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in a.items()
+        }
+        torch.save(payload, out)
+    else:
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in a.items()}
+        with open(out, "wb") as f:  # a file object: numpy must not append .npz
+            np.savez(f, **arrays)
+
+
+def _output_for(out: Path | None, name: str, several: bool) -> Path | None:
+    if out is None or not several:
+        return out
+    return out.with_name(f"{out.stem}.{name}{out.suffix}")
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    _check_output(args.output)
+    if args.path is None:
+        if args.series_uid:
+            raise UsageError("--series-uid needs a PATH")
+        return _prepare_phantoms(args)
+    if args.phantom_dir is not None:
+        raise UsageError("--phantom-dir is for the built-in phantoms, without PATH")
+    if args.mode is None:
+        raise UsageError("--mode is required with a PATH (--mode ct or --mode mri)")
+    r = run_scan(args.path, args.mode, args.series_uid, keep_arrays=args.output is not None)
+    print(format_result(r), flush=True)
+    if args.output is not None:
+        save_result(r, args.output)
+        print(f"  saved     {args.output}")
+    return 0
+
+
+def _prepare_phantoms(args: argparse.Namespace) -> int:
+    from .. import phantom
+
+    scans = [("ct_nifti", "ct"), ("ct_dicom", "ct"), ("mri_nifti", "mri")]
+    scans = [(name, m) for name, m in scans if args.mode in (None, m)]
+    with tempfile.TemporaryDirectory(prefix="neurovfm-phantoms-") as tmp:
+        folder = args.phantom_dir if args.phantom_dir is not None else Path(tmp)
+        t0 = time.perf_counter()
+        paths = phantom.write_phantoms(folder, names=[name for name, _ in scans])
+        print(f"No PATH given: wrote the built-in phantoms to {folder} ({time.perf_counter() - t0:.1f} s)")
+        failed = 0
+        for name, m in scans:
+            print()
+            try:
+                r = run_scan(paths[name], m, name=name, keep_arrays=args.output is not None)
+            except Exception as err:  # noqa: BLE001 - report and go on: the other reading paths still run
+                failed += 1
+                print(f"{name}: {paths[name]} (mode {m})\n  FAILED    {one_line(err)}", flush=True)
+                print(f"{PROG}: error: {name}: {one_line(err)}", file=sys.stderr)
+                continue
+            print(format_result(r), flush=True)
+            out = _output_for(args.output, name, len(scans) > 1)
+            if out is not None:
+                save_result(r, out)
+                print(f"  saved     {out}")
+        print()
+        print(f"{len(scans) - failed} of {len(scans)} phantom scans prepared")
+    return 1 if failed else 0

@@ -1,0 +1,496 @@
+"""One cache entry: its files, its sidecar, the rule of a valid entry, the encoding of a
+raw scan and the zero-copy open. The only module that knows the on-disk format
+(docs/cache.md); the builder (:mod:`neurovfm.data.cache`) and the dataset
+(:mod:`neurovfm.datasets`) both go through it.
+
+Layout of image ``<image>`` of a study, in ``processed/<study>/``::
+
+    <image>.pt            MRI: uint8 volume [1, D, H, W]
+    <image>_brain.pt      CT: one file per window (brain, blood, bone)
+    <image>_blood.pt
+    <image>_bone.pt
+    <image>_mask.pt       uint8 token background flags [D/4, H/16, W/16]: 1 = the 4x16x16
+                          token holds background (file name and key ``mask`` kept from the
+                          published NeuroVFM format)
+    <image>.json          the sidecar: shape, spacing, view, mode, windows, source
+                          fingerprint, pipeline version, file sizes, offsets and CRC-32s
+    <image>.failed.json   why the last build of this image failed
+    .<image>.lock         the builders' lock file
+
+Every function takes the entry's folder (``processed/<study>``) rather than an object,
+so this module imports nothing of the cache builder or the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import mmap
+import os
+import re
+import socket
+import stat
+import tempfile
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .._threads import thread_limit
+from ..errors import CacheEntryError, ImageTooSmallError
+from . import ptfile
+from .preprocess import CT_WINDOWS
+
+log = logging.getLogger("neurovfm")
+
+__all__ = [
+    "PIPELINE_VERSION",
+    "WINDOW_NAMES",
+    "TOKEN_BACKGROUND",
+    "CacheEntryError",
+    "Encoded",
+    "SidecarCache",
+    "volume_keys",
+    "file_names",
+    "sidecar_path",
+    "failed_path",
+    "lock_path",
+    "token_grid",
+    "read_sidecar",
+    "source_fingerprint",
+    "source_matches",
+    "sidecar_status",
+    "files_status",
+    "encode_scan",
+    "write_entry",
+    "build_entry",
+    "open_file",
+    "try_lock",
+]
+
+#: Bump whenever cached numbers would change: older entries become stale (and are rebuilt).
+#: neurovfm-2: quantised from the float64 values (the reference's bytes; docs/numbers.md) and
+#: one resampling order for every entry point.
+PIPELINE_VERSION = "neurovfm-2"
+WINDOW_NAMES = tuple(w[0] for w in CT_WINDOWS)
+#: Sidecar key (and file suffix) of the token background flags: ``mask`` in the published format.
+TOKEN_BACKGROUND = "mask"
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+
+def volume_keys(mode: str) -> tuple[str, ...]:
+    """Keys of the volume files of an entry: the CT windows, or ``("volume",)`` for MRI."""
+    return WINDOW_NAMES if mode == "ct" else ("volume",)
+
+
+def file_names(image: str, mode: str) -> dict[str, str]:
+    """``{key: file name}`` of an entry: the volume keys and ``"mask"`` (the token background flags)."""
+    names = {k: (f"{image}_{k}.pt" if mode == "ct" else f"{image}.pt") for k in volume_keys(mode)}
+    names[TOKEN_BACKGROUND] = f"{image}_mask.pt"
+    return names
+
+
+def sidecar_path(folder: str, image: str) -> str:
+    return os.path.join(folder, f"{image}.json")
+
+
+def failed_path(folder: str, image: str) -> str:
+    return os.path.join(folder, f"{image}.failed.json")
+
+
+def lock_path(folder: str, image: str) -> str:
+    return os.path.join(folder, f".{image}.lock")
+
+
+def _tmp_prefix(image: str) -> str:
+    """Prefix of every temporary file of an image's entry: ``.<image>.<8 random>.tmp``."""
+    return f".{image}."
+
+
+def token_grid(shape) -> tuple[int, int, int]:
+    """The token grid ``(D/4, H/16, W/16)`` of a volume shape ``[1, D, H, W]``."""
+    return int(shape[1]) // 4, int(shape[2]) // 16, int(shape[3]) // 16
+
+
+def unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def atomic_write_bytes(path: str, data: bytes, prefix: str | None = None) -> None:
+    """Write ``data`` under a temporary name in ``path``'s folder, then rename it to ``path``."""
+    if prefix is None:
+        prefix = "." + os.path.basename(path) + "."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        unlink(tmp)
+        raise
+
+
+def remove_leftovers(folder: str, image: str) -> None:
+    """Delete the temporary files an interrupted build of ``image`` left (caller holds its lock).
+
+    Matches exactly ``.<image>.<mkstemp's 8 characters>.tmp``, so the temporary
+    files of an image whose name merely starts with ``image`` are left alone."""
+    pattern = re.compile(re.escape(_tmp_prefix(image)) + r"[a-z0-9_]{8}\.tmp")
+    for fn in os.listdir(folder):
+        if pattern.fullmatch(fn):
+            unlink(os.path.join(folder, fn))
+
+
+def try_lock(fd: int, blocking: bool) -> bool:
+    """Exclusive lock on an open file (released when it is closed or the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+
+
+# --- the sidecar -----------------------------------------------------------------------------
+
+
+def read_sidecar(path: str) -> dict[str, Any] | None:
+    """The sidecar as a dict; None when absent, unreadable or not a JSON object."""
+    try:
+        with open(path) as f:
+            side = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return side if isinstance(side, dict) else None
+
+
+class SidecarCache:
+    """Parsed sidecars of one process, reused while a sidecar's (mtime, size, inode) stay
+    the same: one ``stat`` per lookup. Not pickled (each process has its own)."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._hits: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        hit = self._hits.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        side = read_sidecar(path)
+        if side is None:
+            return None
+        if len(self._hits) > self.LIMIT:
+            self._hits.clear()
+        self._hits[path] = (key, side)
+        return side
+
+    def forget(self, path: str) -> None:
+        self._hits.pop(path, None)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._hits = {}
+
+
+# --- validity (docs/cache.md, section 4) -----------------------------------------------------
+
+
+def source_fingerprint(path: str) -> dict[str, int]:
+    """Size and modification time of a file, or file count, total size and newest
+    modification time of every file under a folder (a DICOM series)."""
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return _folder_fingerprint(path)
+
+
+def _folder_fingerprint(path: str) -> dict[str, int]:
+    count, total, newest = 0, 0, 0
+    for root, _dirs, files in os.walk(path):
+        for fn in files:
+            try:
+                s = os.stat(os.path.join(root, fn))
+            except OSError:
+                continue
+            count += 1
+            total += s.st_size
+            newest = max(newest, s.st_mtime_ns)
+    return {"files": count, "size": total, "mtime_ns": newest}
+
+
+def source_matches(source: str, recorded: Any, folders: dict | None = None) -> bool:
+    """Whether the scan ``source`` still has the ``recorded`` fingerprint.
+
+    A file costs one ``stat``. A folder is walked; with ``folders`` (a dict the caller
+    keeps per process) the walk is reused while the folder's own (mtime, inode) stay the
+    same, i.e. until a file is added, removed or renamed in it."""
+    try:
+        st = os.stat(source)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return recorded == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if folders is None:
+        return recorded == _folder_fingerprint(source)
+    key = (st.st_mtime_ns, st.st_ino)
+    hit = folders.get(source)
+    if hit is None or hit[0] != key:
+        hit = (key, _folder_fingerprint(source))
+        folders[source] = hit
+    return recorded == hit[1]
+
+
+def sidecar_status(side: dict[str, Any] | None, source: str, folders: dict | None = None) -> str:
+    """What the sidecar alone says of an entry: ``'missing'`` (no readable sidecar),
+    ``'stale'`` (another pipeline version, or the scan ``source`` changed), ``'corrupt'``
+    (no files recorded) or ``'valid'``. The files are checked by :func:`files_status`
+    or when :func:`open_file` maps them."""
+    if side is None:
+        return "missing"
+    if side.get("version") != PIPELINE_VERSION:
+        return "stale"
+    if not source_matches(source, side.get("source"), folders):
+        return "stale"
+    files = side.get("files")
+    return "valid" if isinstance(files, dict) and files else "corrupt"
+
+
+def files_status(folder: str, side: dict[str, Any], verify: bool = False) -> str:
+    """``'valid'`` when every recorded file has its recorded size (and, with ``verify``,
+    its CRC-32: of the whole file, or of the tensor data for older sidecars), else ``'corrupt'``."""
+    for info in side["files"].values():
+        try:
+            p = os.path.join(folder, info["name"])
+            if os.path.getsize(p) != info["bytes"]:
+                return "corrupt"
+            if verify:
+                if "file_crc32" in info:  # every byte, headers included
+                    if ptfile.file_crc32(p) != info["file_crc32"]:
+                        return "corrupt"
+                else:
+                    ptfile.open_tensor(p, verify=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            return "corrupt"
+    return "valid"
+
+
+# --- encoding a raw scan ---------------------------------------------------------------------
+
+
+class Encoded(NamedTuple):
+    """A scan encoded as the cache stores it."""
+
+    volumes: dict[str, np.ndarray]  # key -> uint8 [1, D, H, W] (CT windows, or "volume")
+    token_background: np.ndarray  # uint8 [D/4, H/16, W/16], 1 = the token holds background
+    view: int
+    spacing: tuple[float, ...]
+
+
+def encode_scan(source: str, mode: str, threads: int | None = None) -> Encoded:
+    """Read and preprocess ``source`` and quantise it as the cache stores it:
+    ``prepare_for_inference(..., quantize=True)``, i.e. ``uint8(v * 255)`` of the float64
+    values (docs/numbers.md). :class:`~neurovfm.errors.ImageTooSmallError` when the volume
+    holds no whole token. ``threads``: kernel threads (default: the current setting)."""
+    from .io import load_image
+    from .preprocess import prepare_for_inference
+
+    if threads is None:
+        img = load_image(source)
+        prep = prepare_for_inference(img, mode, quantize=True)
+    else:
+        with thread_limit(threads):
+            img = load_image(source)
+            prep = prepare_for_inference(img, mode, quantize=True)
+    if prep is None:
+        raise ImageTooSmallError(
+            source, f"volume {img.GetSize()} is smaller than one 4x16x16 token after preprocessing"
+        )
+    arrs, token_background, view = prep
+    grid = token_grid(arrs[0].shape)
+    return Encoded(
+        dict(zip(volume_keys(mode), arrs)),
+        token_background.reshape(grid),
+        int(view),
+        tuple(float(x) for x in img.GetSpacing()),
+    )
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def write_entry(
+    folder: str, study: str, image: str, mode: str, enc: Encoded, fingerprint: dict, source_path: str
+) -> None:
+    """Write every file of the entry under a temporary name, then rename them into place
+    and write the sidecar last. A failure before the renames (a full disk, say) leaves a
+    valid older entry as it was."""
+    names = file_names(image, mode)
+    payloads = {**enc.volumes, TOKEN_BACKGROUND: enc.token_background}
+    files, tmps = {}, {}
+    try:
+        for key, arr in payloads.items():
+            fd, tmps[key] = tempfile.mkstemp(prefix=_tmp_prefix(image), suffix=".tmp", dir=folder)
+            os.close(fd)
+            files[key] = {"name": names[key], **ptfile.write_tensor(tmps[key], arr)}
+        unlink(sidecar_path(folder, image))  # the old entry stops being valid first
+        for key, tmp in tmps.items():
+            os.replace(tmp, os.path.join(folder, names[key]))
+    except BaseException:
+        for tmp in tmps.values():
+            unlink(tmp)
+        raise
+    shape = next(iter(enc.volumes.values())).shape
+    side = {
+        "version": PIPELINE_VERSION,
+        "study": study,
+        "image": image,
+        "mode": mode,
+        "view": enc.view,
+        "shape": [int(v) for v in shape],
+        "spacing": list(enc.spacing),
+        "windows": list(WINDOW_NAMES) if mode == "ct" else None,
+        "source": fingerprint,
+        "source_path": source_path,
+        "files": files,
+        "host": socket.gethostname(),
+        "time": time.time(),
+    }
+    atomic_write_bytes(sidecar_path(folder, image), json.dumps(side, indent=1).encode(), _tmp_prefix(image))
+
+
+def build_entry(
+    folder: str, study: str, image: str, mode: str, source: str, source_path: str, force: bool
+) -> tuple[str, str | None]:
+    """Build one entry under its lock (docs/cache.md, section 5).
+
+    Returns ``("done", status before)``, ``("skipped", None)``, ``("busy", None)`` (another
+    builder holds the lock) or ``("failed", reason)`` (also written to ``<image>.failed.json``)."""
+
+    def status() -> str:
+        side = read_sidecar(sidecar_path(folder, image))
+        st = sidecar_status(side, source)
+        return files_status(folder, side, verify=True) if st == "valid" and side is not None else st
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(lock_path(folder, image), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # processed/ is read-only (or full): a valid entry is still fine
+        if not force and status() == "valid":
+            return "skipped", None
+        return "failed", f"cannot write the cache in {folder}: {type(err).__name__}: {err}"
+    try:
+        if not try_lock(fd, blocking=False):
+            return "busy", None
+        remove_leftovers(folder, image)  # of an interrupted build (we hold the lock)
+        before = status()
+        if before == "valid" and not force:
+            return "skipped", None
+        if before == "corrupt":
+            log.warning("cache entry %s/%s is corrupt (size or checksum): rebuilding it", study, image)
+        if before != "valid":
+            # never leave a stale or corrupt entry readable while (or if) the rebuild fails
+            unlink(sidecar_path(folder, image))
+        try:
+            fingerprint = source_fingerprint(source)
+            write_entry(folder, study, image, mode, encode_scan(source, mode), fingerprint, source_path)
+        except Exception as err:  # recorded, the build goes on
+            reason = f"{type(err).__name__}: {err}"
+            if isinstance(err, OSError) and not err.filename:  # e.g. ENOSPC from a write
+                reason += f" (writing the cache in {folder})"
+            record = {"version": PIPELINE_VERSION, "reason": reason, "time": time.time()}
+            try:
+                atomic_write_bytes(failed_path(folder, image), json.dumps(record).encode(), _tmp_prefix(image))
+            except OSError as err2:  # e.g. the disk is full: the summary still has it
+                log.warning("%s/%s: could not record the failure (%s)", study, image, err2)
+            return "failed", reason
+        unlink(failed_path(folder, image))
+        return "done", before
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# --- the zero-copy open ----------------------------------------------------------------------
+
+
+def open_file(folder: str, side: dict[str, Any], key: str, checked: dict | None = None) -> np.ndarray:
+    """Zero-copy, read-only uint8 view of file ``key`` of an entry (a volume key, or
+    ``"mask"`` for the token background flags), memory-mapped at the offset the sidecar
+    records; its size, dtype and shape checked against the sidecar.
+
+    The CRC-32 of the tensor data is checked on every call when ``checked`` is None
+    (``CacheManager.load_image``); with a dict (kept per process by the caller) once per
+    file and (size, mtime, inode) stamp, so that later opens of the same file cost one
+    ``fstat`` and one ``mmap`` (the dataset). Raises :class:`CacheEntryError` or
+    :class:`~neurovfm.data.ptfile.PtFormatError` (both ``ValueError``) or ``OSError``."""
+    try:
+        info = side["files"].get(key)
+        if info is None:
+            raise CacheEntryError(f"{folder}: the sidecar of {side.get('image')!r} records no {key!r} file")
+        path = os.path.join(folder, info["name"])
+        if "offset" not in info:  # a sidecar without offsets: parse the archive
+            if os.path.getsize(path) != info["bytes"]:
+                raise CacheEntryError(f"{path}: size {os.path.getsize(path)} differs from the recorded {info['bytes']}")
+            return _checked_shape(path, ptfile.open_tensor(path, verify=True), side, key)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        try:
+            st = os.fstat(fd)
+            if st.st_size != info["bytes"]:
+                raise ptfile.PtFormatError(
+                    f"{path}: {st.st_size} bytes, expected {info['bytes']}: truncated or replaced"
+                )
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)  # the mmap holds its own descriptor
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ino, info["offset"], info.get("crc32"))
+        if checked is not None:
+            hit = checked.get(path)
+            if hit is not None and hit[0] == stamp:  # checked before: map it, nothing else
+                _, dtype, shape, count, offset = hit
+                return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
+        dtype, shape = np.dtype(info["dtype"]), tuple(int(v) for v in info["shape"])
+        count, offset, crc = math.prod(shape), int(info["offset"]), info.get("crc32")
+        nbytes = count * dtype.itemsize
+        if offset < 0 or offset + nbytes > st.st_size:
+            mm.close()
+            raise ptfile.PtFormatError(f"{path}: tensor data outside the file")
+        if crc is not None and ptfile.crc32(memoryview(mm)[offset : offset + nbytes]) != crc:
+            mm.close()
+            raise ptfile.PtFormatError(f"{path}: checksum differs from the sidecar's: the data is corrupt or replaced")
+        arr = _checked_shape(path, np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape), side, key)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise CacheEntryError(
+            f"{folder}: malformed sidecar of {side.get('image')!r} ({type(err).__name__}: {err})"
+        ) from None
+    if checked is not None:
+        checked[path] = (stamp, dtype, shape, count, offset)
+    return arr
+
+
+def _checked_shape(path: str, arr: np.ndarray, side: dict[str, Any], key: str) -> np.ndarray:
+    want = tuple(side["shape"]) if key != TOKEN_BACKGROUND else token_grid(side["shape"])
+    if arr.shape != want or arr.dtype != np.uint8:
+        raise CacheEntryError(f"{path}: {arr.dtype} {arr.shape}, the sidecar says uint8 {want}")
+    return arr
