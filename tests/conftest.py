@@ -123,8 +123,7 @@ def _boundary_planes(source: sitk.Image):
     return planes[::-1]
 
 
-def compare_resampled(ours: sitk.Image, ref: sitk.Image, ref64: sitk.Image, source=None,
-                      values=True):
+def compare_resampled(ours: sitk.Image, ref: sitk.Image, ref64: sitk.Image, source=None, values=True):
     """Assert the library's resampled image matches the reference (the parity rule).
 
     Same size, spacing, origin, direction (1e-9), same pixel type. Integer types: equal,
@@ -135,8 +134,7 @@ def compare_resampled(ours: sitk.Image, ref: sitk.Image, ref64: sitk.Image, sour
     ``values=False`` compares the geometry only.
     """
     assert ours.GetSize() == ref.GetSize()
-    assert ours.GetPixelID() == ref.GetPixelID(), (
-        ours.GetPixelIDTypeAsString(), ref.GetPixelIDTypeAsString())
+    assert ours.GetPixelID() == ref.GetPixelID(), (ours.GetPixelIDTypeAsString(), ref.GetPixelIDTypeAsString())
     np.testing.assert_allclose(ours.GetSpacing(), ref.GetSpacing(), rtol=0, atol=1e-9)
     np.testing.assert_allclose(ours.GetOrigin(), ref.GetOrigin(), rtol=0, atol=1e-9)
     np.testing.assert_allclose(ours.GetDirection(), ref.GetDirection(), rtol=0, atol=1e-9)
@@ -164,5 +162,6 @@ def compare_resampled(ours: sitk.Image, ref: sitk.Image, ref64: sitk.Image, sour
 def _report(a, b, v, bad):
     idx = np.argwhere(bad)
     first = tuple(idx[0])
-    return (f"{len(idx)} of {a.size} voxels differ; first at {first}: "
-            f"ours={a[first]!r} ref={b[first]!r} ref64={v[first]!r}")
+    return (
+        f"{len(idx)} of {a.size} voxels differ; first at {first}: ours={a[first]!r} ref={b[first]!r} ref64={v[first]!r}"
+    )

@@ -106,7 +106,7 @@ def test_build_values_layout_and_flags(dataset, data_dir):
     # processed flags written by this process
     flags = {
         f"{s['name']}/{im['name']}": im["processed"]
-        for s in json.load(open(root / "metadata.json"))["studies"]
+        for s in json.loads((root / "metadata.json").read_text())["studies"]
         for im in s["images"]
     }
     assert flags.pop("bad_4d/example4d") is False
@@ -140,7 +140,7 @@ def test_build_values_layout_and_flags(dataset, data_dir):
                 assert np.array_equal(t.numpy(), e)
             m = torch.load(root / "processed" / study / f"{name}_mask.pt", weights_only=True, mmap=True)
             assert np.array_equal(m.numpy().ravel(), mask)
-            side = json.load(open(root / "processed" / study / f"{name}.json"))
+            side = json.loads((root / "processed" / study / f"{name}.json").read_text())
             assert side["version"] == PIPELINE_VERSION and side["view"] == view and side["mode"] == mode
             got = cm.load_image(study, name)
             got = got if isinstance(got, list) else [got]
@@ -301,7 +301,7 @@ def test_kill_and_resume(dataset):
         p = _spawn(root)
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
-        p.wait()
+        p.communicate()
         # whatever is there now must either be valid or not read as valid
         cm = CacheManager(root)
         for s in meta:
@@ -309,9 +309,10 @@ def test_kill_and_resume(dataset):
                 if cm.entry_status(s.name, im.name) == "valid":
                     assert cm.verify().get(f"{s.name}/{im.name}") is None
     p = _spawn(root)
-    assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()
     _assert_complete(root, meta)
-    flags = json.load(open(root / "metadata.json"))
+    flags = json.loads((root / "metadata.json").read_text())
     assert all(im["processed"] for s in flags["studies"] if s["name"] != "bad_4d" for im in s["images"])
 
 
@@ -319,9 +320,10 @@ def test_concurrent_builders(dataset):
     root, meta = dataset
     procs = [_spawn(root, "-", 1), _spawn(root, "-", 2), _spawn(root, "0/2", 1), _spawn(root, "1/2", 1)]
     for p in procs:
-        assert p.wait(timeout=300) == 0, p.stderr.read().decode()
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
     _assert_complete(root, meta)
-    flags = json.load(open(root / "metadata.json"))
+    flags = json.loads((root / "metadata.json").read_text())
     assert all(im["processed"] for s in flags["studies"] if s["name"] != "bad_4d" for im in s["images"])
 
 

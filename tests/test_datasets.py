@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -371,7 +372,7 @@ def test_changed_source_is_a_cache_miss_for_the_dataset(ds_root, tmp_path):
     src = root / "raw" / "mr_t1" / "T1.nii.gz"
     target = os.readlink(src)
     os.unlink(src)
-    src.write_bytes(open(target, "rb").read())  # same scan, new file: size + mtime differ from the record
+    src.write_bytes(Path(target).read_bytes())  # same scan, new file: size + mtime differ from the record
     os.utime(src, ns=(1, 1))
     assert CacheManager(root).entry_status("mr_t1", "T1") == "stale"
     assert CacheManager(root).load_image("mr_t1", "T1") is None

@@ -12,8 +12,14 @@ from conftest import compare_resampled, make_image, random_volume
 
 import reference as R
 from neurovfm.data import load_image, prepare_for_inference
-from neurovfm.errors import (ImageNotFoundError, ImageReadError, ImageTooSmallError,
-                             InvalidArgumentError, NeuroVFMError, UnsupportedImageError)
+from neurovfm.errors import (
+    ImageNotFoundError,
+    ImageReadError,
+    ImageTooSmallError,
+    InvalidArgumentError,
+    NeuroVFMError,
+    UnsupportedImageError,
+)
 
 
 def raises_for(path, exc_type, reason):
@@ -32,15 +38,27 @@ def check_message_starts_with_path(excinfo, path):
 # --- bad files of the corpus --------------------------------------------------------------
 
 CORPUS_BAD = [  # path, error type (exactly), reason
-    ("edge/nifti/example4d.nii.gz", UnsupportedImageError,
-     r"true 4D image of size \(128, 96, 24, 2\); a single 3D volume is required"),
-    ("edge/nifti/sheared_S0_10slices.nii.gz", UnsupportedImageError,
-     r"non-orthonormal \(sheared\) direction cosines; only rigid orientations are supported"),
+    (
+        "edge/nifti/example4d.nii.gz",
+        UnsupportedImageError,
+        r"true 4D image of size \(128, 96, 24, 2\); a single 3D volume is required",
+    ),
+    (
+        "edge/nifti/sheared_S0_10slices.nii.gz",
+        UnsupportedImageError,
+        r"non-orthonormal \(sheared\) direction cosines; only rigid orientations are supported",
+    ),
     ("edge/nifti/example_nifti2.nii.gz", ImageReadError, NO_READER),
-    ("edge/dicom/color_jpeg_not_ct.dcm", UnsupportedImageError,
-     r"colour image \(SamplesPerPixel 3, PhotometricInterpretation YBR_FULL_422\): not a scalar volume"),
-    ("ct/head_single_slice/693_UNCI.dcm", UnsupportedImageError,
-     r"2D image / single slice: not a 3D volume \(to read a series, pass its folder\)"),
+    (
+        "edge/dicom/color_jpeg_not_ct.dcm",
+        UnsupportedImageError,
+        r"colour image \(SamplesPerPixel 3, PhotometricInterpretation YBR_FULL_422\): not a scalar volume",
+    ),
+    (
+        "ct/head_single_slice/693_UNCI.dcm",
+        UnsupportedImageError,
+        r"2D image / single slice: not a 3D volume \(to read a series, pass its folder\)",
+    ),
     ("mr/stroke/SOURCE.md", ImageReadError, NO_READER),
 ]
 
@@ -104,7 +122,9 @@ def test_true_4d_synthetic(tmp_path):
     four = sitk.JoinSeries([vol, vol])
     assert four.GetSize() == (7, 6, 5, 2)
     sitk.WriteImage(four, str(path))
-    with raises_for(path, UnsupportedImageError, r"true 4D image of size \(7, 6, 5, 2\); a single 3D volume is required"):
+    with raises_for(
+        path, UnsupportedImageError, r"true 4D image of size \(7, 6, 5, 2\); a single 3D volume is required"
+    ):
         load_image(path)
 
 
@@ -122,12 +142,12 @@ def test_4d_with_last_axis_one_is_3d(tmp_path, dtype):
     np.testing.assert_allclose(raw.GetSpacing(), img3.GetSpacing(), rtol=1e-6)
     np.testing.assert_allclose(raw.GetOrigin(), img3.GetOrigin(), atol=1e-4)
     ref_raw = R.ref_read(path)
-    compare_resampled(load_image(path), R.ref_preprocess(ref_raw), R.ref_resample_float64(ref_raw),
-                      source=ref_raw)
+    compare_resampled(load_image(path), R.ref_preprocess(ref_raw), R.ref_resample_float64(ref_raw), source=ref_raw)
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, I am not an image\n", bytes(range(256)) * 40],
-                         ids=["empty", "text", "binary"])
+@pytest.mark.parametrize(
+    "content", [b"", b"hello, I am not an image\n", bytes(range(256)) * 40], ids=["empty", "text", "binary"]
+)
 @pytest.mark.parametrize("name", ["junk.nii.gz", "junk.nii", "junk.bin", "junk"])
 def test_junk_files(tmp_path, content, name):
     path = tmp_path / name
@@ -165,8 +185,10 @@ def test_truncated_nifti(tmp_path, data_dir):
     raw = gzip.decompress(src)
     path = tmp_path / "cut.nii"
     path.write_bytes(raw[: len(raw) - 1000])
-    reason = (r"truncated or bad dimensions: header claims 122x101x30 voxels of datatype 4 "
-              r"\(739320 bytes from offset 352\), the file holds 738672 bytes")
+    reason = (
+        r"truncated or bad dimensions: header claims 122x101x30 voxels of datatype 4 "
+        r"\(739320 bytes from offset 352\), the file holds 738672 bytes"
+    )
     with raises_for(path, ImageReadError, reason):
         load_image(path)
 
@@ -182,8 +204,10 @@ def test_too_small_to_resample(tmp_path):
     """Isotropic 1 mm with 3 slices: the slice axis resamples to int(3 / 4) = 0 voxels."""
     path = tmp_path / "tiny.nii.gz"
     sitk.WriteImage(make_image(np.ones((3, 5, 6), np.int16), (1.0, 1.0, 1.0)), str(path))
-    reason = (r"volume of size \(6, 5, 3\) and spacing \(1\.0, 1\.0, 1\.0\) mm resamples to \(6, 5, 0\) "
-              r"voxels at \(1\.0, 1\.0, 4\.0\) mm")
+    reason = (
+        r"volume of size \(6, 5, 3\) and spacing \(1\.0, 1\.0, 1\.0\) mm resamples to \(6, 5, 0\) "
+        r"voxels at \(1\.0, 1\.0, 4\.0\) mm"
+    )
     with raises_for(path, ImageTooSmallError, reason) as excinfo:
         load_image(path)
     assert isinstance(excinfo.value, ValueError)
@@ -202,7 +226,9 @@ def test_small_volume_gives_no_tokens(tmp_path):
 @pytest.mark.parametrize("mode", ["x-ray", "", "ctt", 3])
 def test_bad_mode(mode):
     img = make_image(np.zeros((4, 16, 16), np.int16), (1.0, 1.0, 4.0))
-    with pytest.raises(InvalidArgumentError, match=rf"^mode must be 'ct' or 'mri' \(any case\), got {re.escape(repr(mode))}$"):
+    with pytest.raises(
+        InvalidArgumentError, match=rf"^mode must be 'ct' or 'mri' \(any case\), got {re.escape(repr(mode))}$"
+    ):
         prepare_for_inference(img, mode)
 
 

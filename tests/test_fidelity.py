@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,13 +311,13 @@ def _write_gz(path, arr, scaled: bool):
     import gzip
     import struct
 
-    nii = str(path)[: -len(".gz")]
-    sitk.WriteImage(make_image(arr, spacing=(0.9, 0.9, 3.0)), nii)
-    data = bytearray(open(nii, "rb").read())
-    os.unlink(nii)
+    nii = Path(str(path)[: -len(".gz")])
+    sitk.WriteImage(make_image(arr, spacing=(0.9, 0.9, 3.0)), str(nii))
+    data = bytearray(nii.read_bytes())
+    nii.unlink()
     if scaled:
         struct.pack_into("<ff", data, 112, 2.0, 1.0)
-    open(path, "wb").write(gzip.compress(bytes(data), compresslevel=1, mtime=0))
+    Path(path).write_bytes(gzip.compress(bytes(data), compresslevel=1, mtime=0))
 
 
 @pytest.mark.parametrize("damage", ["crc", "isize"])

@@ -137,55 +137,114 @@ def assert_error(r: dict, path, keyword: str, exc: str | None = None, permission
     assert re.search(keyword, r["msg"], re.IGNORECASE), (keyword, r)
 
 
-TRUNCATED_GZ = r"truncated: the compressed stream ends early \(Compressed file ended before the end-of-stream marker was reached\)"
+TRUNCATED_GZ = (
+    r"truncated: the compressed stream ends early \(Compressed file ended before the end-of-stream marker was reached\)"
+)
 NO_PIXELS = r"no pixel data \(the PixelData element is missing\)"
-BAD_HEADER = r"truncated or inconsistent header: pixel data holds 2048 bytes but Rows x Columns x frames x samples x bytes = "
+BAD_HEADER = (
+    r"truncated or inconsistent header: pixel data holds 2048 bytes but Rows x Columns x frames x samples x bytes = "
+)
 # case -> (exception type name, the whole message as a regex, "<P>" standing for the case's
 # path) for errors with either preprocess value
 ERRORS = {
     "zero_byte_nii": ("ImageReadError", r"<P>: empty file \(0 bytes\)"),
     "zero_byte_niigz": ("ImageReadError", r"<P>: empty file \(0 bytes\)"),
     "zero_byte_dcm": ("ImageReadError", r"<P>: empty file \(0 bytes\)"),
-    "truncated_gz_in_gzip_header": ("ImageReadError", r"<P>: truncated: the compressed stream ends inside the NIfTI header"),
+    "truncated_gz_in_gzip_header": (
+        "ImageReadError",
+        r"<P>: truncated: the compressed stream ends inside the NIfTI header",
+    ),
     "truncated_gz_quarter": ("ImageReadError", r"<P>: " + TRUNCATED_GZ),
     "truncated_gz_half": ("ImageReadError", r"<P>: " + TRUNCATED_GZ),
     "truncated_gz_trailer": ("ImageReadError", r"<P>: " + TRUNCATED_GZ),
-    "truncated_nii": ("ImageReadError", r"<P>: truncated or bad dimensions: header claims 36x40x24 voxels of datatype 4 "
-                      r"\(69120 bytes from offset 352\), the file holds 34736 bytes"),
-    "bad_crc": ("ImageReadError", r"<P>: corrupt compressed data: CRC checksum mismatch \(CRC check failed \d+ != \d+\)"),
-    "bad_isize": ("ImageReadError", r"<P>: corrupt compressed data: the gzip length trailer does not match "
-                  r"\(Incorrect length of data produced\)"),
-    "huge_dims_gz": ("ImageReadError", r"<P>: header claims 30000x30000x30000 voxels of datatype 4 \(54000000000000 bytes "
-                     r"from offset 352\), more than \d+ compressed bytes can hold: bad dimensions or truncated file"),
-    "huge_dims_nii": ("ImageReadError", r"<P>: truncated or bad dimensions: header claims 30000x30000x30000 voxels of "
-                      r"datatype 4 \(54000000000000 bytes from offset 352\), the file holds 69472 bytes"),
-    "big_claim_gz": ("ImageReadError", r"<P>: truncated or bad dimensions: the header needs 2662000352 bytes, "
-                     r"the stream decodes to \d+"),
-    "huge_dims_scaled": ("ImageReadError", r"<P>: truncated or bad dimensions: header claims 30000x30000x30000 voxels of "
-                         r"datatype 4 \(54000000000000 bytes from offset 352\), the file holds 69472 bytes"),
+    "truncated_nii": (
+        "ImageReadError",
+        r"<P>: truncated or bad dimensions: header claims 36x40x24 voxels of datatype 4 "
+        r"\(69120 bytes from offset 352\), the file holds 34736 bytes",
+    ),
+    "bad_crc": (
+        "ImageReadError",
+        r"<P>: corrupt compressed data: CRC checksum mismatch \(CRC check failed \d+ != \d+\)",
+    ),
+    "bad_isize": (
+        "ImageReadError",
+        r"<P>: corrupt compressed data: the gzip length trailer does not match "
+        r"\(Incorrect length of data produced\)",
+    ),
+    "huge_dims_gz": (
+        "ImageReadError",
+        r"<P>: header claims 30000x30000x30000 voxels of datatype 4 \(54000000000000 bytes "
+        r"from offset 352\), more than \d+ compressed bytes can hold: bad dimensions or truncated file",
+    ),
+    "huge_dims_nii": (
+        "ImageReadError",
+        r"<P>: truncated or bad dimensions: header claims 30000x30000x30000 voxels of "
+        r"datatype 4 \(54000000000000 bytes from offset 352\), the file holds 69472 bytes",
+    ),
+    "big_claim_gz": (
+        "ImageReadError",
+        r"<P>: truncated or bad dimensions: the header needs 2662000352 bytes, "
+        r"the stream decodes to \d+",
+    ),
+    "huge_dims_scaled": (
+        "ImageReadError",
+        r"<P>: truncated or bad dimensions: header claims 30000x30000x30000 voxels of "
+        r"datatype 4 \(54000000000000 bytes from offset 352\), the file holds 69472 bytes",
+    ),
     "negative_dims": ("ImageReadError", r"<P>: invalid dimension dim\[1\]=-36 in the NIfTI header \(must be >= 1\)"),
     "offset_past_end": ("ImageReadError", r"<P>: voxel offset 10000000 is past the end of the file \(69472 bytes\)"),
-    "offset_past_end_gz": ("ImageReadError", r"<P>: voxel offset 10000000 is past the end of the decoded data \(69472 bytes\)"),
+    "offset_past_end_gz": (
+        "ImageReadError",
+        r"<P>: voxel offset 10000000 is past the end of the decoded data \(69472 bytes\)",
+    ),
     "unknown_datatype": ("ImageReadError", r"<P>: unknown NIfTI datatype code 999"),
     "one_voxel": ("UnsupportedImageError", r"<P>: single slice \(size \(1, 1, 1\)\); a 3D volume is required"),
     "one_by_n_by_n": ("UnsupportedImageError", r"<P>: single slice \(size \(36, 40, 1\)\); a 3D volume is required"),
-    "dicom_pixels_cut": ("ImageReadError", r"<P>: cannot read <P>/s002\.dcm: pixel data claims 2048 bytes but only 1748 "
-                         r"remain \(truncated file\)"),
+    "dicom_pixels_cut": (
+        "ImageReadError",
+        r"<P>: cannot read <P>/s002\.dcm: pixel data claims 2048 bytes but only 1748 "
+        r"remain \(truncated file\)",
+    ),
     "dicom_pixels_missing": ("ImageReadError", r"<P>: cannot read <P>/s003\.dcm: " + NO_PIXELS),
     "dicom_single_no_pixels": ("ImageReadError", r"<P>: cannot read <P>: " + NO_PIXELS),
-    "dicom_huge_rows": ("ImageReadError", r"<P>: cannot read <P>: " + BAD_HEADER + r"65535 x 65535 x 1 x 1 x 2 claims 8589672450"),
-    "dicom_huge_rows_series": ("ImageReadError", r"<P>: cannot read <P>/s000\.dcm: " + BAD_HEADER
-                               + r"65535 x 65535 x 1 x 1 x 2 claims 8589672450 \(and 2 more files\)"),
-    "dicom_huge_frames": ("ImageReadError", r"<P>: cannot read <P>: " + BAD_HEADER + r"32 x 32 x 2000000 x 1 x 2 claims 4096000000"),
-    "dicom_duplicate_slices": ("DicomSeriesError", r"<P>: duplicate slice positions: 6 files but only 5 distinct positions "
-                               r"\(e\.g\. s002\.dcm and s003\.dcm at 8\.0000 mm along the slice normal\): several "
-                               r"acquisitions or copies in one series"),
-    "dicom_missing_slice": ("DicomSeriesError", r"<P>: missing slices: a gap of 5 mm between slices 2 and 3 \(of 6, ordered "
-                            r"along the normal\) where the step is 2\.5 mm: 1 slice missing; the volume would be distorted"),
-    "dicom_non_image_folder": ("DicomSeriesError", r"<P>: no DICOM image series found \(3 files examined: 3 non-image DICOM object\)"),
-    "dicom_non_image_file": ("DicomSeriesError", r"<P>: no DICOM image series found \(1 files examined: 1 non-image DICOM object\)"),
+    "dicom_huge_rows": (
+        "ImageReadError",
+        r"<P>: cannot read <P>: " + BAD_HEADER + r"65535 x 65535 x 1 x 1 x 2 claims 8589672450",
+    ),
+    "dicom_huge_rows_series": (
+        "ImageReadError",
+        r"<P>: cannot read <P>/s000\.dcm: "
+        + BAD_HEADER
+        + r"65535 x 65535 x 1 x 1 x 2 claims 8589672450 \(and 2 more files\)",
+    ),
+    "dicom_huge_frames": (
+        "ImageReadError",
+        r"<P>: cannot read <P>: " + BAD_HEADER + r"32 x 32 x 2000000 x 1 x 2 claims 4096000000",
+    ),
+    "dicom_duplicate_slices": (
+        "DicomSeriesError",
+        r"<P>: duplicate slice positions: 6 files but only 5 distinct positions "
+        r"\(e\.g\. s002\.dcm and s003\.dcm at 8\.0000 mm along the slice normal\): several "
+        r"acquisitions or copies in one series",
+    ),
+    "dicom_missing_slice": (
+        "DicomSeriesError",
+        r"<P>: missing slices: a gap of 5 mm between slices 2 and 3 \(of 6, ordered "
+        r"along the normal\) where the step is 2\.5 mm: 1 slice missing; the volume would be distorted",
+    ),
+    "dicom_non_image_folder": (
+        "DicomSeriesError",
+        r"<P>: no DICOM image series found \(3 files examined: 3 non-image DICOM object\)",
+    ),
+    "dicom_non_image_file": (
+        "DicomSeriesError",
+        r"<P>: no DICOM image series found \(1 files examined: 1 non-image DICOM object\)",
+    ),
     "no_images_folder": ("DicomSeriesError", r"<P>: no DICOM image series found \(2 files examined: 2 not DICOM\)"),
-    "symlink_loop_only": ("DicomSeriesError", r"<P>: no files found \(2 symbolic links not followed \(a loop or a missing target\)\)"),
+    "symlink_loop_only": (
+        "DicomSeriesError",
+        r"<P>: no files found \(2 symbolic links not followed \(a loop or a missing target\)\)",
+    ),
     "symlink_self": ("ImageReadError", r"<P>: symbolic link loop \(too many levels of symbolic links\)"),
 }
 # case -> raw size (x, y, z) read with preprocess=False
@@ -250,8 +309,9 @@ def test_readable_hostile_input(synthetic, name):
         n_bad = {"nan_float32": 100, "inf_float64": 2}[name]
         assert_error(pre, paths[name], "", "ImageReadError")
         got = pre["msg"].replace(str(paths[name]), "<P>")
-        assert got == (f"<P>: {n_bad} non-finite (NaN or Inf) voxels: resampled and normalised values "
-                       "would be undefined"), got
+        assert got == (
+            f"<P>: {n_bad} non-finite (NaN or Inf) voxels: resampled and normalised values would be undefined"
+        ), got
         return
     assert "type" not in pre, pre
     size, n_ct, n_mri = PREPARED[name]

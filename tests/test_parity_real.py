@@ -60,8 +60,7 @@ def test_load_image_raw_matches_reference(data_dir, results, rel, mode):
     img = load_image(data_dir / rel, preprocess=False)
     assert img.GetDimension() == 3 and img.GetNumberOfComponentsPerPixel() == 1
     assert img.GetSize() == raw.GetSize()
-    assert img.GetPixelID() == raw.GetPixelID(), (img.GetPixelIDTypeAsString(),
-                                                   raw.GetPixelIDTypeAsString())
+    assert img.GetPixelID() == raw.GetPixelID(), (img.GetPixelIDTypeAsString(), raw.GetPixelIDTypeAsString())
     np.testing.assert_allclose(img.GetSpacing(), raw.GetSpacing(), rtol=1e-6, atol=0)
     np.testing.assert_allclose(img.GetOrigin(), raw.GetOrigin(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(img.GetDirection(), raw.GetDirection(), rtol=0, atol=1e-6)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import (DTYPES, compare_resampled, make_image, random_volume, rotation,
-                      signed_permutations)
+from conftest import DTYPES, compare_resampled, make_image, random_volume, rotation, signed_permutations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reference as R
 from neurovfm.data import preprocess_image, prepare_for_inference, tokenize
-from neurovfm.errors import ImageTooSmallError
+from neurovfm.errors import ImageTooSmallError, InvalidArgumentError
 
 RPI = np.diag([-1.0, 1.0, -1.0])  # ITK's LPS axes pointing to Right, Posterior, Inferior
 
@@ -23,8 +23,15 @@ def check_preprocess(img: sitk.Image):
     """preprocess_image(img) against the reference, or ImageTooSmallError when it must."""
     _, _, size = R.target_grid(sitk.DICOMOrient(img, "RPI"))
     if min(size) == 0:
-        with pytest.raises(ImageTooSmallError):
+        # its size (reoriented: a permutation), an axis resampled to 0 voxels, the 1 x 1 x 4 mm grid
+        pattern = (
+            r"^<in-memory image>: volume of size \((\d+), (\d+), (\d+)\) and spacing \(.+\) mm resamples "
+            r"to \([\d, ]*\b0\b[\d, ]*\) voxels at \((?=[^)]*4\.0)(?:1\.0|4\.0), (?:1\.0|4\.0), (?:1\.0|4\.0)\) mm$"
+        )
+        with pytest.raises(ImageTooSmallError, match=pattern) as info:
             preprocess_image(img)
+        reported = re.match(pattern, str(info.value)).groups()
+        assert sorted(map(int, reported)) == sorted(img.GetSize())
         return None
     ours = preprocess_image(img)
     ref = R.ref_preprocess(img)
@@ -45,14 +52,14 @@ def check_preprocess(img: sitk.Image):
 # --- preprocess_image: explicit cases -------------------------------------------------------
 
 GEOMETRIES = [  # (numpy shape z, y, x), spacing x, y, z
-    ((7, 23, 19), (0.45, 0.45, 5.0)),      # thick axial CT: downsample in-plane, 5 -> 4 on z
-    ((11, 13, 17), (0.86, 0.9, 0.86)),     # near-isotropic: every size unique
-    ((9, 9, 9), (3.0, 3.0, 3.0)),          # isotropic: z = 2, upsampling
-    ((5, 31, 31), (1.0, 1.0, 4.0)),        # already on the target grid
-    ((29, 37, 3), (4.8, 1.0, 1.0)),        # sagittal thick slices: slice axis x
-    ((17, 17, 17), (0.7, 1.3, 2.9)),       # no unique size: largest spacing
-    ((1, 19, 23), (1.1, 0.9, 6.0)),        # a single slice along z, thick
-    ((13, 1, 41), (0.6, 20.0, 0.6)),       # size 1 on y
+    ((7, 23, 19), (0.45, 0.45, 5.0)),  # thick axial CT: downsample in-plane, 5 -> 4 on z
+    ((11, 13, 17), (0.86, 0.9, 0.86)),  # near-isotropic: every size unique
+    ((9, 9, 9), (3.0, 3.0, 3.0)),  # isotropic: z = 2, upsampling
+    ((5, 31, 31), (1.0, 1.0, 4.0)),  # already on the target grid
+    ((29, 37, 3), (4.8, 1.0, 1.0)),  # sagittal thick slices: slice axis x
+    ((17, 17, 17), (0.7, 1.3, 2.9)),  # no unique size: largest spacing
+    ((1, 19, 23), (1.1, 0.9, 6.0)),  # a single slice along z, thick
+    ((13, 1, 41), (0.6, 20.0, 0.6)),  # size 1 on y
 ]
 
 
@@ -68,19 +75,26 @@ def test_preprocess_dtypes_and_sizes(dtype, shape, spacing):
 def test_preprocess_all_axis_permutations_and_flips(k):
     direction = signed_permutations()[k]
     rng = np.random.default_rng(k)
-    img = make_image(random_volume(rng, (6, 21, 33), np.int16), (0.8, 1.7, 4.6),
-                     origin=(101.0, -7.5, 33.3), direction=direction)
+    img = make_image(
+        random_volume(rng, (6, 21, 33), np.int16), (0.8, 1.7, 4.6), origin=(101.0, -7.5, 33.3), direction=direction
+    )
     ours = check_preprocess(img)
     assert ours.GetPixelID() == sitk.sitkInt16
 
 
-@pytest.mark.parametrize("angles", [(0.1, 0.0, 0.0), (0.0, 0.3, 0.0), (0.0, 0.0, 0.7),
-                                    (0.2, -0.35, 0.5), (1.3, 0.4, -2.2), (np.pi / 4 + 0.01, 0, 0)])
+@pytest.mark.parametrize(
+    "angles",
+    [(0.1, 0.0, 0.0), (0.0, 0.3, 0.0), (0.0, 0.0, 0.7), (0.2, -0.35, 0.5), (1.3, 0.4, -2.2), (np.pi / 4 + 0.01, 0, 0)],
+)
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
 def test_preprocess_oblique(angles, dtype):
     rng = np.random.default_rng(7)
-    img = make_image(random_volume(rng, (12, 30, 26), dtype), (0.9, 0.9, 3.3),
-                     origin=(-90.0, 120.0, -40.0), direction=rotation(*angles))
+    img = make_image(
+        random_volume(rng, (12, 30, 26), dtype),
+        (0.9, 0.9, 3.3),
+        origin=(-90.0, 120.0, -40.0),
+        direction=rotation(*angles),
+    )
     ours = check_preprocess(img)
     # the reorientation permutes and flips voxel axes only: the direction stays oblique
     assert not np.allclose(np.abs(ours.GetDirection()), np.abs(np.round(ours.GetDirection())))
@@ -98,7 +112,11 @@ def test_preprocess_identity_direction_on_target_grid():
 
 def test_preprocess_too_small_raises():
     img = make_image(np.zeros((1, 1, 1), np.int16), (1.0, 1.0, 1.0))
-    with pytest.raises(ImageTooSmallError):
+    with pytest.raises(
+        ImageTooSmallError,
+        match=r"^<in-memory image>: volume of size \(1, 1, 1\) and spacing "
+        r"\(1\.0, 1\.0, 1\.0\) mm resamples to \(1, 1, 0\) voxels at \(1\.0, 1\.0, 4\.0\) mm$",
+    ):
         preprocess_image(img)
 
 
@@ -119,8 +137,10 @@ def test_preprocess_keeps_input_image():
 
 # --- preprocess_image: Hypothesis ---------------------------------------------------------
 
-SPACINGS = st.one_of(st.sampled_from([0.45, 0.5, 0.86, 1.0, 2.0, 3.0, 4.0, 4.8, 5.0]),
-                     st.floats(0.3, 6.0, allow_nan=False).map(lambda x: round(x, 3)))
+SPACINGS = st.one_of(
+    st.sampled_from([0.45, 0.5, 0.86, 1.0, 2.0, 3.0, 4.0, 4.8, 5.0]),
+    st.floats(0.3, 6.0, allow_nan=False).map(lambda x: round(x, 3)),
+)
 
 
 @st.composite
@@ -136,10 +156,14 @@ def image_params(draw):
     else:
         # rounded: SimpleITK cannot invert a direction with subnormal entries
         direction = ("rot", tuple(round(draw(st.floats(-np.pi, np.pi)), 6) for _ in range(3)))
-    return dict(shape=shape, spacing=spacing, dtype=np.dtype(draw(st.sampled_from(DTYPES))).name,
-                direction=direction,
-                origin=tuple(round(draw(st.floats(-300, 300)), 3) for _ in range(3)),
-                seed=draw(st.integers(0, 2**32 - 1)))
+    return dict(
+        shape=shape,
+        spacing=spacing,
+        dtype=np.dtype(draw(st.sampled_from(DTYPES))).name,
+        direction=direction,
+        origin=tuple(round(draw(st.floats(-300, 300)), 3) for _ in range(3)),
+        seed=draw(st.integers(0, 2**32 - 1)),
+    )
 
 
 def build_image(shape, spacing, dtype, direction, origin, seed):
@@ -149,8 +173,11 @@ def build_image(shape, spacing, dtype, direction, origin, seed):
     return make_image(arr, spacing, origin, m)
 
 
-@settings(max_examples=int(os.environ.get("NEUROVFM_HYPOTHESIS_EXAMPLES", "60")), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("NEUROVFM_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(image_params())
 def test_preprocess_property(params):
     check_preprocess(build_image(**params))
@@ -167,8 +194,7 @@ def resampled_like(rng, dtype, view, tokens=(2, 3, 2), origin=(1.0, 2.0, 3.0)):
     spacing = [1.0, 1.0, 1.0]
     spacing[z] = 4.0
     arr = random_volume(rng, size[::-1], dtype)
-    if np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize > 1 and np.dtype(dtype) != \
-            np.uint16:
+    if np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize > 1 and np.dtype(dtype) != np.uint16:
         arr = (arr.astype(np.int64) % 4000 - 1500).astype(dtype)  # HU-like: air and bone
     return make_image(arr, spacing, origin, RPI)
 
@@ -211,16 +237,14 @@ def test_prepare_parity(mode, view, dtype):
 
 @pytest.mark.parametrize("z_dim", [0, 1, 2])
 def test_prepare_explicit_z_dim(z_dim):
-    img = make_image(random_volume(np.random.default_rng(2), (32, 32, 32), np.int16),
-                     (1.0, 1.0, 1.0), direction=RPI)
+    img = make_image(random_volume(np.random.default_rng(2), (32, 32, 32), np.int16), (1.0, 1.0, 1.0), direction=RPI)
     for mode in ("ct", "mri"):
         _, _, view, _ = check_prepare(img, mode, z_dim=z_dim)
         assert view == 2 - z_dim
 
 
 def test_prepare_isotropic_defaults_to_view_0():
-    img = make_image(random_volume(np.random.default_rng(2), (8, 16, 32), np.float32),
-                     (2.0, 2.0, 2.0))
+    img = make_image(random_volume(np.random.default_rng(2), (8, 16, 32), np.float32), (2.0, 2.0, 2.0))
     assert check_prepare(img, "mri")[2] == 0
 
 
@@ -241,8 +265,7 @@ def test_prepare_constant_mri():
     assert (arrs[0] == 0).all() and mask.tolist() == [1] and not fg.any()
 
 
-@pytest.mark.parametrize("size", [(16, 16, 3), (15, 16, 4), (16, 15, 4), (1, 1, 1), (17, 16, 3),
-                                  (16, 33, 2)])
+@pytest.mark.parametrize("size", [(16, 16, 3), (15, 16, 4), (16, 15, 4), (1, 1, 1), (17, 16, 3), (16, 33, 2)])
 def test_prepare_returns_none_below_one_token(size):
     """None is checked before the multiple-of-token ValueError."""
     img = make_image(np.zeros(size[::-1], np.int16), (1.0, 1.0, 4.0), direction=RPI)
@@ -252,14 +275,20 @@ def test_prepare_returns_none_below_one_token(size):
 
 def test_prepare_rejects_non_multiples():
     img = make_image(np.zeros((5, 16, 16), np.int16), (1.0, 1.0, 4.0), direction=RPI)
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        InvalidArgumentError,
+        match=r"^volume \[D, H, W\] = \(5, 16, 16\) is not a multiple of the "
+        r"4x16x16 token; load it with load_image\(preprocess=True\), which crops it$",
+    ):
         prepare_for_inference(img, "ct")
 
 
 @pytest.mark.parametrize("mode", ["pet", "", "c t", None])
 def test_prepare_bad_mode(mode):
     img = make_image(np.zeros((4, 16, 16), np.int16), (1.0, 1.0, 4.0), direction=RPI)
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(
+        InvalidArgumentError, match=rf"^mode must be 'ct' or 'mri' \(any case\), got {re.escape(repr(mode))}$"
+    ):
         prepare_for_inference(img, mode)
 
 
@@ -292,8 +321,13 @@ def test_tokenize_filtered_is_a_copy():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3),
-       st.sampled_from([np.uint8, np.int16, np.float32, np.float64]), st.integers(0, 2**32 - 1))
+@given(
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.sampled_from([np.uint8, np.int16, np.float32, np.float64]),
+    st.integers(0, 2**32 - 1),
+)
 def test_token_round_trip(td, th, tw, dtype, seed):
     rng = np.random.default_rng(seed)
     vol = random_volume(rng, (td * 4, th * 16, tw * 16), dtype)
@@ -301,14 +335,13 @@ def test_token_round_trip(td, th, tw, dtype, seed):
     assert tok.shape == (td * th * tw, 1024) and tok.dtype == vol.dtype
     back = np.zeros_like(vol)
     for row, (d, h, w) in zip(tok, coords):
-        back[d * 4:(d + 1) * 4, h * 16:(h + 1) * 16, w * 16:(w + 1) * 16] = row.reshape(4, 16, 16)
+        back[d * 4 : (d + 1) * 4, h * 16 : (h + 1) * 16, w * 16 : (w + 1) * 16] = row.reshape(4, 16, 16)
     np.testing.assert_array_equal(back, vol)
     assert not filtered.any()
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from([0, 1, 2]), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1),
-       st.sampled_from(["ct", "mri"]))
+@given(st.sampled_from([0, 1, 2]), st.sampled_from(DTYPES), st.integers(0, 2**32 - 1), st.sampled_from(["ct", "mri"]))
 def test_windows_in_unit_range(view, dtype, seed, mode):
     img = resampled_like(np.random.default_rng(seed), dtype, view, tokens=(1, 1, 2))
     arrs, mask, v = prepare_for_inference(img, mode)
@@ -320,8 +353,11 @@ def test_windows_in_unit_range(view, dtype, seed, mode):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.sampled_from([np.uint8, np.int16, np.int32, np.float32, np.float64]),
-       st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2]))
+@given(
+    st.sampled_from([np.uint8, np.int16, np.int32, np.float32, np.float64]),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 2]),
+)
 def test_resample_at_scale_one_is_identity(dtype, seed, view):
     """On the target grid the B-spline reproduces the data, up to rounding: float types to
     ~1e-12 of the range, integer types exactly or (a value computed as k - 1e-13) one below."""
@@ -338,11 +374,36 @@ def test_resample_at_scale_one_is_identity(dtype, seed, view):
 
 
 def test_tokenize_errors():
-    with pytest.raises(ValueError):
-        tokenize(np.zeros((1, 4, 16, 17), np.float32))
-    with pytest.raises(ValueError):
-        tokenize(np.zeros((2, 4, 16, 16), np.float32))  # two channels
-    with pytest.raises(ValueError):
-        tokenize(np.zeros((4, 32, 16), np.float32), np.zeros(3, np.uint8))  # 2 tokens, 3 flags
-    with pytest.raises(ValueError):
-        tokenize(np.zeros((4, 32, 16), np.float32), np.zeros((4, 16, 16), bool))
+    vol = np.zeros((4, 32, 16), np.float32)  # 2 tokens
+    for args, kwargs, message in [
+        (
+            (np.zeros((1, 4, 16, 17), np.float32),),
+            {},
+            r"tokenize: volume shape \(4, 16, 17\) is not a multiple of \(4, 16, 16\)",
+        ),
+        (
+            (np.zeros((2, 4, 16, 16), np.float32),),
+            {},  # two channels
+            r"tokenize expects \[1, D, H, W\] or \[D, H, W\], got shape \(2, 4, 16, 16\)",
+        ),
+        ((vol, np.zeros(3, np.uint8)), {}, r"token_background has 3 token flags, the volume has 2 tokens"),
+        (
+            (vol, np.zeros((4, 32, 16), bool)),
+            {},  # a voxel mask passed as the token flags
+            r"tokenize: token_background must be the \[N\] token background flags, got shape \(4, 32, 16\); "
+            r"pass a voxel foreground mask as tokenize\(volume, foreground=mask\)",
+        ),
+        (
+            (vol,),
+            {"foreground": np.zeros((4, 16, 16), bool)},
+            r"foreground mask shape \(4, 16, 16\) does not match volume shape \(4, 32, 16\)",
+        ),
+        (
+            (vol, np.zeros(2, np.uint8)),
+            {"foreground": np.ones((4, 32, 16), bool)},
+            r"tokenize: pass token_background \(the \[N\] token flags\) or foreground= \(a voxel mask\), not both",
+        ),
+    ]:
+        with pytest.raises(InvalidArgumentError, match="^" + message + "$") as info:
+            tokenize(*args, **kwargs)
+        assert isinstance(info.value, ValueError)

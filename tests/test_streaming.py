@@ -4,6 +4,8 @@ gives the same image as reading the whole file and resampling it."""
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,24 +68,31 @@ def test_stream_equals_full_read(tmp_path, k, monkeypatch):
 def test_stream_truncated_file_names_file(tmp_path):
     arr = np.arange(20 * 32 * 32, dtype=np.int16).reshape(20, 32, 32)
     p = _write(tmp_path, arr, (1.0, 1.0, 1.0), np.eye(3), "t.nii")
-    data = open(p, "rb").read()
+    data = Path(p).read_bytes()
     cut = tmp_path / "cut.nii"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(neurovfm.errors.ImageReadError, match=r"cut\.nii.*(truncated|corrupt|read)"):
+    reason = (
+        r"truncated or bad dimensions: header claims 32x32x20 voxels of datatype 4 "
+        rf"\(40960 bytes from offset 352\), the file holds {len(data) // 2} bytes"
+    )
+    with pytest.raises(neurovfm.errors.ImageReadError, match="^" + re.escape(str(cut)) + ": " + reason + "$") as info:
         load_image(str(cut))
+    assert info.value.path == str(cut)
 
 
 def test_stream_resampler_rejects_misuse():
     sr = _core.StreamResampler(np.dtype("int16"), (4, 8, 8), 0, [1, 8, 8], [0, 0, 0], [4, 1, 1], [1, 1, 1])
     a = np.zeros((2, 8, 8), np.int16)
     sr.push(a, 0, 1)
-    with pytest.raises(ValueError):
+    # The kernel's refusals: KernelError, an InvalidArgumentError (NeuroVFMError, ValueError).
+    with pytest.raises(_core.KernelError, match=r"^stream resample: slab pushed twice$") as info:
         sr.push(a, 0, 1)  # pushed twice
-    with pytest.raises(ValueError):
+    assert isinstance(info.value, neurovfm.errors.InvalidArgumentError)
+    with pytest.raises(_core.KernelError, match=r"^stream resample: slab outside the volume$"):
         sr.push(a, 3, 1)  # outside
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"^StreamResampler\.push: slab dtype does not match$"):
         sr.push(a.astype(np.float32), 2, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^StreamResampler\.finish: not every slice was pushed$"):
         sr.finish(1)  # incomplete
     sr.push(a, 2, 1)
     assert sr.finish(1).shape == (1, 8, 8)

@@ -9,7 +9,18 @@ fissure and falx, a haemorrhage with oedema, and a neck with a vertebra.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
+
+#: A float32 array of coordinates (mm) or tissue values.
+_F32 = npt.NDArray[np.float32]
+#: ``box(lo, hi)``: the slices of the slab that hold the anatomical box ``[lo, hi]``, or None.
+_Box = Callable[[npt.NDArray[np.float64], npt.NDArray[np.float64]], "tuple[slice, ...] | None"]
+#: ``paint(values, x, y, z)``: paints ``values`` in place at the coordinates x, y, z.
+_Painter = Callable[[_F32, _F32, _F32, _F32], None]
 
 # Head (skin surface) semi-axes in mm: left-right, anterior-posterior, inferior-superior.
 _HEAD = (72.0, 90.0, 82.0)
@@ -17,7 +28,7 @@ _HEAD = (72.0, 90.0, 82.0)
 _FAT, _GALEA, _SKULL, _DIPLOE, _INNER, _DURA, _CORTEX, _WM = 2.0, 4.5, 6.0, 8.0, 11.0, 13.0, 15.0, 19.0
 
 
-def _inside(depth, w):
+def _inside(depth: npt.NDArray[Any], w: float) -> _F32:
     """Fraction of a voxel inside a boundary at signed depth ``depth`` (mm, > 0 inside)."""
     f = depth * np.float32(1.0 / w)
     f += np.float32(0.5)
@@ -25,24 +36,25 @@ def _inside(depth, w):
     return f
 
 
-def _paint(v, frac, value):
+def _paint(v: _F32, frac: npt.NDArray[Any], value: float) -> None:
     """v <- v + frac * (value - v), in place."""
     t = np.subtract(np.float32(value), v)
     t *= frac
     v += t
 
 
-def _ellipsoid_depth(x, y, z, c, a):
+def _ellipsoid_depth(x: _F32, y: _F32, z: _F32, c: Sequence[float], a: Sequence[float]) -> _F32:
     """Approximate depth (mm) inside the ellipsoid centred at ``c`` with semi-axes ``a``."""
     r = np.sqrt(((x - c[0]) / a[0]) ** 2 + ((y - c[1]) / a[1]) ** 2 + ((z - c[2]) / a[2]) ** 2)
-    return (1.0 - r) * np.float32(min(a))
+    depth: _F32 = (1.0 - r) * np.float32(min(a))  # float32: NumPy's Python-float scalars are weak
+    return depth
 
 
-def _whole(lo, hi):
+def _whole(lo: npt.NDArray[np.float64], hi: npt.NDArray[np.float64]) -> tuple[slice, ...] | None:
     return (slice(None),) * 3
 
 
-def _anatomy(x, y, z, tissues: dict, w: float, box=_whole) -> np.ndarray:
+def _anatomy(x: _F32, y: _F32, z: _F32, tissues: Mapping[str, float], w: float, box: _Box = _whole) -> _F32:
     """Tissue values at anatomical coordinates x, y, z (mm from the head centre).
 
     ``box(lo, hi)`` gives the slices of the slab that hold the anatomical box
@@ -53,13 +65,19 @@ def _anatomy(x, y, z, tissues: dict, w: float, box=_whole) -> np.ndarray:
     v = full = np.full(x.shape, t["air"], np.float32)
     xf, yf, zf = x, y, z
 
-    def local(lo, hi, paint, pad=2 * w):
+    def local(lo: Sequence[float], hi: Sequence[float], paint: _Painter, pad: float = 2 * w) -> None:
         sl = box(np.asarray(lo, float) - pad, np.asarray(hi, float) + pad)
         if sl is not None:
             paint(full[sl], xf[sl], yf[sl], zf[sl])
 
-    def ellipsoid(c, a, value, width=w, within=None):
-        def paint(vv, xx, yy, zz):
+    def ellipsoid(
+        c: Sequence[float],
+        a: Sequence[float],
+        value: float,
+        width: float = w,
+        within: Callable[[_F32, _F32, _F32], _F32] | None = None,
+    ) -> None:
+        def paint(vv: _F32, xx: _F32, yy: _F32, zz: _F32) -> None:
             f = _inside(_ellipsoid_depth(xx, yy, zz, c, a), width)
             if within is not None:
                 f *= within(xx, yy, zz)
@@ -86,7 +104,7 @@ def _anatomy(x, y, z, tissues: dict, w: float, box=_whole) -> np.ndarray:
     del body
 
     # Vertebra and spinal cord, below the skull.
-    def spine(vv, xx, yy, zz):
+    def spine(vv: _F32, xx: _F32, yy: _F32, zz: _F32) -> None:
         below = _inside(-60.0 - zz, w)
         rv = np.sqrt(xx * xx + (yy - 18.0) ** 2)
         _paint(vv, _inside(12.0 - rv, w) * below, t["vertebra"])
@@ -115,12 +133,12 @@ def _anatomy(x, y, z, tissues: dict, w: float, box=_whole) -> np.ndarray:
         _paint(v, _inside(fold, w), t["wm"])
         del fold, brain, v, x, y, z, head
 
-        def in_brain(xx, yy, zz):
+        def in_brain(xx: _F32, yy: _F32, zz: _F32) -> _F32:
             rr = np.sqrt((xx / ax) ** 2 + (yy / ay) ** 2 + (zz / az) ** 2)
             return _inside(np.sqrt(xx * xx + yy * yy + zz * zz) * (1.0 - rr) / np.maximum(rr, 1e-6) - _CORTEX, w)
 
         # Sulcal CSF in the interhemispheric fissure (above the corpus callosum), with the falx.
-        def fissure(vv, xx, yy, zz):
+        def fissure(vv: _F32, xx: _F32, yy: _F32, zz: _F32) -> None:
             upper = _inside(zz - 12.0, w) * in_brain(xx, yy, zz)
             axx = np.abs(xx)
             _paint(vv, _inside(1.6 - axx, w) * upper, t["csf"])

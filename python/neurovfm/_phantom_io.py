@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InvalidArgumentError
 
+if TYPE_CHECKING:
+    from pydicom.uid import UID
 
-def _uid(*parts) -> str:
+
+def _uid(*parts: object) -> UID:
     from pydicom.uid import generate_uid
 
     return generate_uid(entropy_srcs=["neurovfm-phantom", *map(str, parts)])

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import threading
+from collections.abc import Iterator
 
 from .errors import InvalidArgumentError
 
@@ -38,7 +39,7 @@ def _cgroup_cpu_limit() -> int | None:
     return None
 
 
-_cpus_cache: tuple | None = None
+_cpus_cache: tuple[int, int] | None = None
 
 
 def available_cpus() -> int:
@@ -90,7 +91,7 @@ def set_num_threads(n: int | None) -> None:
 
 
 @contextlib.contextmanager
-def thread_limit(n: int):
+def thread_limit(n: int) -> Iterator[None]:
     """Within this block, kernels called from the current thread use ``n`` threads
     (used by parallel builders that run one image per worker)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -105,7 +106,7 @@ def thread_limit(n: int):
 
 def get_num_threads() -> int:
     """The number of threads the kernels will use for the next call."""
-    local = getattr(_local, "n", None)
+    local: int | None = getattr(_local, "n", None)
     if local is not None:
         return local
     if _num_threads is not None:

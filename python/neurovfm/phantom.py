@@ -24,8 +24,9 @@ as NIfTI, so that every reading path of :func:`neurovfm.data.load_image` runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +91,12 @@ MRI_TISSUES = {
 # Voxels per generation slab (bounds the temporary float32 arrays).
 _SLAB_VOXELS = 1 << 21
 
+_F32 = npt.NDArray[np.float32]
+#: ``finish(values, rng, slab_physical)``: a modality's noise, in place; returns the stored-type slab.
+_Finish = Callable[[_F32, np.random.Generator, Sequence[_F32]], npt.NDArray[Any]]
+#: Checked (size, spacing, direction, origin) of a phantom.
+_Geometry = tuple[tuple[int, ...], tuple[float, ...], npt.NDArray[np.float64], tuple[float, ...]]
+
 
 def _axis_matrix(code: str) -> np.ndarray:
     """Direction matrix (columns = image axes) from an orientation code such as 'PIR'."""
@@ -107,7 +114,9 @@ def _rotation_x(deg: float) -> np.ndarray:
     return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
 
 
-def _geometry(shape, spacing, direction, centre):
+def _geometry(
+    shape: Sequence[int], spacing: Sequence[float], direction: npt.ArrayLike, centre: Sequence[float]
+) -> _Geometry:
     """Checked (size, spacing, direction, origin) with the field of view centred on ``centre``."""
     size = tuple(int(n) for n in shape)
     sp = tuple(float(s) for s in spacing)
@@ -124,20 +133,30 @@ def _geometry(shape, spacing, direction, centre):
     return size, sp, d, origin
 
 
-def _fit_scale(size, spacing, d) -> float:
+def _fit_scale(size: Sequence[int], spacing: Sequence[float], d: npt.NDArray[np.float64]) -> float:
     """Uniform scale (<= 1) so that the head fits the field of view left-right and
     front-back; the superior-inferior extent may be cut, as in a real scan."""
     extent = np.abs(d) @ ((np.asarray(size) - 1) * np.asarray(spacing))  # per patient axis
     return float(min(1.0, 0.92 * extent[0] / (2 * _HEAD[0]), 0.92 * extent[1] / (2 * _HEAD[1])))
 
 
-def _render(size, spacing, d, origin, centre, scale, tissues, seed, finish) -> np.ndarray:
+def _render(
+    size: Sequence[int],
+    spacing: Sequence[float],
+    d: npt.NDArray[np.float64],
+    origin: Sequence[float],
+    centre: Sequence[float],
+    scale: float,
+    tissues: Mapping[str, float],
+    seed: int,
+    finish: _Finish,
+) -> npt.NDArray[Any]:
     """Voxels (numpy z, y, x order) slab by slab; ``finish(values, rng, slab_physical)``
     adds the modality's noise in place and returns the stored-type slab."""
     nx, ny, nz = size
     sx, sy, sz = spacing
     rng = np.random.default_rng(seed)
-    out = None
+    out: npt.NDArray[Any] | None = None
     per = max(1, _SLAB_VOXELS // (nx * ny))
     o = np.asarray(origin) - np.asarray(centre, float)
     i = np.arange(nx, dtype=np.float64) * sx
@@ -148,7 +167,9 @@ def _render(size, spacing, d, origin, centre, scale, tissues, seed, finish) -> n
         k1 = min(nz, k0 + per)
         k = np.arange(k0, k1, dtype=np.float64) * sz
 
-        def box(lo, hi, k0=k0, k1=k1):
+        def box(
+            lo: npt.NDArray[np.float64], hi: npt.NDArray[np.float64], k0: int = k0, k1: int = k1
+        ) -> tuple[slice, ...] | None:
             # Index range (x, y, z) of the anatomical box [lo, hi], clipped to the slab.
             lo, hi = np.maximum(lo, -1e4), np.minimum(hi, 1e4)
             q = lo + corners * (hi - lo)
@@ -159,7 +180,7 @@ def _render(size, spacing, d, origin, centre, scale, tissues, seed, finish) -> n
                 return None
             return (slice(a[2] - k0, b[2] - k0), slice(a[1], b[1]), slice(a[0], b[0]))
 
-        coords = []
+        coords: list[_F32] = []
         for row in range(3):
             p = (
                 (d[row, 2] * k + o[row])[:, None, None]
@@ -167,15 +188,17 @@ def _render(size, spacing, d, origin, centre, scale, tissues, seed, finish) -> n
                 + (d[row, 0] * i)[None, None, :]
             )
             coords.append((p / scale).astype(np.float32))
-        vals = _anatomy(*coords, tissues, w, box)
+        vals = _anatomy(coords[0], coords[1], coords[2], tissues, w, box)
         slab = finish(vals, rng, [c * np.float32(scale) for c in coords])
         if out is None:
             out = np.empty((nz, ny, nx), slab.dtype)
         out[k0:k1] = slab
-    return out
+    return cast("npt.NDArray[Any]", out)  # set: nz >= 2, so the loop ran
 
 
-def _to_image(arr, spacing, d, origin) -> sitk.Image:
+def _to_image(
+    arr: npt.NDArray[Any], spacing: Sequence[float], d: npt.NDArray[np.float64], origin: Sequence[float]
+) -> sitk.Image:
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing(spacing)
     img.SetOrigin(origin)
@@ -221,7 +244,7 @@ def make_ct_phantom(
     size, sp, d, origin = _geometry(shape, spacing, d, centre)
     scale = _fit_scale(size, sp, d)
 
-    def finish(vals, rng, _phys):
+    def finish(vals: _F32, rng: np.random.Generator, _phys: Sequence[_F32]) -> npt.NDArray[np.int16]:
         vals += rng.standard_normal(vals.shape, dtype=np.float32) * np.float32(noise)
         np.rint(vals, out=vals)
         np.clip(vals, -1024, 3071, out=vals)
@@ -269,7 +292,7 @@ def make_mri_phantom(
     size, sp, d, origin = _geometry(shape, spacing, d, centre)
     scale = _fit_scale(size, sp, d)
 
-    def finish(vals, rng, phys):
+    def finish(vals: _F32, rng: np.random.Generator, phys: Sequence[_F32]) -> npt.NDArray[np.uint16]:
         x, y, z = phys  # mm from the centre of the field of view
         # Smooth multiplicative bias field (receive-coil shading).
         bias = np.float32(0.0008) * x
@@ -304,7 +327,7 @@ def write_phantoms(
     ct: sitk.Image | None = None,
     mri: sitk.Image | None = None,
     names: Iterable[str] | None = None,
-) -> dict:
+) -> dict[str, Path]:
     """Write the phantoms into ``out_dir`` (created if needed).
 
     Returns a dict of paths (:class:`pathlib.Path`) by name:

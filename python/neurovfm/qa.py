@@ -26,10 +26,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .data.preprocess import CT_WINDOWS, view_axes
 from .errors import ImageNotFoundError, ImageTooSmallError, InvalidArgumentError, NotInDatasetError
@@ -72,30 +73,30 @@ class QAVolume:
     of the preprocessed image.
     """
 
-    arrays: list
-    channels: list
+    arrays: list[npt.NDArray[np.floating[Any]]]
+    channels: list[str]
     mask: np.ndarray
     view: int
-    spacing: tuple
+    spacing: tuple[float, ...]
     mode: str
-    direction: tuple = RPI_DIRECTION
+    direction: tuple[float, ...] = RPI_DIRECTION
     name: str = ""
     source: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def shape(self) -> tuple:
+    def shape(self) -> tuple[int, ...]:
         """``(D, H, W)``."""
         a = np.asarray(self.arrays[0])
         return tuple(int(s) for s in a.shape[-3:])
 
     @property
-    def dhw_spacing(self) -> tuple:
+    def dhw_spacing(self) -> tuple[float, ...]:
         """Voxel size in mm along ``D, H, W``."""
         return tuple(float(self.spacing[2 - a]) for a in view_axes(self.view))
 
 
-def orientation_letters(view: int, direction: Sequence[float] = RPI_DIRECTION) -> tuple:
+def orientation_letters(view: int, direction: Sequence[float] = RPI_DIRECTION) -> tuple[str, ...]:
     """The patient direction towards which ``D``, ``H`` and ``W`` grow.
 
     Parameters
@@ -122,7 +123,7 @@ def orientation_letters(view: int, direction: Sequence[float] = RPI_DIRECTION) -
     return tuple(per_axis[2 - a] for a in view_axes(view))
 
 
-def _channels(mode: str) -> list:
+def _channels(mode: str) -> list[str]:
     if mode == "ct":
         return [f"{n} (W {w:g}, L {lv:g})" for n, w, lv in CT_WINDOWS]
     return ["MRI (normalised)"]
@@ -140,7 +141,7 @@ def load_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None = 
         raise ImageTooSmallError(
             path, f"too small for one 4x16x16 token after resampling to 1x1x4 mm (size {img.GetSize()})"
         )
-    arrs, mask, view = res
+    arrs, mask, view = res[:3]  # no foreground asked for: three values
     m = mode.lower()
     return QAVolume(
         arrays=[a[0] for a in arrs],
@@ -200,7 +201,9 @@ def _token_mask(vol: QAVolume) -> np.ndarray:
     grid = (d // TOKEN[0], h // TOKEN[1], w // TOKEN[2])
     mask = np.asarray(vol.mask).astype(bool)
     if mask.size != grid[0] * grid[1] * grid[2]:
-        raise InvalidArgumentError(f"mask has {mask.size} token flags, a [D, H, W] = {vol.shape} volume has {np.prod(grid)}")
+        raise InvalidArgumentError(
+            f"mask has {mask.size} token flags, a [D, H, W] = {vol.shape} volume has {np.prod(grid)}"
+        )
     return mask.reshape(grid)
 
 
@@ -211,11 +214,11 @@ def _panel_shade(mask3: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.repeat(np.repeat(m2, TOKEN[r], axis=0), TOKEN[c], axis=1)
 
 
-def _mm(values) -> str:
+def _mm(values: Iterable[float]) -> str:
     return " x ".join(f"{v:.3f}".rstrip("0").rstrip(".") for v in values)
 
 
-def _import_figure():
+def _import_figure() -> type[Figure]:
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
@@ -318,5 +321,5 @@ def qa(
     else:
         if study is None:
             raise InvalidArgumentError("study is needed with cache")
-        vol = load_cached(cache, study, image)
+        vol = load_cached(cast("str | os.PathLike[str]", cache), study, image)  # not None: source is
     return save_montage(vol, output, dpi=dpi)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import NoReturn
 
-from ..errors import UsageError
+from ..errors import UsageError as UsageError
 
 PROG = "neurovfm"
 #: Names of the views ``prepare_for_inference`` reports (the slice axis of [D, H, W]).

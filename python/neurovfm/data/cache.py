@@ -13,10 +13,10 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -31,6 +31,12 @@ __all__ = ["CacheManager", "BuildSummary", "PIPELINE_VERSION", "shard_from_env"]
 
 log = logging.getLogger("neurovfm")
 
+#: What building one image gives: ("done", previous status) | ("skipped" | "busy", None) | ("failed", reason).
+_Result = tuple[str, str | None]
+#: An image to build: (study, mode, record).
+_Target = tuple[str, str, ImageRecord]
+_T = TypeVar("_T")
+
 
 def check_study_names(metadata: DatasetMetadata, names: Iterable[str] | None, metadata_path: str) -> set[str] | None:
     """The set of ``names`` (None: every study); :class:`~neurovfm.errors.NotInDatasetError` (a ``KeyError``)
@@ -44,7 +50,7 @@ def check_study_names(metadata: DatasetMetadata, names: Iterable[str] | None, me
     return wanted
 
 
-def shard_from_env(environ=None):
+def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
     """(index, count) of this builder from SLURM array or torchrun variables, or None."""
     env = os.environ if environ is None else environ
     if "SLURM_ARRAY_TASK_ID" in env:
@@ -60,7 +66,7 @@ def shard_from_env(environ=None):
     return None
 
 
-def _in_shard(key: str, shard) -> bool:
+def _in_shard(key: str, shard: tuple[int, int] | None) -> bool:
     if shard is None:
         return True
     i, n = shard
@@ -72,12 +78,12 @@ class BuildSummary:
     """What a build did. ``failed`` maps ``study/image`` to the reason;
     ``repaired`` lists the entries of ``done`` that were corrupt before."""
 
-    done: list = field(default_factory=list)
-    skipped: list = field(default_factory=list)
-    failed: dict = field(default_factory=dict)
-    busy: list = field(default_factory=list)  # being built by another builder
-    repaired: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    busy: list[str] = field(default_factory=list)  # being built by another builder
+    repaired: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -155,8 +161,8 @@ class CacheManager:
         return entry.files_status(self._dir(study), side, verify)
 
     # -- build -------------------------------------------------------------
-    def _targets(self, study_names, shard):
-        out = []
+    def _targets(self, study_names: Iterable[str] | None, shard: tuple[int, int] | None) -> list[_Target]:
+        out: list[_Target] = []
         wanted = check_study_names(self.metadata, study_names, self.metadata_path)
         for study in self.metadata:
             if wanted is not None and study.name not in wanted:
@@ -213,7 +219,7 @@ class CacheManager:
 
             bar = tqdm(total=len(targets), desc="neurovfm cache", unit="img", file=sys.stderr)
 
-        def work(t):
+        def work(t: _Target) -> _Result:
             study, mode, rec = t
             with thread_limit(per_image):
                 return self._build_one(study, mode, rec, force)
@@ -243,7 +249,7 @@ class CacheManager:
         return summary
 
     @staticmethod
-    def _record(summary, t, res, bar):
+    def _record(summary: BuildSummary, t: _Target, res: _Result, bar: Any) -> None:
         study, _mode, rec = t
         key = f"{study}/{rec.name}"
         status, reason = res
@@ -256,12 +262,12 @@ class CacheManager:
         elif status == "busy":
             summary.busy.append(key)
         else:
-            summary.failed[key] = reason
+            summary.failed[key] = cast(str, reason)  # a failure always has its reason
         if bar is not None:
             bar.update(1)
             bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
 
-    def _build_one(self, study: str, mode: str, rec: ImageRecord, force: bool):
+    def _build_one(self, study: str, mode: str, rec: ImageRecord, force: bool) -> _Result:
         """("done", previous status) | ("skipped" | "busy", None) | ("failed", reason)."""
         source = os.path.join(self.data_dir, rec.path)
         return entry.build_entry(self._dir(study), study, rec.name, mode, source, rec.path, force)
@@ -376,7 +382,7 @@ class CacheManager:
         return entry.open_file(self._dir(study), side, key), side
 
     # -- stats / verify ----------------------------------------------------
-    def get_cache_stats(self) -> dict:
+    def get_cache_stats(self) -> dict[str, Any]:
         """Counts and bytes: studies, images, cached (valid), coverage, failed, stale, bytes on disk."""
         total_images = cached = failed = stale = 0
         for study in self.metadata:
@@ -407,9 +413,9 @@ class CacheManager:
             "bytes_on_disk": nbytes,
         }
 
-    def verify(self) -> dict:
+    def verify(self) -> dict[str, str]:
         """Check every entry, CRC-32 included: {'study/image': status} for those not valid."""
-        out = {}
+        out: dict[str, str] = {}
         for study in self.metadata:
             for rec in study.images:
                 st = self.entry_status(study.name, rec.name, verify=True)
@@ -418,7 +424,7 @@ class CacheManager:
         return out
 
 
-def _call(fn, arg):
+def _call(fn: Callable[[_T], _Result], arg: _T) -> _Result:
     """Run fn(arg) and turn an unexpected exception into a failure record."""
     try:
         return fn(arg)

@@ -29,7 +29,8 @@ import logging
 import os
 import struct
 from collections import Counter
-from typing import Optional
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Optional, cast
 
 import numpy as np
 
@@ -45,6 +46,9 @@ from neurovfm.errors import (
     ImageReadError,
     UnsupportedImageError,
 )
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 __all__ = [
     "RawVolume",
@@ -68,13 +72,14 @@ _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 # Cheap detection
 
 
-def is_dicom_file(path) -> bool:
+def is_dicom_file(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` looks like a DICOM file by content (not by name).
 
     Checks "DICM" at byte 128, or a plausible dataset start without preamble
     (a first element in group 0x0002 or 0x0008 whose length fits in the file).
     Reads at most 132 bytes; never raises.
     """
+    length: int
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -110,7 +115,7 @@ def _describe(s: SeriesInfo) -> str:
     return f"{s.uid or '<no uid>'}{desc} ({s.modality or '?'}, {s.n_slices} slices, {s.rows}x{s.cols})"
 
 
-def _nothing_found(p: str, files: list, skipped: Counter) -> DicomSeriesError:
+def _nothing_found(p: str, files: list[str], skipped: Counter[str]) -> ImageReadError:
     if not files:
         loops = f" ({skipped[_LOOPS]} {_LOOPS})" if skipped.get(_LOOPS) else ""
         return DicomSeriesError(p, "no files found" + loops)
@@ -127,7 +132,7 @@ def _nothing_found(p: str, files: list, skipped: Counter) -> DicomSeriesError:
     return DicomSeriesError(p, f"{reason} ({len(files)} files examined: {parts})")
 
 
-def read_dicom(path, series_uid: Optional[str] = None) -> RawVolume:
+def read_dicom(path: str | os.PathLike[str], series_uid: Optional[str] = None) -> RawVolume:
     """Read a DICOM series (a folder or a single file) as a 3D volume.
 
     Chooses the readable series with the most slices of one geometry (logged
@@ -155,7 +160,7 @@ def read_dicom(path, series_uid: Optional[str] = None) -> RawVolume:
         worst = cands[0]  # the largest
         if os.path.isfile(p):
             hint = " (to read a series, pass its folder)" if worst._kind == "single slice" else ""
-            raise worst._error(p, worst.problem + hint)
+            raise worst._error(p, cast(str, worst.problem) + hint)  # not usable: a problem
         if len(cands) == 1:
             worst._raise()
         kinds = Counter(s._kind for s in cands)
@@ -204,7 +209,7 @@ def read_series(series: SeriesInfo, path: Optional[str] = None) -> RawVolume:
     return vol
 
 
-def _direction(iop) -> tuple:
+def _direction(iop: Sequence[float]) -> tuple[float, ...]:
     """ITK's GDCMImageIO direction: normal, then re-orthogonalised row/column."""
     r = np.array(iop[:3], dtype=np.float64)
     c = np.array(iop[3:], dtype=np.float64)
@@ -218,9 +223,10 @@ def _direction(iop) -> tuple:
 
 
 def _read_fast(s: SeriesInfo) -> RawVolume:
-    hs = list(s._headers)
+    # A fast series: every header is the compiled parser's, with an output dtype.
+    hs = cast("list[_core.DicomHeader]", list(s._headers))
     h0 = hs[0]
-    dtype = h0.output_dtype
+    dtype = cast("np.dtype[Any]", h0.output_dtype)
     # A file the reader cannot use raises ImageReadError(that file, reason) from the
     # bindings themselves (cpp/bindings/bind_errors.cpp maps the kernels' exceptions).
     try:
@@ -253,7 +259,7 @@ def _sitk_reason(exc: Exception) -> str:
     return "SimpleITK could not read it: " + (lines[-1] if lines else type(exc).__name__)
 
 
-def _from_sitk(img, where: str, uid: str, modality: str) -> RawVolume:
+def _from_sitk(img: sitk.Image, where: str, uid: str, modality: str) -> RawVolume:
     import SimpleITK as sitk
 
     if img.GetNumberOfComponentsPerPixel() != 1:
@@ -290,14 +296,14 @@ def _from_sitk(img, where: str, uid: str, modality: str) -> RawVolume:
 class _QuietSitk:
     """Silences SimpleITK's own warnings (we log ours) for the duration."""
 
-    def __enter__(self):
+    def __enter__(self) -> None:
         import SimpleITK as sitk
 
         self._sitk = sitk
         self._old = sitk.ProcessObject.GetGlobalWarningDisplay()
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self._sitk.ProcessObject.SetGlobalWarningDisplay(self._old)
         return False
 

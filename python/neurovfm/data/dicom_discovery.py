@@ -13,9 +13,14 @@ import logging
 import os
 import warnings
 from collections import Counter
-from typing import Optional
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from neurovfm import _core
+
+if TYPE_CHECKING:
+    import numpy as np
+    from pydicom import Dataset
 
 logger = logging.getLogger("neurovfm")
 
@@ -25,11 +30,11 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _LOOPS = "symbolic links not followed (a loop or a missing target)"
 
 
-def _walk(root: str, loops: Optional[list] = None) -> list:
+def _walk(root: str, loops: Optional[list[str]] = None) -> list[str]:
     """Regular files under root, recursively; symlinks followed, loops not (the
     symbolic links that loop or lead nowhere are appended to ``loops``)."""
-    out = []
-    seen = set()
+    out: list[str] = []
+    seen: set[tuple[int, int]] = set()
     stack = [root]
     loops = [] if loops is None else loops
     while stack:
@@ -50,7 +55,7 @@ def _walk(root: str, loops: Optional[list] = None) -> list:
         except OSError as exc:
             logger.debug("cannot list %s: %s", d, exc)
             continue
-        subdirs = []
+        subdirs: list[str] = []
         for e in entries:
             try:
                 if e.is_dir():
@@ -76,12 +81,12 @@ class _PyHeader:
     encapsulated = False
     float_pixel_data = False
 
-    def __init__(self, ds, has_pixels: bool):
-        def get(name, default):
+    def __init__(self, ds: Dataset, has_pixels: bool) -> None:
+        def get(name: str, default: Any) -> Any:
             v = ds.get(name, default)
             return default if v is None or v == "" else v
 
-        def floats(name, n):
+        def floats(name: str, n: int) -> Optional[tuple[float, ...]]:
             v = ds.get(name)
             try:
                 vals = tuple(float(x) for x in v)
@@ -123,11 +128,15 @@ class _PyHeader:
         self.has_pixel_spacing, self.pixel_spacing = ps is not None, ps or (1.0, 1.0)
         self.has_instance_number = "InstanceNumber" in ds
         self.has_pixel_data = has_pixels
-        self.output_dtype = None
-        self.stored_dtype = None
+        self.output_dtype: Optional[np.dtype[Any]] = None
+        self.stored_dtype: Optional[np.dtype[Any]] = None
 
 
-def _pydicom_header(path: str):
+#: A file's header: the compiled parser's, or pydicom's when that parser gives up.
+Header = Union[_core.DicomHeader, _PyHeader]
+
+
+def _pydicom_header(path: str) -> Optional[_PyHeader]:
     try:
         import pydicom
 
@@ -139,17 +148,18 @@ def _pydicom_header(path: str):
         return None
 
 
-def _is_localizer(h) -> bool:
+def _is_localizer(h: Header) -> bool:
     it = h.image_type.upper()
     return "LOCALIZER" in it and any(t.strip() == "LOCALIZER" for t in it.split("\\"))
 
 
-def _scan_files(files: list, threads: int):
+def _scan_files(files: list[str], threads: int) -> tuple[list[tuple[str, Header]], Counter[str]]:
     """Headers of the image files, and counts of what was skipped and why."""
     headers = _core.read_dicom_headers(files, threads)
-    kept = []
-    skipped = Counter()
-    unreadable = []
+    kept: list[tuple[str, Header]] = []
+    skipped: Counter[str] = Counter()
+    unreadable: list[tuple[str, str]] = []
+    h: Header
     for f, h in zip(files, headers):
         if not h.is_dicom:
             if os.access(f, os.R_OK):
@@ -185,7 +195,7 @@ def _scan_files(files: list, threads: int):
     return kept, skipped
 
 
-def _common_folder(files) -> str:
+def _common_folder(files: Sequence[str]) -> str:
     dirs = {os.path.dirname(f) for f in files}
     if len(dirs) == 1:
         return dirs.pop()

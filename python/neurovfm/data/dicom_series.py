@@ -15,14 +15,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import numpy as np
+import numpy.typing as npt
 
 from neurovfm import _core
 from neurovfm._threads import get_num_threads
-from neurovfm.data.dicom_discovery import _LOOPS, _common_folder, _scan_files, _walk
+from neurovfm.data.dicom_discovery import _LOOPS, Header, _common_folder, _scan_files, _walk
 from neurovfm.errors import (
     DicomSeriesError,
     StackedSliceError,
@@ -52,7 +55,7 @@ class SeriesInfo:
     #: SeriesInstanceUID ('' when the files have none).
     uid: str
     #: Files in slice order (along the slice normal, as GDCM orders them).
-    files: tuple
+    files: tuple[str, ...]
     #: Number of slices (frames for a multi-frame file).
     n_slices: int
     rows: int
@@ -69,28 +72,28 @@ class SeriesInfo:
     problem: Optional[str] = None
     _error: Any = field(default=None, repr=False, compare=False)
     _kind: Optional[str] = field(default=None, repr=False, compare=False)
-    _headers: tuple = field(default=(), repr=False, compare=False)
-    _positions: tuple = field(default=(), repr=False, compare=False)
+    _headers: tuple[Header, ...] = field(default=(), repr=False, compare=False)
+    _positions: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def usable(self) -> bool:
         return self.problem is None
 
-    def _raise(self, where: Optional[str] = None):
+    def _raise(self, where: Optional[str] = None) -> NoReturn:
         raise self._error(where or self._where(), self.problem)
 
     def _where(self) -> str:
         return self.files[0] if len(self.files) == 1 else self.folder
 
 
-def _is_colour(h) -> bool:
+def _is_colour(h: Header) -> bool:
     if h.samples_per_pixel > 1:
         return True
     pi = h.photometric.upper()
     return pi not in ("MONOCHROME2", "MONOCHROME1", "") and pi.startswith(_COLOUR_PHOTOMETRIC)
 
 
-def _iop_valid(v) -> bool:
+def _iop_valid(v: Sequence[float]) -> bool:
     """GDCM's DirectionCosines::IsValid: unit row/column (1e-3) and orthogonal."""
     n1 = v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
     n2 = v[3] * v[3] + v[4] * v[4] + v[5] * v[5]
@@ -98,7 +101,7 @@ def _iop_valid(v) -> bool:
     return abs(n1 - 1) < 1e-3 and abs(n2 - 1) < 1e-3 and abs(dot) < 1e-3
 
 
-def _gdcm_iop(h):
+def _gdcm_iop(h: Header) -> Optional[tuple[float, ...]]:
     """Direction cosines as GDCM reads them: normalised if slightly off, else None."""
     if not h.has_iop:
         return None
@@ -113,7 +116,7 @@ def _gdcm_iop(h):
     return w if _iop_valid(w) else None
 
 
-def _same_geometry(a, b) -> bool:
+def _same_geometry(a: Header, b: Header) -> bool:
     if a.rows != b.rows or a.cols != b.cols:
         return False
     if a.has_iop != b.has_iop or a.has_pixel_spacing != b.has_pixel_spacing:
@@ -127,7 +130,7 @@ def _same_geometry(a, b) -> bool:
     return True
 
 
-def _header_problem(h) -> str:
+def _header_problem(h: Header) -> str:
     """Why an image file cannot be read, from its header alone ('' when it can): the
     parser's error, no pixel data, or pixel data shorter than Rows x Columns x frames x
     samples x bits claim (checked before anything is allocated)."""
@@ -148,16 +151,16 @@ def _header_problem(h) -> str:
     return ""
 
 
-def _make_series(uid: str, members: list, n_geometries: int, n_in_uid: int) -> SeriesInfo:
+def _make_series(uid: str, members: list[tuple[str, Header]], n_geometries: int, n_in_uid: int) -> SeriesInfo:
     """One geometry group -> SeriesInfo, with its slice order and any problem."""
     files = [f for f, _ in members]
     hs = [h for _, h in members]
     h0 = hs[0]
     multiframe = len(members) == 1 and h0.number_of_frames > 1
-    problem = None
-    error = None
-    kind = None
-    positions = ()
+    problem: Optional[str] = None
+    error: Optional[type[ImageReadError]] = None
+    kind: Optional[str] = None
+    positions: tuple[float, ...] = ()
 
     # Slice order: by distance along the normal of the first file's
     # orientation, as GDCM's IPP sorter (which SimpleITK uses) does.
@@ -250,15 +253,15 @@ def _make_series(uid: str, members: list, n_geometries: int, n_in_uid: int) -> S
     )
 
 
-def _fast_ok(h) -> bool:
+def _fast_ok(h: Header) -> bool:
     return isinstance(h, _core.DicomHeader) and h.fast_readable
 
 
-def _scan(path):
+def _scan(path: str | os.PathLike[str]) -> tuple[str, list[str], list[SeriesInfo], Counter[str]]:
     p = os.fspath(path)
     if not os.path.exists(p):
         raise ImageNotFoundError(f"{p}: no such file or directory")
-    loops: list = []
+    loops: list[str] = []
     if os.path.isdir(p):
         files = _walk(p, loops)
     elif os.path.isfile(p):
@@ -273,7 +276,7 @@ def _scan(path):
 
     # Group by SeriesInstanceUID (by folder when blank); a multi-frame file is
     # a series of its own.
-    groups: dict = {}
+    groups: dict[tuple[str, str], list[tuple[str, Header]]] = {}
     for f, h in kept:
         if h.number_of_frames > 1:
             key = ("file", f)
@@ -283,13 +286,13 @@ def _scan(path):
             key = ("dir", os.path.dirname(f))
         groups.setdefault(key, []).append((f, h))
 
-    series = []
+    series: list[SeriesInfo] = []
     for members in groups.values():
         uid = members[0][1].series_uid
         # Split by geometry: orientation, rows, columns, pixel spacing. Files
         # with identical values are grouped first; distinct values are then
         # merged when within tolerance.
-        exact: dict = {}
+        exact: dict[tuple[object, ...], list[tuple[str, Header]]] = {}
         for f, h in members:
             k = (
                 h.rows,
@@ -298,7 +301,7 @@ def _scan(path):
                 h.has_pixel_spacing and tuple(h.pixel_spacing),
             )
             exact.setdefault(k, []).append((f, h))
-        sub: list = []
+        sub: list[list[tuple[str, Header]]] = []
         for g_exact in exact.values():
             for g in sub:
                 if _same_geometry(g[0][1], g_exact[0][1]):
@@ -312,7 +315,7 @@ def _scan(path):
     return p, files, series, skipped
 
 
-def find_series(path) -> list:
+def find_series(path: str | os.PathLike[str]) -> list[SeriesInfo]:
     """The DICOM image series under ``path`` (a folder, walked recursively, or a file).
 
     DICOMDIR files and other directory records, non-image objects, localizers
@@ -325,7 +328,7 @@ def find_series(path) -> list:
     return _scan(path)[2]
 
 
-def _missing_slices(steps: np.ndarray):
+def _missing_slices(steps: npt.NDArray[np.float64]) -> Optional[tuple[int, float, float]]:
     """(index of the first gap, its size, the step) when the steps are one step ``s`` except
     a few that are whole multiples ``k * s`` (k >= 2): slices missing from one stack. Two
     slabs of different thickness (any number of steps of each) are not this pattern."""

@@ -33,14 +33,22 @@ import socket
 import stat
 import tempfile
 import time
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .._threads import thread_limit
 from ..errors import CacheEntryError, ImageTooSmallError
 from . import ptfile
+from ._files import atomic_write_bytes, try_lock, unlink
 from .preprocess import CT_WINDOWS
+
+#: ``folders`` of :func:`source_matches`: folder -> ((mtime_ns, inode), its fingerprint).
+FolderWalks = dict[str, tuple[tuple[int, int], dict[str, int]]]
+#: ``checked`` of :func:`open_file`: path -> (stamp, dtype, shape, count, offset).
+CheckedFiles = dict[str, tuple[tuple[Any, ...], np.dtype[Any], tuple[int, ...], int, int]]
 
 log = logging.getLogger("neurovfm")
 
@@ -110,30 +118,9 @@ def _tmp_prefix(image: str) -> str:
     return f".{image}."
 
 
-def token_grid(shape) -> tuple[int, int, int]:
+def token_grid(shape: Sequence[int]) -> tuple[int, int, int]:
     """The token grid ``(D/4, H/16, W/16)`` of a volume shape ``[1, D, H, W]``."""
     return int(shape[1]) // 4, int(shape[2]) // 16, int(shape[3]) // 16
-
-
-def unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def atomic_write_bytes(path: str, data: bytes, prefix: str | None = None) -> None:
-    """Write ``data`` under a temporary name in ``path``'s folder, then rename it to ``path``."""
-    if prefix is None:
-        prefix = "." + os.path.basename(path) + "."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        unlink(tmp)
-        raise
 
 
 def remove_leftovers(folder: str, image: str) -> None:
@@ -145,25 +132,6 @@ def remove_leftovers(folder: str, image: str) -> None:
     for fn in os.listdir(folder):
         if pattern.fullmatch(fn):
             unlink(os.path.join(folder, fn))
-
-
-def try_lock(fd: int, blocking: bool) -> bool:
-    """Exclusive lock on an open file (released when it is closed or the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_LOCK if blocking else msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-            return True
-        except OSError:
-            return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        return True
-    except BlockingIOError:
-        return False
 
 
 # --- the sidecar -----------------------------------------------------------------------------
@@ -208,10 +176,10 @@ class SidecarCache:
     def forget(self, path: str) -> None:
         self._hits.pop(path, None)
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self._hits = {}
 
 
@@ -241,7 +209,7 @@ def _folder_fingerprint(path: str) -> dict[str, int]:
     return {"files": count, "size": total, "mtime_ns": newest}
 
 
-def source_matches(source: str, recorded: Any, folders: dict | None = None) -> bool:
+def source_matches(source: str, recorded: object, folders: FolderWalks | None = None) -> bool:
     """Whether the scan ``source`` still has the ``recorded`` fingerprint.
 
     A file costs one ``stat``. A folder is walked; with ``folders`` (a dict the caller
@@ -263,7 +231,7 @@ def source_matches(source: str, recorded: Any, folders: dict | None = None) -> b
     return recorded == hit[1]
 
 
-def sidecar_status(side: dict[str, Any] | None, source: str, folders: dict | None = None) -> str:
+def sidecar_status(side: dict[str, Any] | None, source: str, folders: FolderWalks | None = None) -> str:
     """What the sidecar alone says of an entry: ``'missing'`` (no readable sidecar),
     ``'stale'`` (another pipeline version, or the scan ``source`` changed), ``'corrupt'``
     (no files recorded) or ``'valid'``. The files are checked by :func:`files_status`
@@ -303,8 +271,8 @@ def files_status(folder: str, side: dict[str, Any], verify: bool = False) -> str
 class Encoded(NamedTuple):
     """A scan encoded as the cache stores it."""
 
-    volumes: dict[str, np.ndarray]  # key -> uint8 [1, D, H, W] (CT windows, or "volume")
-    token_background: np.ndarray  # uint8 [D/4, H/16, W/16], 1 = the token holds background
+    volumes: dict[str, npt.NDArray[np.uint8]]  # key -> uint8 [1, D, H, W] (CT windows, or "volume")
+    token_background: npt.NDArray[np.uint8]  # uint8 [D/4, H/16, W/16], 1 = the token holds background
     view: int
     spacing: tuple[float, ...]
 
@@ -328,7 +296,9 @@ def encode_scan(source: str, mode: str, threads: int | None = None) -> Encoded:
         raise ImageTooSmallError(
             source, f"volume {img.GetSize()} is smaller than one 4x16x16 token after preprocessing"
         )
-    arrs, token_background, view = prep
+    arrs, token_background, view = cast(  # return_foreground=False: three items
+        "tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.uint8], int]", prep
+    )
     grid = token_grid(arrs[0].shape)
     return Encoded(
         dict(zip(volume_keys(mode), arrs)),
@@ -342,14 +312,15 @@ def encode_scan(source: str, mode: str, threads: int | None = None) -> Encoded:
 
 
 def write_entry(
-    folder: str, study: str, image: str, mode: str, enc: Encoded, fingerprint: dict, source_path: str
+    folder: str, study: str, image: str, mode: str, enc: Encoded, fingerprint: dict[str, int], source_path: str
 ) -> None:
     """Write every file of the entry under a temporary name, then rename them into place
     and write the sidecar last. A failure before the renames (a full disk, say) leaves a
     valid older entry as it was."""
     names = file_names(image, mode)
     payloads = {**enc.volumes, TOKEN_BACKGROUND: enc.token_background}
-    files, tmps = {}, {}
+    files: dict[str, dict[str, Any]] = {}
+    tmps: dict[str, str] = {}
     try:
         for key, arr in payloads.items():
             fd, tmps[key] = tempfile.mkstemp(prefix=_tmp_prefix(image), suffix=".tmp", dir=folder)
@@ -435,7 +406,9 @@ def build_entry(
 # --- the zero-copy open ----------------------------------------------------------------------
 
 
-def open_file(folder: str, side: dict[str, Any], key: str, checked: dict | None = None) -> np.ndarray:
+def open_file(
+    folder: str, side: dict[str, Any], key: str, checked: CheckedFiles | None = None
+) -> npt.NDArray[np.uint8]:
     """Zero-copy, read-only uint8 view of file ``key`` of an entry (a volume key, or
     ``"mask"`` for the token background flags), memory-mapped at the offset the sidecar
     records; its size, dtype and shape checked against the sidecar.
@@ -489,7 +462,7 @@ def open_file(folder: str, side: dict[str, Any], key: str, checked: dict | None 
     return arr
 
 
-def _checked_shape(path: str, arr: np.ndarray, side: dict[str, Any], key: str) -> np.ndarray:
+def _checked_shape(path: str, arr: npt.NDArray[Any], side: dict[str, Any], key: str) -> npt.NDArray[np.uint8]:
     want = tuple(side["shape"]) if key != TOKEN_BACKGROUND else token_grid(side["shape"])
     if arr.shape != want or arr.dtype != np.uint8:
         raise CacheEntryError(f"{path}: {arr.dtype} {arr.shape}, the sidecar says uint8 {want}")

@@ -12,8 +12,10 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from .. import _core
@@ -52,18 +54,19 @@ class Orientation:
     New (SimpleITK) axis ``j`` is old axis ``perm[j]``, reversed when ``flip[j]``.
     """
 
-    perm: tuple
-    flip: tuple
+    perm: tuple[int, ...]
+    flip: tuple[bool, ...]
 
     @property
     def is_identity(self) -> bool:
         return self.perm == (0, 1, 2) and not any(self.flip)
 
 
-def _orientation_to_rpi(direction) -> Orientation:
+def _orientation_to_rpi(direction: Sequence[float]) -> Orientation:
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(d) for d in direction])
     current = [_LETTERS[c] for c in code]
-    perm, flip = [], []
+    perm: list[int] = []
+    flip: list[bool] = []
     for letter in _TARGET:
         axis, sign = _LETTERS[letter]
         j = next(i for i, (a, _) in enumerate(current) if a == axis)
@@ -72,7 +75,13 @@ def _orientation_to_rpi(direction) -> Orientation:
     return Orientation(tuple(perm), tuple(flip))
 
 
-def _reoriented_geometry(shape, spacing_in, origin_in, direction_in, o: Orientation):
+def _reoriented_geometry(
+    shape: Sequence[int],
+    spacing_in: Sequence[float],
+    origin_in: Sequence[float],
+    direction_in: Sequence[float],
+    o: Orientation,
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[int, ...]]:
     """Spacing, origin, direction and size after the permutation and flips,
     computed as ITK's PermuteAxesImageFilter followed by FlipImageFilter.
     ``shape`` is in numpy order, the rest in SimpleITK order."""
@@ -93,12 +102,13 @@ def _reoriented_geometry(shape, spacing_in, origin_in, direction_in, o: Orientat
     return spacing, tuple(origin), tuple(float(x) for x in direction.ravel()), size
 
 
-def _reoriented_view(arr: np.ndarray, o: Orientation) -> np.ndarray:
+def _reoriented_view(arr: npt.NDArray[Any], o: Orientation) -> npt.NDArray[Any]:
     """The RPI array (numpy z, y, x order) as a strided view of ``arr``."""
     # numpy axis of sitk axis k is 2 - k.
     view = arr.transpose([2 - o.perm[2], 2 - o.perm[1], 2 - o.perm[0]])
     slices = tuple(slice(None, None, -1) if o.flip[2 - a] else slice(None) for a in range(3))
-    return view[slices]
+    out: npt.NDArray[Any] = view[slices]
+    return out
 
 
 def reorient_rpi(img: sitk.Image) -> sitk.Image:
@@ -138,14 +148,14 @@ class _Plan:
     """Everything needed to resample one volume, derived from its geometry."""
 
     orientation: Orientation
-    spacing: tuple  # reoriented input spacing (x, y, z)
-    origin: tuple
-    direction: tuple
-    size: tuple  # reoriented input size (x, y, z)
-    target: tuple  # output spacing (x, y, z)
-    crops: tuple  # (start, length) per axis (x, y, z)
+    spacing: tuple[float, ...]  # reoriented input spacing (x, y, z)
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    size: tuple[int, ...]  # reoriented input size (x, y, z)
+    target: tuple[float, ...]  # output spacing (x, y, z)
+    crops: tuple[tuple[int, int], ...]  # (start, length) per axis (x, y, z)
 
-    def kernel_args(self):
+    def kernel_args(self) -> tuple[list[int], list[int], list[float], list[float]]:
         """(n_out, start, out_spacing, in_spacing) in numpy (z, y, x) order."""
         return (
             [c[1] for c in self.crops][::-1],
@@ -154,7 +164,7 @@ class _Plan:
             list(self.spacing)[::-1],
         )
 
-    def image(self, out: np.ndarray) -> sitk.Image:
+    def image(self, out: npt.NDArray[Any]) -> sitk.Image:
         """Wrap the kernel's output with the cropped grid's geometry."""
         img = sitk.GetImageFromArray(out)
         img.SetSpacing(self.target)
@@ -163,13 +173,13 @@ class _Plan:
         d = np.asarray(self.direction).reshape(3, 3)
         start = [c[0] for c in self.crops]
         t = self.target
-        img.SetOrigin(
-            tuple(self.origin[i] + sum((d[i, j] * t[j]) * start[j] for j in range(3)) for i in range(3))
-        )
+        img.SetOrigin(tuple(self.origin[i] + sum((d[i, j] * t[j]) * start[j] for j in range(3)) for i in range(3)))
         return img
 
 
-def _plan(shape, spacing, origin, direction, path: str) -> _Plan:
+def _plan(
+    shape: Sequence[int], spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float], path: str
+) -> _Plan:
     o = _orientation_to_rpi(direction)
     s, org, dirn, n = _reoriented_geometry(shape, spacing, origin, direction, o)
     z = slice_axis(s, n)
@@ -213,7 +223,11 @@ def preprocess_volume(vol: RawVolume) -> sitk.Image:
 _SLAB_BYTES = 4 << 20
 
 
-def _stream_plan(layout: readers.NiftiLayout):
+#: What :func:`_stream_plan` returns: (plan, reoriented shape, stream axis, flipped).
+_StreamPlan = tuple[_Plan, tuple[int, ...], int, bool]
+
+
+def _stream_plan(layout: readers.NiftiLayout) -> _StreamPlan | None:
     """(plan, reoriented shape, stream axis, flipped) when the file can be streamed: its
     storage axis is the last of the kernel's pass order (docs/numbers.md, "Resampling
     order"), so resampling the other two axes slab by slab gives the whole-volume bytes;
@@ -228,7 +242,7 @@ def _stream_plan(layout: readers.NiftiLayout):
     return plan, rshape, stream_axis, flipped
 
 
-def _preprocess_nifti_streaming(layout: readers.NiftiLayout, stream) -> sitk.Image:
+def _preprocess_nifti_streaming(layout: readers.NiftiLayout, stream: _StreamPlan) -> sitk.Image:
     """Decode a NIfTI file slab by slab while a background thread resamples the
     two other axes of the slabs already decoded; the file's storage axis is
     resampled last. Never holds the whole decoded volume."""
@@ -237,10 +251,11 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout, stream) -> sitk.Ima
     o = plan.orientation
     threads = get_num_threads()
     nz, ny, nx = layout.shape
-    sr = _core.StreamResampler(layout.dtype, rshape, stream_axis, *plan.kernel_args())
-    per = max(1, _SLAB_BYTES // (ny * nx * layout.dtype.itemsize))
+    dtype = cast("np.dtype[Any]", layout.dtype)  # streamed layouts are direct: they have one
+    sr = _core.StreamResampler(dtype, rshape, stream_axis, *plan.kernel_args())
+    per = max(1, _SLAB_BYTES // (ny * nx * dtype.itemsize))
     # Ring buffers from the kernels' allocator: reused from one file to the next.
-    ring = [_core.empty(layout.dtype, (min(per, nz), ny, nx)) for _ in range(3)]
+    ring = [_core.empty(dtype, (min(per, nz), ny, nx)) for _ in range(3)]
     tickets = [0] * len(ring)
     # One thread decodes (here), the rest resample slabs as they arrive.
     push_threads = max(1, threads - 1)
@@ -252,8 +267,8 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout, stream) -> sitk.Ima
                 if threads > 1:
                     sr.wait(tickets[r])
                 buf = ring[r][:kn]
-                readers.read_exactly(f, memoryview(buf).cast("B"), path, layout.nbytes)
-                if layout.dtype.kind == "f":
+                readers.read_exactly(f, buf.data.cast("B"), path, layout.nbytes)
+                if dtype.kind == "f":
                     check_finite(buf, path)
                 view = _reoriented_view(buf, o)
                 i0 = nz - k0 - kn if flipped else k0
@@ -280,9 +295,7 @@ def preprocess_image(img: sitk.Image) -> sitk.Image:
     if img.GetDimension() != 3:
         raise ImageReadError("<in-memory image>", f"expected a 3D image, got {img.GetDimension()}D")
     if img.GetPixelID() not in readers.SUPPORTED_PIXEL_IDS:
-        raise ImageReadError(
-            "<in-memory image>", f"pixel type {img.GetPixelIDTypeAsString()} is not supported"
-        )
+        raise ImageReadError("<in-memory image>", f"pixel type {img.GetPixelIDTypeAsString()} is not supported")
     return preprocess_volume(RawVolume.from_image(img))
 
 
@@ -317,9 +330,7 @@ def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> 
     return readers.read_with_sitk(path)
 
 
-def load_image(
-    path: str | os.PathLike[str], preprocess: bool = True, series_uid: str | None = None
-) -> sitk.Image:
+def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid: str | None = None) -> sitk.Image:
     """Load a CT or MR scan as a SimpleITK image.
 
     Parameters

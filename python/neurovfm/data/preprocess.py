@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -30,15 +30,15 @@ CT_FOREGROUND_HU = -500.0
 #: MRI: lower clip, foreground threshold, upper clip (percentiles of all voxels).
 MRI_PERCENTILES = (0.5, 10.0, 99.5)
 
-_VIEW_AXES = {0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 1, 0)}
+_VIEW_AXES: dict[int, tuple[int, int, int]] = {0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 1, 0)}
 
 
-def view_axes(view: int) -> tuple:
+def view_axes(view: int) -> tuple[int, int, int]:
     """Transpose taking the SimpleITK array (z, y, x) to [D, H, W] for ``view``."""
     return _VIEW_AXES[view]
 
 
-def _check_mode(mode) -> str:
+def _check_mode(mode: object) -> str:
     m = mode.lower() if isinstance(mode, str) else mode
     if m not in ("ct", "mri"):
         raise InvalidArgumentError(f"mode must be 'ct' or 'mri' (any case), got {mode!r}")
@@ -47,7 +47,11 @@ def _check_mode(mode) -> str:
 
 def prepare_for_inference(
     img: sitk.Image, mode: str, z_dim: int | None = None, return_foreground: bool = False, quantize: bool = False
-) -> tuple[list[np.ndarray], np.ndarray, int] | tuple[list[np.ndarray], np.ndarray, int, np.ndarray] | None:
+) -> (
+    tuple[list[npt.NDArray[Any]], npt.NDArray[np.uint8], int]
+    | tuple[list[npt.NDArray[Any]], npt.NDArray[np.uint8], int, npt.NDArray[np.bool_]]
+    | None
+):
     """Turn a preprocessed image into model-ready arrays.
 
     Parameters
@@ -123,9 +127,11 @@ def prepare_for_inference(
         )
         arrs = [out]
     del arr
+    # The kernels return the flags when token_flags is true (always here), the mask when voxel_mask is.
+    flags = cast("npt.NDArray[np.uint8]", token_background)
     if return_foreground:
-        return arrs, token_background, view, foreground
-    return arrs, token_background, view
+        return arrs, flags, view, cast("npt.NDArray[np.bool_]", foreground)
+    return arrs, flags, view
 
 
 class Tokens(NamedTuple):
@@ -134,16 +140,17 @@ class Tokens(NamedTuple):
     ``filtered`` holds the token background flags (1 = the token holds a background
     voxel); it keeps the name of NeuroVFM's batch key."""
 
-    img: np.ndarray
-    coords: np.ndarray
-    filtered: np.ndarray
+    img: npt.NDArray[Any]
+    coords: npt.NDArray[np.int32]
+    filtered: npt.NDArray[np.uint8]
 
     @property
-    def size(self) -> np.ndarray:
+    def size(self) -> npt.NDArray[np.int32]:
         """Token grid ``[D/4, H/16, W/16]`` (int32)."""
         if len(self.coords) == 0:
             return np.zeros(3, np.int32)
-        return (self.coords[-1] + 1).astype(np.int32)
+        size: npt.NDArray[np.int32] = (self.coords[-1] + 1).astype(np.int32)
+        return size
 
 
 def tokenize(

@@ -14,8 +14,11 @@ import os
 import pickle
 import struct
 import zlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import InvalidTypeError, PtFormatError
 
@@ -23,6 +26,9 @@ try:  # ISA-L's CRC-32 (PCLMUL folding) is ~4x faster than zlib's; same values
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # pragma: no cover - isal is a dependency
     _crc32 = zlib.crc32
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = [
     "write_tensor",
@@ -38,7 +44,7 @@ _ALIGN = 64
 _PREFIX = "archive/"
 
 #: numpy dtype -> torch storage class name (what torch.save pickles).
-TORCH_STORAGE = {
+TORCH_STORAGE: dict[np.dtype[Any], str] = {
     np.dtype("uint8"): "ByteStorage",
     np.dtype("int8"): "CharStorage",
     np.dtype("int16"): "ShortStorage",
@@ -48,16 +54,16 @@ TORCH_STORAGE = {
     np.dtype("float64"): "DoubleStorage",
     np.dtype("bool"): "BoolStorage",
 }
-_STORAGE_DTYPE = {v: k for k, v in TORCH_STORAGE.items()}
+_STORAGE_DTYPE: dict[str, np.dtype[Any]] = {v: k for k, v in TORCH_STORAGE.items()}
 
 
-def crc32(data, value: int = 0) -> int:
+def crc32(data: Buffer, value: int = 0) -> int:
     """CRC-32 (the ZIP/gzip polynomial) of a bytes-like object, continuing from
     ``value`` (the CRC of what came before), as an unsigned int."""
     return _crc32(data, value) & 0xFFFFFFFF
 
 
-def file_crc32(path) -> int:
+def file_crc32(path: str | os.PathLike[str]) -> int:
     """CRC-32 of a whole file (memory-mapped, no copy)."""
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
@@ -80,7 +86,7 @@ def _pstr(s: str) -> bytes:
     return b"X" + struct.pack("<I", len(b)) + b
 
 
-def _pickle_tensor(storage: str, numel: int, shape, strides) -> bytes:
+def _pickle_tensor(storage: str, numel: int, shape: Sequence[int], strides: Sequence[int]) -> bytes:
     return b"".join(
         [
             b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n((",
@@ -99,7 +105,7 @@ def _pickle_tensor(storage: str, numel: int, shape, strides) -> bytes:
     )
 
 
-def write_tensor(path, array: np.ndarray) -> dict:
+def write_tensor(path: str | os.PathLike[str], array: npt.NDArray[Any]) -> dict[str, Any]:
     """Write ``array`` (C-contiguous) as a torch-compatible ``.pt`` file.
 
     Returns ``{"bytes": file size, "crc32": CRC-32 of the tensor bytes,
@@ -110,10 +116,12 @@ def write_tensor(path, array: np.ndarray) -> dict:
     a = np.ascontiguousarray(array)
     storage = TORCH_STORAGE.get(a.dtype)
     if storage is None:
-        raise InvalidTypeError(f"{path}: no torch storage for dtype {a.dtype} (one of {sorted(map(str, TORCH_STORAGE))})")
+        raise InvalidTypeError(
+            f"{path}: no torch storage for dtype {a.dtype} (one of {sorted(map(str, TORCH_STORAGE))})"
+        )
     strides = [s // a.itemsize for s in a.strides] if a.ndim else []
-    payload = memoryview(a).cast("B") if a.size else b""
-    entries = [
+    payload = a.data.cast("B") if a.size else b""
+    entries: list[tuple[str, bytes | memoryview]] = [
         ("data.pkl", _pickle_tensor(storage, a.size, a.shape, strides)),
         (".format_version", b"1"),
         (".storage_alignment", b"64"),
@@ -170,7 +178,7 @@ def write_tensor(path, array: np.ndarray) -> dict:
 class _Meta(pickle.Unpickler):
     """Reads data.pkl without torch: returns (storage name, numel, offset, shape, strides)."""
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return lambda storage, offset, shape, strides, *rest: (storage, offset, tuple(shape), tuple(strides))
         if module == "torch" and name in _STORAGE_DTYPE:
@@ -179,13 +187,13 @@ class _Meta(pickle.Unpickler):
             return dict
         raise pickle.UnpicklingError(f"unexpected global {module}.{name}")
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: Any) -> tuple[Any, Any, int]:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError("unexpected persistent id")
         return (pid[1], pid[2], int(pid[4]))
 
 
-def _entries(buf, path):
+def _entries(buf: mmap.mmap, path: str) -> dict[str, tuple[int, int, int]]:
     n = len(buf)
     eocd = buf.rfind(b"PK\x05\x06", max(0, n - 65557))
     if eocd < 0 or eocd + 22 > n:
@@ -193,7 +201,7 @@ def _entries(buf, path):
     _, _, _, count, _, cd_size, cd_start, _ = struct.unpack_from("<IHHHHIIH", buf, eocd)
     if cd_start + cd_size > eocd:
         raise PtFormatError(f"{path}: central directory outside the file: truncated or corrupt")
-    out = {}
+    out: dict[str, tuple[int, int, int]] = {}
     pos = cd_start
     for _ in range(count):
         if pos + 46 > eocd or buf[pos : pos + 4] != b"PK\x01\x02":
@@ -221,7 +229,7 @@ def _entries(buf, path):
     return out
 
 
-def open_tensor(path, verify: bool = False) -> np.ndarray:
+def open_tensor(path: str | os.PathLike[str], verify: bool = False) -> npt.NDArray[Any]:
     """Zero-copy, read-only view of the tensor in a ``.pt`` file (memory-mapped).
 
     Structure and sizes are always checked (a truncated file raises
@@ -252,7 +260,8 @@ def open_tensor(path, verify: bool = False) -> np.ndarray:
             raise PtFormatError(f"{path}: non-contiguous tensor (strides {strides})")
         if verify and crc32(memoryview(mm)[doff : doff + dn]) != dcrc:
             raise PtFormatError(f"{path}: checksum mismatch: the data is corrupt")
-        return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=doff).reshape(shape)
+        arr: npt.NDArray[Any] = np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=doff).reshape(shape)
+        return arr
     except BaseException:
         mm.close()
         raise
@@ -261,31 +270,38 @@ def open_tensor(path, verify: bool = False) -> np.ndarray:
 class _BytesView:
     """File-like view of part of a buffer, for pickle."""
 
-    def __init__(self, buf, off, n):
+    def __init__(self, buf: mmap.mmap, off: int, n: int) -> None:
         self._b = memoryview(buf)[off : off + n]
         self._p = 0
 
-    def read(self, k=-1):
+    def read(self, k: int = -1) -> bytes:
         if k < 0:
             k = len(self._b) - self._p
         out = bytes(self._b[self._p : self._p + k])
         self._p += len(out)
         return out
 
-    def readline(self):
+    def readline(self) -> bytes:
         rest = bytes(self._b[self._p :])
         i = rest.find(b"\n")
         line = rest if i < 0 else rest[: i + 1]
         self._p += len(line)
         return line
 
-    def readinto(self, b):
+    def readinto(self, b: bytearray | memoryview) -> int:
         data = self.read(len(b))
         b[: len(data)] = data
         return len(data)
 
 
-def open_at(path, offset: int, dtype, shape, expected_bytes: int, crc: int | None = None) -> np.ndarray:
+def open_at(
+    path: str | os.PathLike[str],
+    offset: int,
+    dtype: npt.DTypeLike,
+    shape: Sequence[int],
+    expected_bytes: int,
+    crc: int | None = None,
+) -> npt.NDArray[Any]:
     """Zero-copy view of a tensor whose data offset is known (e.g. recorded at
     write time): checks the file size, maps it, no archive parsing. With ``crc``
     (the CRC-32 recorded at write time) the data is checked against it too."""

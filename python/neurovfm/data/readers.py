@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,6 +19,11 @@ import SimpleITK as sitk
 from .. import _core
 from ..errors import ImageReadError, UnsupportedImageError
 from .volume import RawVolume
+
+if TYPE_CHECKING:
+    import io
+
+    from isal.igzip import IGzipFile
 
 __all__ = [
     "read_nifti",
@@ -29,7 +36,7 @@ __all__ = [
 ]
 
 # NIfTI-1 datatype codes -> numpy dtype (little-endian).
-_NIFTI_DTYPES = {
+_NIFTI_DTYPES: dict[int, np.dtype[Any]] = {
     2: np.dtype("u1"),
     4: np.dtype("<i2"),
     8: np.dtype("<i4"),
@@ -41,7 +48,7 @@ _NIFTI_DTYPES = {
 }
 
 # SimpleITK pixel ids the kernels accept, with their numpy dtype.
-SUPPORTED_PIXEL_IDS = {
+SUPPORTED_PIXEL_IDS: dict[int, np.dtype[Any]] = {
     sitk.sitkUInt8: np.dtype("u1"),
     sitk.sitkInt8: np.dtype("i1"),
     sitk.sitkUInt16: np.dtype("u2"),
@@ -83,7 +90,7 @@ def _explain_nifti_error(path: str, err: Exception) -> ImageReadError:
     return _explain_sitk_error(path, err)
 
 
-def check_scalar_3d(path: str, dimension: int, size, components: int, pixel_id: int) -> None:
+def check_scalar_3d(path: str, dimension: int, size: Sequence[int], components: int, pixel_id: int) -> None:
     """Raise the library's error unless this describes a 3D scalar volume."""
     if components != 1:
         raise UnsupportedImageError(
@@ -103,9 +110,7 @@ def check_scalar_3d(path: str, dimension: int, size, components: int, pixel_id: 
     if any(s == 0 for s in size):
         raise UnsupportedImageError(path, f"empty image (size {size})")
     if pixel_id not in SUPPORTED_PIXEL_IDS:
-        raise UnsupportedImageError(
-            path, f"pixel type {sitk.GetPixelIDValueAsString(pixel_id)} is not supported"
-        )
+        raise UnsupportedImageError(path, f"pixel type {sitk.GetPixelIDValueAsString(pixel_id)} is not supported")
 
 
 def _squeeze_4d(img: sitk.Image) -> sitk.Image:
@@ -141,15 +146,21 @@ _NIFTI_CODE_BYTES = {
 _GZIP_MAX_RATIO, _GZIP_SLACK = 1032, 1 << 16
 
 
+def _igzip_open(path: str) -> IGzipFile:
+    """ISA-L's gzip decoder reading ``path`` (binary; isal imported on first use)."""
+    from isal import igzip
+
+    f: IGzipFile = igzip.open(path, "rb")  # type: ignore[no-untyped-call]  # isal's igzip.open is unannotated
+    return f
+
+
 def _gzip_problem(path: str, need: int, vox_offset: int = 0) -> str | None:
     """Why the gzip stream of ``path`` does not decode to at least ``need`` bytes and
     then end cleanly (CRC and length trailer checked); None when it does. Decodes at
     most about ``need`` bytes plus 64 MB (bounded time)."""
-    from isal import igzip
-
     got = 0
     try:
-        with igzip.open(path, "rb") as f:
+        with _igzip_open(path) as f:
             while got <= need + (64 << 20):
                 k = len(f.read(1 << 20))
                 if not k:
@@ -168,7 +179,7 @@ def _gzip_isize(path: str) -> int:
     """The gzip trailer's ISIZE (decoded length mod 2**32 of the last member)."""
     with open(path, "rb") as f:
         f.seek(-4, os.SEEK_END)
-        return struct.unpack("<I", f.read(4))[0]
+        return cast(int, struct.unpack("<I", f.read(4))[0])
 
 
 def check_nifti_header(path: str) -> bytes:
@@ -243,10 +254,8 @@ def check_nifti_header(path: str) -> bytes:
 
 def _read_nifti_header(path: str, gz: bool) -> bytes:
     if gz:
-        from isal import igzip
-
-        with igzip.open(path, "rb") as f:
-            return f.read(352)
+        with _igzip_open(path) as gf:
+            return gf.read(352)
     with open(path, "rb") as f:
         return f.read(352)
 
@@ -262,17 +271,18 @@ class NiftiLayout:
 
     path: str
     gz: bool
-    shape: tuple  # numpy order (z, y, x)
-    spacing: tuple
-    origin: tuple
-    direction: tuple
-    dtype: np.dtype | None
+    shape: tuple[int, ...]  # numpy order (z, y, x)
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    dtype: np.dtype[Any] | None  # set whenever ``direct``
     vox_offset: int
     direct: bool
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * self.dtype.itemsize
+        # Only asked of direct layouts, which have a dtype.
+        return int(np.prod(self.shape)) * cast("np.dtype[Any]", self.dtype).itemsize
 
 
 def nifti_layout(path: str) -> NiftiLayout:
@@ -291,7 +301,8 @@ def nifti_layout(path: str) -> NiftiLayout:
     direction = reader.GetDirection()
     if dim == 4:
         direction = tuple(direction[r * 4 + c] for r in range(3) for c in range(3))
-    dtype, vox_offset, direct = None, 0, False
+    dtype: np.dtype[Any] | None = None
+    vox_offset, direct = 0, False
     if len(hdr) >= 348 and struct.unpack_from("<i", hdr, 0)[0] == 348:
         datatype = struct.unpack_from("<h", hdr, 70)[0]
         vox_offset = int(struct.unpack_from("<f", hdr, 108)[0])
@@ -320,12 +331,11 @@ def nifti_layout(path: str) -> NiftiLayout:
     )
 
 
-def open_voxels(layout: NiftiLayout):
+def open_voxels(layout: NiftiLayout) -> io.BufferedIOBase:
     """A binary file object positioned at the first voxel (gzip decoded by ISA-L)."""
+    f: io.BufferedIOBase
     if layout.gz:
-        from isal import igzip
-
-        f = igzip.open(layout.path, "rb")
+        f = _igzip_open(layout.path)
     else:
         f = open(layout.path, "rb")
     try:
@@ -342,7 +352,7 @@ def open_voxels(layout: NiftiLayout):
 
 
 @contextlib.contextmanager
-def _stream_errors(path: str):
+def _stream_errors(path: str) -> Iterator[None]:
     """Turn the decoder's exceptions into ImageReadError naming the file and why."""
     try:
         yield
@@ -352,7 +362,7 @@ def _stream_errors(path: str):
         raise ImageReadError(path, _gzip_reason(err)) from None
 
 
-def read_exactly(f, out: memoryview, path: str, expected_total: int) -> None:
+def read_exactly(f: io.BufferedIOBase, out: memoryview, path: str, expected_total: int) -> None:
     """Fill ``out`` from ``f`` or raise ImageReadError for a truncated/corrupt file."""
     got = 0
     n = out.nbytes
@@ -378,7 +388,7 @@ def _gzip_reason(err: Exception) -> str:
     return f"corrupt or truncated compressed data: {err}"
 
 
-def check_trailer(f, path: str) -> None:
+def check_trailer(f: io.BufferedIOBase, path: str) -> None:
     """After the voxels of a ``.gz``: decode what is left, to the end of the stream, so
     that the CRC-32 and length trailer of every member are checked."""
     buf = bytearray(1 << 20)
@@ -390,10 +400,8 @@ def check_trailer(f, path: str) -> None:
 def check_gzip(path: str) -> None:
     """Decode the whole gzip stream of ``path`` (ISA-L, into one reused buffer): raise
     ImageReadError naming the file unless every member's CRC-32 and length trailer match."""
-    from isal import igzip
-
     try:
-        f = igzip.open(path, "rb")
+        f = _igzip_open(path)
     except OSError as err:
         raise ImageReadError(path, _gzip_reason(err)) from None
     with f:
@@ -413,12 +421,12 @@ def read_nifti(path: str, layout: NiftiLayout | None = None) -> RawVolume:
     if not layout.direct:
         return read_with_sitk(path)
     try:
-        arr = _core.empty(layout.dtype, layout.shape)
+        arr = _core.empty(cast("np.dtype[Any]", layout.dtype), layout.shape)  # direct: a dtype
     except MemoryError:
         raise ImageReadError(path, f"not enough memory for {layout.nbytes} bytes of voxels {layout.shape}") from None
     try:
         with open_voxels(layout) as f:
-            read_exactly(f, memoryview(arr).cast("B"), path, layout.nbytes)
+            read_exactly(f, arr.data.cast("B"), path, layout.nbytes)
             if layout.gz:
                 check_trailer(f, path)
     except (OSError, EOFError, ValueError) as err:

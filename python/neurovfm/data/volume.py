@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from ..errors import ImageReadError
@@ -23,10 +24,10 @@ class RawVolume:
     (x, y, z order; direction row-major, columns are the image axes).
     """
 
-    array: np.ndarray
-    spacing: tuple
-    origin: tuple
-    direction: tuple
+    array: npt.NDArray[Any]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
     path: str = ""
     series_uid: str | None = None
     modality: str = ""
@@ -39,9 +40,7 @@ class RawVolume:
     def from_image(cls, img: sitk.Image, path: str = "") -> "RawVolume":
         """Wrap a SimpleITK image without copying its voxels."""
         arr = sitk.GetArrayViewFromImage(img)
-        return cls(
-            arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path), reader="simpleitk", owner=img
-        )
+        return cls(arr, img.GetSpacing(), img.GetOrigin(), img.GetDirection(), str(path), reader="simpleitk", owner=img)
 
     def to_image(self) -> sitk.Image:
         """A SimpleITK image with this geometry (copies the voxels once)."""
@@ -56,7 +55,7 @@ class RawVolume:
     to_sitk = to_image
 
 
-def check_finite(arr: np.ndarray, path: str) -> None:
+def check_finite(arr: npt.NDArray[Any], path: str) -> None:
     """Raise ImageReadError naming ``path`` for NaN/Inf voxels: the B-spline would spread
     them over their neighbours and the intensity windows would pass them on, so the
     result would be silently wrong.

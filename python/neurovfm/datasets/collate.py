@@ -24,6 +24,8 @@ Use options with ``functools.partial``, e.g.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -34,12 +36,12 @@ __all__ = ["collate_packed", "collate_padded", "labels_to_tensor", "check_defaul
 _TOKEN_KEYS = ("img", "coords", "filtered", "size")
 
 
-def labels_to_tensor(labels):
+def labels_to_tensor(labels: list[Any]) -> torch.Tensor | list[Any]:
     """A tensor of the labels when they are all numbers (or equal-length lists of numbers), else the list."""
     if not labels:
         return labels
 
-    def num(v):
+    def num(v: object) -> bool:
         return isinstance(v, numbers.Number) and not isinstance(v, complex)
 
     if all(num(v) for v in labels):
@@ -57,13 +59,13 @@ def labels_to_tensor(labels):
     return list(labels)
 
 
-def _items(batch):
+def _items(batch: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]] | None:
     items = [b for b in batch if b is not None]
     return items or None
 
 
-def _metadata(items, out):
-    keys = []
+def _metadata(items: list[dict[str, Any]], out: dict[str, Any]) -> dict[str, Any]:
+    keys: list[str] = []
     for it in items:
         for k in it:
             if k not in _TOKEN_KEYS and k not in keys:
@@ -74,11 +76,11 @@ def _metadata(items, out):
     return out
 
 
-def _as_tensor(x):
+def _as_tensor(x: Any) -> torch.Tensor:
     return x if torch.is_tensor(x) else torch.as_tensor(x)
 
 
-def _empty(shape, dtype):
+def _empty(shape: Iterable[int], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor; in a DataLoader worker, in shared memory, so that
     sending the batch to the main process needs no further copy (as torch's
     default_collate does)."""
@@ -88,14 +90,17 @@ def _empty(shape, dtype):
         for v in shape:
             n *= v
         try:
-            storage = torch.UntypedStorage._new_shared(max(n, 1) * torch.empty(0, dtype=dtype).element_size())
-            return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+            nbytes = max(n, 1) * torch.empty(0, dtype=dtype).element_size()
+            # torch's stubs: _new_shared is private and unannotated; set_ has no overload without a stride
+            storage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[no-untyped-call]
+            out: torch.Tensor = torch.empty(0, dtype=dtype).set_(storage, 0, shape)  # type: ignore[call-overload]
+            return out
         except (AttributeError, RuntimeError):  # pragma: no cover - older torch
             pass
     return torch.empty(shape, dtype=dtype)
 
 
-def collate_padded(batch) -> dict | None:
+def collate_padded(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Stack items, padding to the longest: ``img [B, Nmax, 1024]`` (zeros),
     ``coords [B, Nmax, 3]`` (zeros), ``filtered [B, Nmax]`` (1 = background or
     padding), ``padding_mask [B, Nmax]`` bool (True = padding), ``lengths [B]``
@@ -146,8 +151,11 @@ def collate_padded(batch) -> dict | None:
 
 
 def collate_packed(
-    batch, drop_background: bool = False, patch_drop: float = 0.0, generator: torch.Generator | None = None
-) -> dict | None:
+    batch: Sequence[dict[str, Any] | None],
+    drop_background: bool = False,
+    patch_drop: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any] | None:
     """Concatenate the tokens of all items (varlen layout).
 
     Items are reordered so that the images of a study are consecutive (studies
@@ -176,17 +184,17 @@ def collate_packed(
     if items is None:
         return None
     # group images of one study together, studies in order of first appearance
-    studies: dict = {}
+    studies: dict[Any, list[int]] = {}
     for j, it in enumerate(items):
         studies.setdefault(it.get("study"), []).append(j)
     order = [j for js in studies.values() for j in js]
     items = [items[j] for j in order]
-    keeps = []
+    keeps: list[torch.Tensor | None] = []
     for it in items:
         im, background = _as_tensor(it["img"]), _as_tensor(it["filtered"])
         if im.dim() != 2:
             raise DatasetError(f"collate_packed needs token items [N, 1024] (tokenize=True), got {tuple(im.shape)}")
-        keep = None
+        keep: torch.Tensor | None = None
         if drop_background:
             keep = torch.nonzero(background == 0).flatten()
         if patch_drop > 0:
@@ -235,7 +243,7 @@ def collate_packed(
     return _metadata(items, out)
 
 
-def _starts(studies):
+def _starts(studies: dict[Any, list[int]]) -> Iterator[tuple[int, list[int]]]:
     i = 0
     for js in studies.values():
         yield i, js
@@ -250,7 +258,7 @@ DEFAULT_COLLATE_HINT = (
 )
 
 
-def check_default_collatable(items: list) -> None:
+def check_default_collatable(items: list[Any]) -> None:
     """Raise :class:`DatasetError` with :data:`DEFAULT_COLLATE_HINT` when torch's default
     collate cannot stack these items (a None item or field, token tensors of different
     shapes): the message says which collate function to pass instead."""
@@ -258,7 +266,7 @@ def check_default_collatable(items: list) -> None:
         raise DatasetError(DEFAULT_COLLATE_HINT)
 
 
-def _stackable(items: list) -> bool:
+def _stackable(items: list[Any]) -> bool:
     """Whether torch's default collate can stack these items (no None, equal token shapes)."""
     if any(it is None for it in items):
         return False

@@ -14,9 +14,11 @@ import os
 import random
 import struct
 import sys
-from typing import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from .. import _core
@@ -52,11 +54,11 @@ _DTYPES = {torch.float32: "float32", torch.uint8: "uint8", "float32": "float32",
 class _Entry:
     __slots__ = ("image", "label", "mode", "path", "study")
 
-    def __init__(self, study, image, mode, path, label):
+    def __init__(self, study: str, image: str, mode: str, path: str, label: Any) -> None:
         self.study, self.image, self.mode, self.path, self.label = study, image, mode, path, label
 
 
-class ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(torch.utils.data.Dataset[Any]):
     """Images of a dataset folder as training items of 4x16x16 tokens.
 
     **Batching needs a collate function.** Items hold different token counts and
@@ -142,25 +144,25 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        data_dir,
+        data_dir: str | os.PathLike[str],
         use_cache: bool = True,
         fallback_to_raw: bool = True,
         mode_filter: str | None = None,
-        transform: Callable | None = None,
-        ct_window_probs=(0.7, 0.15, 0.15),
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        ct_window_probs: Iterable[float] = (0.7, 0.15, 0.15),
         random_crop: bool = False,
         augment: bool = False,
-        max_crop_size=(20, 20, 20),
+        max_crop_size: Iterable[int] = (20, 20, 20),
         tokenize: bool = True,
-        study_labels=None,
+        study_labels: Mapping[Any, Any] | str | os.PathLike[str] | None = None,
         *,
-        img_dtype=torch.float32,
+        img_dtype: torch.dtype | str = torch.float32,
         seed: int | None = None,
         missing_label: str = "error",
         on_error: str = "raise",
-        studies=None,
+        studies: Iterable[str] | None = None,
         threads: int | None = None,
-    ):
+    ) -> None:
         self.data_dir = os.path.abspath(os.fspath(data_dir))
         meta_path = os.path.join(self.data_dir, "metadata.json")
         if not os.path.exists(meta_path):
@@ -207,21 +209,22 @@ class ImageDataset(torch.utils.data.Dataset):
             raise DatasetError(f"threads must be a positive integer or None, got {threads!r}")
         self.threads = threads
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (1 << 63))
+            seed = int(cast(int, np.random.SeedSequence().entropy) % (1 << 63))
         self.seed = int(seed)
         self._epoch = SharedEpoch(0)
         self.labels = None if study_labels is None else load_study_labels(study_labels)
         #: The collate function for a DataLoader over this dataset (variable token counts).
-        self.collate_fn: Callable = collate_packed if self.tokenize else collate_padded
+        self.collate_fn: Callable[..., dict[str, Any] | None] = collate_packed if self.tokenize else collate_padded
 
         wanted = check_study_names(self.metadata, studies, meta_path)
-        entries, unlabelled = [], []
+        entries: list[_Entry] = []
+        unlabelled: list[str] = []
         for st in self.metadata:
             if wanted is not None and st.name not in wanted:
                 continue
             if mode_filter is not None and st.mode != mode_filter:
                 continue
-            label = None
+            label: Any = None
             if self.labels is not None:
                 if st.name in self.labels:
                     label = self.labels[st.name]
@@ -248,9 +251,9 @@ class ImageDataset(torch.utils.data.Dataset):
         self._entries = entries
         # Per process: parsed sidecars by index (re-read when a file fails), file stamps whose
         # CRC-32 was checked, fingerprints of DICOM folders (see neurovfm.data.entry).
-        self._sides: dict = {}
-        self._checked: dict = {}
-        self._folders: dict = {}
+        self._sides: dict[int, dict[str, Any]] = {}
+        self._checked: dict[str, Any] = {}
+        self._folders: dict[str, Any] = {}
 
     # -- sizes and grouping -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -259,9 +262,9 @@ class ImageDataset(torch.utils.data.Dataset):
     def study_of(self, index: int) -> str:
         return self._entries[index].study
 
-    def study_groups(self) -> list:
+    def study_groups(self) -> list[tuple[str, list[int]]]:
         """``[(study, [indices])]`` in dataset order (a study's images are consecutive)."""
-        groups: dict = {}
+        groups: dict[str, list[int]] = {}
         for i, e in enumerate(self._entries):
             groups.setdefault(e.study, []).append(i)
         return list(groups.items())
@@ -275,19 +278,19 @@ class ImageDataset(torch.utils.data.Dataset):
         self._epoch.value = int(epoch)
 
     # -- reading (the format is neurovfm.data.entry's) ----------------------------------------
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_sides"], state["_checked"], state["_folders"] = {}, {}, {}  # per process
         return state
 
-    def _open_cached(self, i: int, key: str):
+    def _open_cached(self, i: int, key: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | str | None:
         """(uint8 [1, D, H, W] view, uint8 token background [d, h, w] view) from the cache;
         ``None``: no valid entry by the sidecar (missing or stale); a string (the reason):
         its files fail the checks."""
         e = self._entries[i]
         folder = os.path.join(self.processed_dir, e.study)
         source = os.path.join(self.data_dir, e.path)
-        problem = None
+        problem: str | None = None
         for fresh in (False, True):
             side = None if fresh else self._sides.get(i)
             if side is None:
@@ -297,6 +300,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 if fresh:  # a rebuild after the file failure, or stale / missing
                     return problem
                 continue
+            side = cast("dict[str, Any]", side)  # 'valid': a sidecar was read
             self._sides[i] = side
             try:
                 vol = entry.open_file(folder, side, key, self._checked)
@@ -311,7 +315,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def _threads(self) -> int:
         return self.threads if self.threads is not None else get_num_threads()
 
-    def _volume(self, i: int, key: str):
+    def _volume(self, i: int, key: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
         """(uint8 volume [1, D, H, W], uint8 token background [d, h, w]) of image ``i``:
         from the cache, else (``fallback_to_raw``) encoded from the raw scan."""
         e = self._entries[i]
@@ -346,14 +350,16 @@ class ImageDataset(torch.utils.data.Dataset):
         key = struct.pack("<QQQ", self.seed & _U64, ep & _U64, int(index) & _U64)
         return random.Random(int.from_bytes(hashlib.blake2b(key, digest_size=32).digest(), "little"))
 
-    def _window(self, rng) -> int:
+    def _window(self, rng: random.Random) -> int:
         u = rng.random()
         k = bisect.bisect_right(self._cum, u)
         if k >= 3:  # rounding: the last window with a non-zero probability
             k = max(j for j in range(3) if self.ct_window_probs[j] > 0)
         return k
 
-    def _crop(self, rng, token_background):
+    def _crop(
+        self, rng: random.Random, token_background: npt.NDArray[np.uint8]
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
         side = token_background.shape
         hi = [min(m, s) for m, s in zip(self.max_crop_size, side)]
         for _ in range(CROP_TRIES):
@@ -367,10 +373,10 @@ class ImageDataset(torch.utils.data.Dataset):
         return (0, 0, 0), tuple(int(v) for v in side)
 
     # -- items ----------------------------------------------------------------------------------
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> Any:
         return self.get_item(index)
 
-    def __getitems__(self, indices) -> list:
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """Items ``indices`` (what a DataLoader with a batch size asks for). When the loader
         would stack them with PyTorch's default collate, which cannot batch items of
         different token counts or with ``None`` fields, raises :class:`DatasetError`
@@ -385,7 +391,7 @@ class ImageDataset(torch.utils.data.Dataset):
             check_default_collatable(items)
         return items
 
-    def get_item(self, index: int, epoch: int | None = None):
+    def get_item(self, index: int, epoch: int | None = None) -> Any:
         """Item ``index`` as drawn at ``epoch`` (default: the current epoch)."""
         ep = self.epoch if epoch is None else int(epoch)
         index = int(index)
@@ -414,7 +420,7 @@ class ImageDataset(torch.utils.data.Dataset):
             item = self.transform(item)
         return item
 
-    def _item(self, index: int, epoch: int) -> dict:
+    def _item(self, index: int, epoch: int) -> dict[str, Any]:
         e = self._entries[index]
         rng = self.rng(index, epoch)
         window = WINDOW_NAMES[self._window(rng)] if e.mode == "ct" else None
@@ -455,7 +461,7 @@ class ImageDataset(torch.utils.data.Dataset):
         )
 
 
-def _check_probs(probs) -> tuple:
+def _check_probs(probs: Iterable[float]) -> tuple[float, ...]:
     try:
         p = tuple(float(v) for v in probs)
     except (TypeError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from typing import Any
 
 __all__ = ["SharedEpoch"]
 
@@ -22,14 +23,14 @@ class SharedEpoch:
     def value(self, v: int) -> None:
         self._v.value = int(v)
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         from multiprocessing import context
 
         if context.get_spawning_popen() is not None:  # starting a worker: share
             return {"shared": self._v}
         return {"value": self.value}  # any other pickle: a plain copy
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         if "shared" in state:
             self._v = state["shared"]
         else:

@@ -7,13 +7,14 @@ import csv
 import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 from ..errors import DatasetError, LabelFileNotFoundError
 
 __all__ = ["load_study_labels"]
 
 
-def _scalar(text: str):
+def _scalar(text: str) -> int | float | str:
     t = text.strip()
     try:
         return int(t)
@@ -29,7 +30,7 @@ def _is_number(text: str) -> bool:
     return not isinstance(_scalar(text), str)
 
 
-def load_study_labels(study_labels) -> dict:
+def load_study_labels(study_labels: Mapping[Any, Any] | str | os.PathLike[str]) -> dict[str, Any]:
     """``{study: label}`` from a dict, a JSON object file or a CSV file.
 
     CSV: the first column is the study id. With one more column the label is that
@@ -60,7 +61,7 @@ def load_study_labels(study_labels) -> dict:
         if len(header) < 2:
             raise DatasetError(f"{path}: expected 'study,label' (or 'study,label1,label2,...') columns")
     width = len(rows[0]) if rows else 0
-    out = {}
+    out: dict[str, Any] = {}
     for row in rows:
         study = row[0].strip()
         if len(row) != width:

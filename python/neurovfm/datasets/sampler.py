@@ -33,7 +33,8 @@ the order, so it may change with the epoch when shuffling).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,21 +44,24 @@ __all__ = ["StudyAwareBatchSampler", "study_groups_of"]
 
 log = logging.getLogger("neurovfm")
 
+#: ``[(study, [indices])]``, studies in order of first appearance.
+_StudyGroups = list[tuple[Any, list[int]]]
 
-def study_groups_of(source) -> list:
+
+def study_groups_of(source: Any) -> _StudyGroups:
     """``[(study, [indices])]`` from a dataset with ``study_groups()`` or a sequence
     of study keys, one per item (items of a study in order of first appearance)."""
     if hasattr(source, "study_groups"):
         return [(s, list(ix)) for s, ix in source.study_groups()]
     if isinstance(source, (Sequence, np.ndarray)) and not isinstance(source, (str, bytes)):
-        groups: dict = {}
+        groups: dict[Any, list[int]] = {}
         for i in range(len(source)):
             groups.setdefault(source[i], []).append(i)
         return list(groups.items())
     raise InvalidTypeError("dataset must have study_groups() or be a sequence of study keys")
 
 
-def _dist_defaults(num_replicas, rank):
+def _dist_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
     if num_replicas is None or rank is None:
         world, me = 1, 0
         try:
@@ -77,9 +81,11 @@ def _dist_defaults(num_replicas, rank):
     return num_replicas, rank
 
 
-def _pack(groups, batch_size):
+def _pack(groups: _StudyGroups, batch_size: int) -> list[list[int]]:
     """Global batches (lists of study positions) from study sizes, in order."""
-    batches, cur, n = [], [], 0
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    n = 0
     for s, (_name, idx) in enumerate(groups):
         k = len(idx)
         if k > batch_size:
@@ -98,11 +104,12 @@ def _pack(groups, batch_size):
     return batches
 
 
-def _split_to(batches, groups, target):
+def _split_to(batches: list[list[int]], groups: _StudyGroups, target: int) -> tuple[list[list[int]], bool]:
     """Split multi-study batches (largest first) until there are ``target`` batches."""
     batches = [list(b) for b in batches]
     while len(batches) < target:
-        best, best_n = None, -1
+        best: int | None = None
+        best_n = -1
         for j, b in enumerate(batches):
             if len(b) > 1:
                 n = sum(len(groups[s][1]) for s in b)
@@ -112,7 +119,8 @@ def _split_to(batches, groups, target):
             return batches, False
         b = batches[best]
         sizes = [len(groups[s][1]) for s in b]
-        total, acc, cut, gap = sum(sizes), 0, 1, None
+        total, acc, cut = sum(sizes), 0, 1
+        gap: int | None = None
         for c in range(1, len(b)):
             acc += sizes[c - 1]
             g = abs(total - 2 * acc)
@@ -147,14 +155,14 @@ class StudyAwareBatchSampler:
 
     def __init__(
         self,
-        dataset,
+        dataset: Any,
         batch_size: int,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
         num_replicas: int | None = None,
         rank: int | None = None,
-    ):
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise DatasetError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.dataset = dataset
@@ -165,7 +173,7 @@ class StudyAwareBatchSampler:
         self.num_replicas, self.rank = _dist_defaults(num_replicas, rank)
         self.groups = study_groups_of(dataset)
         self.epoch = 0
-        self._plan_cache = None
+        self._plan_cache: tuple[tuple[int, int, bool, int, bool, int], list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch`` for the next iteration (also sets the dataset's epoch when it has one)."""
@@ -174,7 +182,7 @@ class StudyAwareBatchSampler:
             self.dataset.set_epoch(self.epoch)
 
     # -- the plan -------------------------------------------------------------------------------
-    def global_batches(self, epoch: int | None = None) -> list:
+    def global_batches(self, epoch: int | None = None) -> list[list[int]]:
         """All ranks' batches for ``epoch`` (lists of study positions), rank r taking r, r + R, ..."""
         ep = self.epoch if epoch is None else int(epoch)
         key = (ep, self.batch_size, self.shuffle, self.seed, self.drop_last, self.num_replicas)
@@ -209,13 +217,13 @@ class StudyAwareBatchSampler:
         self._plan_cache = (key, batches)
         return batches
 
-    def rank_batches(self, rank: int | None = None, epoch: int | None = None) -> list:
+    def rank_batches(self, rank: int | None = None, epoch: int | None = None) -> list[list[int]]:
         """Batches of dataset indices of ``rank`` (default this rank) at ``epoch``."""
         r = self.rank if rank is None else int(rank)
         plan = self.global_batches(epoch)
         return [[i for s in b for i in self.groups[s][1]] for b in plan[r :: self.num_replicas]]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         return iter(self.rank_batches())
 
     def __len__(self) -> int:
