@@ -74,7 +74,7 @@ CASES = [
 QUICK_CASES = "ac"
 SYNTHETIC_SHAPE = (512, 512, 300)  # x, y, z
 SYNTHETIC_SPACING = (0.45, 0.45, 1.0)
-#: SPEC section 7 budgets.
+#: The performance budgets (README, Performance).
 TARGET_NIFTI, TARGET_DICOM, TARGET_RESAMPLE, TARGET_OVER_FLOOR = 20.0, 10.0, 50.0, 0.5
 
 
@@ -490,7 +490,7 @@ def report_summary(results: list, threads: int, reps: int) -> str:
             f"{(f'{over:.2f}' if over is not None else '-'):>14}{peak.get('ref', '-') + ' / ' + peak.get('ours', '-'):>18}"
         )
     lines.append(
-        f"targets (SPEC 7): file to tokens >= {TARGET_NIFTI:.0f}x gzip NIfTI, >= {TARGET_DICOM:.0f}x DICOM; "
+        f"targets: file to tokens >= {TARGET_NIFTI:.0f}x gzip NIfTI, >= {TARGET_DICOM:.0f}x DICOM; "
         f"resampling >= {TARGET_RESAMPLE:.0f}x; (ours - floor) / floor <= {TARGET_OVER_FLOOR}; "
         f"peak RSS <= the reference's"
     )

@@ -1,4 +1,4 @@
-"""The reference: SPEC sections 2-4 written plainly with SimpleITK and NumPy.
+"""The reference: docs/numbers.md, sections 2, 3, 4 and 6, written plainly with SimpleITK and NumPy.
 
 This is the published NeuroVFM preprocessing in its most obvious form. It is
 slow on purpose (SimpleITK's generic resampler, float64 NumPy everywhere) and
@@ -17,7 +17,7 @@ CT_FOREGROUND = -500.0
 PATCH = (4, 16, 16)
 
 
-# --- SPEC 2: read -------------------------------------------------------------------------
+# --- numbers.md 2: read -------------------------------------------------------------------------
 
 
 def ref_read(path, series_uid=None) -> sitk.Image:
@@ -37,11 +37,11 @@ def ref_read(path, series_uid=None) -> sitk.Image:
     return img
 
 
-# --- SPEC 2: preprocess -------------------------------------------------------------------
+# --- numbers.md 2: preprocess -------------------------------------------------------------------
 
 
 def slice_axis(spacing, size) -> int:
-    """SPEC 2.2: the slice axis z in SimpleITK (x, y, z) order."""
+    """numbers.md 2.2: the slice axis z in SimpleITK (x, y, z) order."""
     if spacing[0] == spacing[1] == spacing[2]:
         return 2
     single = [n for n in size if list(size).count(n) == 1]
@@ -61,7 +61,7 @@ def target_grid(img: sitk.Image):
 
 
 def crop_slices(size, z):
-    """SPEC 2.5: centred crop per axis (x, y, z order); an axis below its multiple is kept."""
+    """numbers.md 2.5: centred crop per axis (x, y, z order); an axis below its multiple is kept."""
     out = []
     for i, m in enumerate(size):
         k = 4 if i == z else 16
@@ -107,7 +107,7 @@ def ref_load(path, series_uid=None):
     return img, ref_preprocess(img), ref_resample_float64(img)
 
 
-# --- SPEC 3: prepare_for_inference ----------------------------------------------------------
+# --- numbers.md 3: prepare_for_inference ----------------------------------------------------------
 
 
 def _token_background(fg: np.ndarray) -> np.ndarray:
@@ -117,7 +117,7 @@ def _token_background(fg: np.ndarray) -> np.ndarray:
 
 
 def _ref_arrays64(img: sitk.Image, mode: str, z_dim=None):
-    """SPEC 3 as the reference computes it: ([float64 [D, H, W] arrays], voxel foreground,
+    """numbers.md 3 as the reference computes it: ([float64 [D, H, W] arrays], voxel foreground,
     view), or None when too small."""
     mode = mode.lower()
     if mode not in ("ct", "mri"):
@@ -146,7 +146,7 @@ def _ref_arrays64(img: sitk.Image, mode: str, z_dim=None):
 
 
 def ref_prepare(img: sitk.Image, mode: str, z_dim=None, return_foreground=False):
-    """SPEC 3 in float64 NumPy, returned as float32: ([arrays], token mask, view) or None."""
+    """numbers.md 3 in float64 NumPy, returned as float32: ([arrays], token mask, view) or None."""
     got = _ref_arrays64(img, mode, z_dim)
     if got is None:
         return None
@@ -157,7 +157,7 @@ def ref_prepare(img: sitk.Image, mode: str, z_dim=None, return_foreground=False)
 
 
 def ref_cache(img: sitk.Image, mode: str, z_dim=None):
-    """SPEC 5, the reference cache's bytes, literally: ``(arr * 255).astype(np.uint8)`` of
+    """numbers.md 4, the reference cache's bytes, literally: ``(arr * 255).astype(np.uint8)`` of
     the reference's float64 arrays. ([uint8 [1, D, H, W] per window], token mask, view) or
     None."""
     got = _ref_arrays64(img, mode, z_dim)
@@ -167,7 +167,7 @@ def ref_cache(img: sitk.Image, mode: str, z_dim=None):
     return [(a * 255).astype(np.uint8)[None] for a in arrs64], _token_background(fg), view
 
 
-# --- SPEC 4: tokens -------------------------------------------------------------------------
+# --- numbers.md 6: tokens -------------------------------------------------------------------------
 
 
 def ref_tokenize(volume: np.ndarray, mask=None):

@@ -90,7 +90,7 @@ def test_cache_manager_needs_metadata(tmp_path):
 
 
 def _expected_uint8(path, mode):
-    """The reference's cache bytes (SPEC 5 formula, in float64) of the library's resampled image."""
+    """The reference's cache bytes (docs/numbers.md 4, in float64) of the library's resampled image."""
     return R.ref_cache(load_image(path), mode)
 
 

@@ -1,6 +1,6 @@
 """Broken and hostile inputs (written by tests/brokendata.py): every load ends, within a
 bounded time and memory, in the library's own error naming the file and the reason, or
-in the outcome SPEC gives (``prepare_for_inference`` returning None for a volume too small
+in the outcome docs/numbers.md gives (``prepare_for_inference`` returning None for a volume too small
 to tokenise). Loads run in a child Python with an address-space limit, so a crash, a hang
 or a huge allocation fails the test instead of killing pytest.
 
@@ -12,7 +12,7 @@ Decisions (also in README's "Errors" section):
   ``preprocess=False`` the volume is returned as stored (that is what the file holds).
 - A constant volume is a valid volume: it resamples and prepares (MRI normalises it to 0).
 - 1x1x1 and 1xNxN: UnsupportedImageError "single slice"; a volume that resamples to
-  fewer than one token: ``prepare_for_inference`` returns None (SPEC 3).
+  fewer than one token: ``prepare_for_inference`` returns None (docs/numbers.md 3).
 - A missing slice (one step a whole multiple of the others) is refused: SimpleITK would
   stack the slices evenly and shift every slice after the gap. Several slabs of different
   thickness are read as SimpleITK reads them, with a warning (tests/test_dicom.py checks
@@ -259,7 +259,7 @@ READ = {
     "symlink_loop_folder": [32, 32, 4],
 }
 # case -> (size after preprocessing, number of CT windows, number of MRI arrays); None: the
-# volume is too small for one token (SPEC 3), so prepare_for_inference returns None
+# volume is too small for one token (docs/numbers.md 3), so prepare_for_inference returns None
 PREPARED = {
     "constant": ([32, 32, 16], 3, 1),
     "too_small": ([2, 2, 1], None, None),
@@ -317,7 +317,7 @@ def test_readable_hostile_input(synthetic, name):
     size, n_ct, n_mri = PREPARED[name]
     assert pre["size"] == size, pre
     for mode, n in (("ct", n_ct), ("mri", n_mri)):
-        if n is None:  # too small to tokenise (SPEC 3)
+        if n is None:  # too small to tokenise (docs/numbers.md 3)
             assert pre[mode] is None, pre
             continue
         assert pre[mode] is not None and len(pre[mode]) == n, pre

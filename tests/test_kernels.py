@@ -355,7 +355,7 @@ def test_resample_two_sample_line_is_the_mirror_symmetric_spline(last_axis):
 
 
 def test_resample_exact_half_boundary_is_outside():
-    """Index n - 0.5 lies outside [-0.5, n - 0.5): the voxel is 0 (SPEC 2.4)."""
+    """Index n - 0.5 lies outside [-0.5, n - 0.5): the voxel is 0 (docs/numbers.md, section 2)."""
     a = np.arange(1.0, 6.0)[None, None, :].repeat(2, 0).repeat(2, 1)
     out = _core.resample_bspline(a, [2, 2, 10], [0, 0, 0], [1.0] * 3, [1.0, 1.0, 2.0], 1)
     assert out[0, 0, 8] == pytest.approx(5.0, abs=1e-12) and out[0, 0, 9] == 0.0

@@ -1,4 +1,4 @@
-"""The library against the reference on synthetic volumes (SPEC 2-4)."""
+"""The library against the reference on synthetic volumes (docs/numbers.md)."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_preprocess_too_small_raises():
 
 
 def test_preprocess_small_axis_is_kept_uncropped():
-    """An axis shorter than its crop multiple stays as resampled (SPEC rule); no tokens."""
+    """An axis shorter than its crop multiple stays as resampled (docs/numbers.md 2.5); no tokens."""
     img = make_image(np.ones((3, 40, 10), np.float32), (1.0, 1.0, 4.0), direction=RPI)
     ours = check_preprocess(img)
     assert ours.GetSize() == (10, 32, 3)

@@ -1,4 +1,4 @@
-"""Any thread count gives the same bytes (SPEC 1: bit-identical for any thread count)."""
+"""Any thread count gives the same bytes (docs/threading.md: bit-identical for any thread count)."""
 
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ def reorient_rpi(img: sitk.Image) -> sitk.Image:
 
 
 def slice_axis(spacing: Sequence[float], size: Sequence[int]) -> int:
-    """Slice axis (SimpleITK order) of a reoriented image (SPEC 2.2)."""
+    """Slice axis (SimpleITK order) of a reoriented image (docs/numbers.md, section 2)."""
     spacing = [float(s) for s in spacing]
     size = [int(n) for n in size]
     if spacing[0] == spacing[1] == spacing[2]:

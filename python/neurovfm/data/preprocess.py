@@ -1,4 +1,4 @@
-"""prepare_for_inference and tokenize (SPEC sections 3 and 4)."""
+"""prepare_for_inference and tokenize (docs/numbers.md, sections 3 and 6)."""
 
 from __future__ import annotations
 
