@@ -392,3 +392,20 @@ def test_cache_errors_are_the_library_family(dataset):
     cm.build_cache(num_workers=1, study_names=["ct_body"], progress=False)
     with pytest.raises(InvalidArgumentError, match="window must be one of"):
         cm.load_image("ct_body", "body_small", window="lung")
+
+
+def test_changed_dicom_folder_is_stale_for_reads_of_the_same_manager(tmp_path, data_dir):
+    """CacheManager reads reuse a DICOM folder's walk while the folder is unchanged (one
+    stat instead of one per file); a file added to the series makes the entry stale."""
+    import shutil
+
+    series = tmp_path / "raw" / "ct_head" / "phantom_head_5mm"
+    shutil.copytree(data_dir / "ct" / "phantom_head_5mm", series)
+    DatasetMetadata.from_directory(tmp_path, {"ct_head": "ct"}).save()
+    cm = CacheManager(tmp_path)
+    assert cm.build_cache(num_workers=1, progress=False).done == ["ct_head/phantom_head_5mm"]
+    assert cm.load_image("ct_head", "phantom_head_5mm", window="brain") is not None
+    assert cm.load_image("ct_head", "phantom_head_5mm", window="brain") is not None  # the walk reused
+    shutil.copy(series / "I10", series / "I10_copy")  # one more file: the folder's mtime changes
+    assert cm.load_image("ct_head", "phantom_head_5mm", window="brain") is None
+    assert cm.entry_status("ct_head", "phantom_head_5mm") == "stale"

@@ -128,6 +128,9 @@ class CacheManager:
         self.metadata = DatasetMetadata.from_file(self.metadata_path)
         self.processed_dir = os.path.join(self.data_dir, "processed")
         self._sidecars = entry.SidecarCache()
+        # Reads reuse a DICOM folder's walk while the folder's own (mtime, inode) stay the
+        # same (entry.source_matches); builds and verify always walk it.
+        self._folders: entry.FolderWalks = {}
 
     # -- paths (the layout is entry's) ---------------------------------------
     def _dir(self, study: str) -> str:
@@ -299,7 +302,7 @@ class CacheManager:
         version and source fingerprint); None otherwise. Files are checked when opened."""
         source = self._source(study, image)
         side = self._sidecars.get(self.sidecar_path(study, image))
-        if source is None or entry.sidecar_status(side, source) != "valid":
+        if source is None or entry.sidecar_status(side, source, self._folders) != "valid":
             return None
         return side
 
