@@ -17,12 +17,14 @@ the same number of batches.
 from .collate import collate_packed, collate_padded, labels_to_tensor
 from .dataset import ImageDataset
 from .labels import load_study_labels
+from .multiblock import MultiBlockCollator
 from .multiview import MultiViewCollator
 from .sampler import StudyAwareBatchSampler
 
 __all__ = [
     "TRAINING_EXAMPLE",
     "ImageDataset",
+    "MultiBlockCollator",
     "MultiViewCollator",
     "StudyAwareBatchSampler",
     "collate_packed",
