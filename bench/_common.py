@@ -8,11 +8,14 @@ so a benchmark compares the library with the very reference the tests use.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,3 +57,29 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+#: A git checkout (or bare mirror) of the published NeuroVFM code, for the benches that
+#: compare with it; $NEUROVFM_PUBLISHED_REPO. Never needed by the tests.
+PUBLISHED_REPO = os.environ.get("NEUROVFM_PUBLISHED_REPO", "/work/.mirror/MLNeurosurg+neurovfm/repo")
+
+
+def published_module(relpath: str, tmp: Path) -> ModuleType | None:
+    """A module of the published NeuroVFM code (``relpath`` in its repository, e.g.
+    ``neurovfm/datasets/collators.py``), extracted into ``tmp`` and imported on its own;
+    None when the repository is not there."""
+    try:
+        src = subprocess.run(
+            ["git", "-C", PUBLISHED_REPO, "show", f"HEAD:{relpath}"], capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    name = "published_" + Path(relpath).stem
+    path = tmp / f"{name}.py"
+    path.write_bytes(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        return None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

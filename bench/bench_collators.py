@@ -24,10 +24,7 @@ allocator's state and bounds the attainable ratio.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,27 +37,12 @@ import torch
 
 from neurovfm.datasets.multiview import MultiViewCollator
 
-MIRROR = os.environ.get("NEUROVFM_PUBLISHED_REPO", "/work/.mirror/MLNeurosurg+neurovfm/repo")
+MIRROR = _common.PUBLISHED_REPO
 
 
 def published(tmp: Path) -> ModuleType | None:
-    """The published collators module, extracted from the mirror, or None."""
-    try:
-        src = subprocess.run(
-            ["git", "-C", MIRROR, "show", "HEAD:neurovfm/datasets/collators.py"],
-            capture_output=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    path = tmp / "published_collators.py"
-    path.write_bytes(src)
-    spec = importlib.util.spec_from_file_location("published_collators", path)
-    if spec is None or spec.loader is None:
-        return None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The published collators module (bench/_common.published_module), or None."""
+    return _common.published_module("neurovfm/datasets/collators.py", tmp)
 
 
 def make_batch(n_items: int, tokens: int, seed: int) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@
     PYTHONPATH=python python bench/bench_masks.py --runs 5 --batch 8
 
 The published ``neurovfm/datasets/collators.py`` (GitHub ``MLNeurosurg/neurovfm``) is
-read from the local git mirror (``$NEUROVFM_PUBLISHED_MIRROR``, default
+read from the local git mirror (``$NEUROVFM_PUBLISHED_REPO``, default
 ``/work/.mirror/MLNeurosurg+neurovfm/repo``), written to a temporary folder and
 imported from there (it needs only torch). Without it, the bench says so and times
 neurovfm alone.
@@ -29,47 +29,24 @@ the same in both).
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import neurovfm  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(ROOT / "python"))
-
+import _common  # noqa: E402  (import paths; the published code)
 import torch  # noqa: E402
 
 from neurovfm.datasets.multiblock import MultiBlockCollator  # noqa: E402
 
-MIRROR = os.environ.get("NEUROVFM_PUBLISHED_MIRROR", "/work/.mirror/MLNeurosurg+neurovfm/repo")
+MIRROR = _common.PUBLISHED_REPO
 
 
 def load_published(tmp: Path) -> ModuleType | None:
-    try:
-        src = subprocess.run(
-            ["git", "-C", MIRROR, "show", "HEAD:neurovfm/datasets/collators.py"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    path = tmp / "published_collators.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("published_collators", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The published collators module (bench/_common.published_module), or None."""
+    return _common.published_module("neurovfm/datasets/collators.py", tmp)
 
 
 def pretrain_cfg(**over: Any) -> dict[str, Any]:
