@@ -381,7 +381,7 @@ def test_paths_block_exists():
 
 # --- the API section -------------------------------------------------------------------------
 
-API_MODULES = ["neurovfm", "neurovfm.data", "neurovfm.errors", "neurovfm.phantom", "neurovfm.qa"]
+API_MODULES = ["neurovfm", "neurovfm.data", "neurovfm.errors", "neurovfm.phantom", "neurovfm.pipelines", "neurovfm.qa"]
 if importlib.util.find_spec("neurovfm.datasets") is not None:
     API_MODULES.append("neurovfm.datasets")
 

@@ -386,7 +386,13 @@ class CacheManager:
 
     # -- stats / verify ----------------------------------------------------
     def get_cache_stats(self) -> dict[str, Any]:
-        """Counts and bytes: studies, images, cached (valid), coverage, failed, stale, bytes on disk."""
+        """Counts and bytes: studies, images, cached (valid), coverage, failed, stale, bytes on disk.
+
+        The keys of the published NeuroVFM ``CacheManager.get_cache_stats`` are there with
+        its meanings: ``total_studies``, ``total_images``, ``cached_images`` and
+        ``cache_coverage`` (``cached_images / total_images``, 0.0 for no image; the same
+        value as ``coverage``). An image counts as cached when its entry is valid (not
+        missing, stale or corrupt), where the published code counts files that exist."""
         total_images = cached = failed = stale = 0
         for study in self.metadata:
             for rec in study.images:
@@ -406,11 +412,13 @@ class CacheManager:
                         nbytes += os.path.getsize(os.path.join(root, fn))
                     except OSError:
                         pass
+        coverage = cached / total_images if total_images else 0.0
         return {
             "total_studies": len(self.metadata),
             "total_images": total_images,
             "cached_images": cached,
-            "coverage": cached / total_images if total_images else 0.0,
+            "coverage": coverage,
+            "cache_coverage": coverage,
             "failed_images": failed,
             "stale_images": stale,
             "bytes_on_disk": nbytes,

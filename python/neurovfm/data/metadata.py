@@ -24,7 +24,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import EmptyDatasetError, MetadataError, MetadataNotFoundError, StudyNotFoundError
 
@@ -167,6 +167,10 @@ class DatasetMetadata:
     def __init__(self, data_dir: str | os.PathLike[str], studies: Iterable[StudyRecord] = ()) -> None:
         self.data_dir = os.path.abspath(os.fspath(data_dir))
         self._studies = {s.name: s for s in studies}
+        #: The top-level fields of a file of the published layout this was read from
+        #: (``dataset_name``, ``version``, ``created``, ...), else None. :meth:`save`
+        #: writes the published layout when it is set.
+        self.published: dict[str, Any] | None = None
 
     # -- construction -----------------------------------------------------
     @classmethod
@@ -237,35 +241,57 @@ class DatasetMetadata:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> DatasetMetadata:
-        """Load a ``metadata.json`` written by :meth:`save`."""
+        """Load a ``metadata.json`` written by :meth:`save`, or by the published NeuroVFM
+        code's ``DatasetMetadata.save`` (GitHub ``MLNeurosurg/neurovfm``).
+
+        The published layout (``{"studies": {study: {"mode", "images": {image:
+        {"filename", "processed"}}}}, "dataset_name", "version", "created",
+        "num_studies"}``) is mapped onto records: the path is
+        ``raw/<study>/<filename>``, the kind is derived from it (see
+        :func:`_published_kind`). :meth:`save` then writes the layout it was read
+        in, so that the published code can still read the file. A malformed file
+        raises :class:`MetadataError` naming the file and the field.
+        """
         path = os.fspath(path)
         if not os.path.exists(path):
             raise MetadataNotFoundError(f"{path}: metadata file not found")
+        # The folder holding metadata.json is the dataset (it may have moved).
+        here = os.path.dirname(os.path.abspath(path))
         try:
             with open(path) as f:
                 data = json.load(f)
+        except (OSError, ValueError) as err:
+            raise MetadataError(f"{path}: not a neurovfm metadata file ({err})") from None
+        if isinstance(data, dict) and isinstance(data.get("studies"), dict):
+            return _from_published(path, here, data)
+        try:
             studies = [
                 StudyRecord(s["name"], s["mode"], [ImageRecord(**im) for im in s["images"]]) for s in data["studies"]
             ]
-            data_dir = data.get("data_dir") or os.path.dirname(os.path.abspath(path))
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise MetadataError(f"{path}: not a neurovfm metadata file ({err})") from None
-        # The folder holding metadata.json is the dataset (it may have moved).
-        return cls(
-            os.path.dirname(os.path.abspath(path)) if os.path.basename(path) == "metadata.json" else data_dir, studies
-        )
+            data_dir = data.get("data_dir") or here
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise MetadataError(f"{path}: not a neurovfm metadata file ({type(err).__name__}: {err})") from None
+        return cls(here if os.path.basename(path) == "metadata.json" else data_dir, studies)
 
     def save(self, path: str | os.PathLike[str] | None = None) -> str:
-        """Write the metadata as JSON (default ``data_dir/metadata.json``), atomically."""
+        """Write the metadata as JSON (default ``data_dir/metadata.json``), atomically.
+
+        Metadata read from a file of the published layout is written in that layout
+        (its ``dataset_name``, ``version`` and ``created`` kept); otherwise in this
+        library's layout."""
         path = os.fspath(path) if path is not None else os.path.join(self.data_dir, "metadata.json")
-        data = {
-            "version": METADATA_VERSION,
-            "data_dir": self.data_dir,
-            "studies": [
-                {"name": s.name, "mode": s.mode, "images": [asdict(im) for im in s.images]}
-                for s in self._studies.values()
-            ],
-        }
+        data: dict[str, Any]
+        if self.published is not None:
+            data = _to_published(self, self.published)
+        else:
+            data = {
+                "version": METADATA_VERSION,
+                "data_dir": self.data_dir,
+                "studies": [
+                    {"name": s.name, "mode": s.mode, "images": [asdict(im) for im in s.images]}
+                    for s in self._studies.values()
+                ],
+            }
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".metadata.", suffix=".tmp", dir=folder)
         try:
@@ -310,3 +336,90 @@ class DatasetMetadata:
 
     def __repr__(self) -> str:
         return f"DatasetMetadata({self.data_dir!r}, {len(self)} studies, {self.num_images()} images)"
+
+
+# --- the published layout (GitHub MLNeurosurg/neurovfm, neurovfm/data/metadata.py) -----------
+
+
+def _published_kind(full: str, filename: str) -> str:
+    """The kind of a published image record, from its path (the published file has none):
+    ``.nii``/``.nii.gz`` is NIfTI, a folder a DICOM series, ``.dcm``/``.dicom`` (or a
+    file with the DICOM preamble) a DICOM file; anything else (a file missing from
+    ``raw/``, say) is ``"other"`` (a read of it fails naming the path)."""
+    from .dicom import is_dicom_file
+
+    if _is_nifti(filename):
+        return "nifti"
+    if os.path.isdir(full):
+        return "dicom_dir"
+    if filename.lower().endswith((".dcm", ".dicom")):
+        return "dicom_file"
+    if os.path.isfile(full) and is_dicom_file(full):
+        return "dicom_file"
+    return "other"
+
+
+def _field(path: str, where: str, value: object, want: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(value, bool) and want is not bool:
+        ok = False
+    else:
+        ok = isinstance(value, want)
+    if not ok:
+        raise MetadataError(f"{path}: field {where!r} of the published metadata layout must be {what}, got {value!r}")
+    return value
+
+
+def _from_published(path: str, data_dir: str, data: dict[str, Any]) -> DatasetMetadata:
+    """Records from a metadata file of the published layout (see :meth:`DatasetMetadata.from_file`)."""
+    studies: list[StudyRecord] = []
+    for name, info in data["studies"].items():
+        where = f"studies.{name}"
+        if not name or name.startswith(".") or "/" in name or "\\" in name:
+            raise MetadataError(f"{path}: field {where!r}: {name!r} is not a study folder name of raw/")
+        _field(path, where, info, dict, "an object {mode, images}")
+        if "mode" not in info:
+            raise MetadataError(f"{path}: field {where + '.mode'!r} is missing")
+        mode = _field(path, where + ".mode", info["mode"], str, "'ct' or 'mri'").strip().lower()
+        if mode not in MODES:
+            raise MetadataError(f"{path}: field {where + '.mode'!r} must be 'ct' or 'mri', got {info['mode']!r}")
+        if "images" not in info:
+            raise MetadataError(f"{path}: field {where + '.images'!r} is missing")
+        images = _field(path, where + ".images", info["images"], dict, "an object {image: {filename, processed}}")
+        records = []
+        for image, im in images.items():
+            iw = f"{where}.images.{image}"
+            _field(path, iw, im, dict, "an object {filename, processed}")
+            if "filename" not in im:
+                raise MetadataError(f"{path}: field {iw + '.filename'!r} is missing")
+            fn = _field(path, iw + ".filename", im["filename"], str, "a file name in raw/<study>/")
+            parts = fn.replace("\\", "/").split("/")
+            if not fn or os.path.isabs(fn) or ".." in parts:
+                raise MetadataError(f"{path}: field {iw + '.filename'!r} must be a name in raw/{name}/, got {fn!r}")
+            processed = _field(path, iw + ".processed", im.get("processed", False), bool, "true or false")
+            rel = os.path.join("raw", name, fn)
+            kind = _published_kind(os.path.join(data_dir, rel), fn)
+            records.append(ImageRecord(str(image), rel, kind, processed))
+        studies.append(StudyRecord(name, mode, records))
+    meta = DatasetMetadata(data_dir, studies)
+    meta.published = {k: v for k, v in data.items() if k != "studies"}
+    return meta
+
+
+def _to_published(meta: DatasetMetadata, top: dict[str, Any]) -> dict[str, Any]:
+    """The published layout of ``meta``, with the other top-level fields of ``top``."""
+    studies: dict[str, Any] = {}
+    for s in meta:
+        base = os.path.join("raw", s.name)
+        studies[s.name] = {
+            "mode": s.mode,
+            "images": {
+                im.name: {"filename": os.path.relpath(im.path, base), "processed": bool(im.processed)}
+                for im in s.images
+            },
+        }
+    out = dict(top)
+    out.setdefault("dataset_name", os.path.basename(meta.data_dir))
+    out.setdefault("version", "1.0")
+    out["num_studies"] = len(studies)
+    out["studies"] = studies
+    return out

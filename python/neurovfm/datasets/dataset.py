@@ -31,7 +31,8 @@ from ..errors import ImageNotFoundError, ImageReadError, NeuroVFMError
 from .collate import check_default_collatable, collate_packed, collate_padded
 from .epoch import SharedEpoch
 from ..errors import DatasetError, DatasetIndexError, InvalidTypeError, MissingLabelError
-from .labels import load_study_labels
+from .labels import load_study_labels, read_study_labels
+from .options import check_class_to_idx, check_probs, load_study_conversations, map_labels
 
 __all__ = ["PATCH", "ImageDataset", "load_study_labels"]
 
@@ -86,7 +87,8 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
     transform
         Callable applied to the item dict last; its result is the item.
     ct_window_probs
-        Probabilities of the brain, blood and bone windows, drawn per CT item.
+        Probabilities of the brain, blood and bone windows, drawn per CT item;
+        ``None`` (the default, as in the published code): ``(0.7, 0.15, 0.15)``.
     random_crop
         A token-aligned box, each side uniform in ``[1, min(max_crop_size[k],
         side_k)]`` tokens and its position uniform, kept when more than 10% of
@@ -100,7 +102,15 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         ``True``: ``img`` is ``[N, 1024]`` (each row a patch ``[4, 16, 16]``);
         ``False``: ``[1, D, H, W]``.
     study_labels
-        A dict, a JSON object file or a CSV file (see :func:`load_study_labels`).
+        A dict, a JSON object file, a CSV file or a pandas DataFrame (see
+        :func:`load_study_labels`; ``label_columns`` then names the label columns).
+    use_original_labels, class_to_idx
+        With ``use_original_labels=False`` and a ``class_to_idx`` dict, string labels
+        become ``class_to_idx[label]`` (the published behaviour); a string label it
+        lacks raises :class:`DatasetError`. Default: labels as given.
+    study_conversations
+        ``{study: [turns]}`` (a dict or a JSON object file): each item carries its
+        study's list as ``conversation`` (``[]`` for a study without one).
     img_dtype
         ``torch.float32`` (``uint8 / 255``, default) or ``torch.uint8`` (the cached
         bytes, for dividing on the GPU); the strings ``"float32"``/``"uint8"`` too.
@@ -127,7 +137,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
     token holds background; the key keeps the published name), ``size``
     int32 ``[3]`` (the item's token grid), ``path`` (``"study/image"``),
     ``study``, ``image``, ``mode``, ``window`` (CT window name, else ``None``),
-    ``label``, ``index``, and what was done: ``crop`` (``((d, h, w) start,
+    ``label``, ``conversation``, ``index``, and what was done: ``crop`` (``((d, h, w) start,
     (d, h, w) size)`` in tokens of the cached grid), ``transpose`` (H and W
     swapped after the crop) and ``flips`` (d, h, w axes of the result flipped
     after the swap).
@@ -149,13 +159,16 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         fallback_to_raw: bool = True,
         mode_filter: str | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
-        ct_window_probs: Iterable[float] = (0.7, 0.15, 0.15),
+        ct_window_probs: Iterable[float] | None = None,
         random_crop: bool = False,
         augment: bool = False,
         max_crop_size: Iterable[int] = (20, 20, 20),
         tokenize: bool = True,
-        study_labels: Mapping[Any, Any] | str | os.PathLike[str] | None = None,
+        study_labels: Mapping[Any, Any] | str | os.PathLike[str] | Any | None = None,
         *,
+        use_original_labels: bool = True,
+        class_to_idx: Mapping[Any, Any] | None = None,
+        study_conversations: Mapping[Any, Any] | str | os.PathLike[str] | None = None,
         img_dtype: torch.dtype | str = torch.float32,
         seed: int | None = None,
         missing_label: str = "error",
@@ -184,7 +197,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         if transform is not None and not callable(transform):
             raise InvalidTypeError(f"transform must be callable, got {type(transform).__name__}")
         self.transform = transform
-        self.ct_window_probs = _check_probs(ct_window_probs)
+        self.ct_window_probs = check_probs(ct_window_probs)
         self._cum = list(np.cumsum(self.ct_window_probs) / sum(self.ct_window_probs))
         self.random_crop = bool(random_crop)
         self.augment = bool(augment)
@@ -212,11 +225,19 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             seed = int(cast(int, np.random.SeedSequence().entropy) % (1 << 63))
         self.seed = int(seed)
         self._epoch = SharedEpoch(0)
-        self.labels = None if study_labels is None else load_study_labels(study_labels)
+        self.use_original_labels = bool(use_original_labels)
+        self.class_to_idx = check_class_to_idx(class_to_idx)
+        self.labels: dict[str, Any] | None = None
+        self.label_columns: list[str] | None = None
+        if study_labels is not None:
+            self.labels, self.label_columns = read_study_labels(study_labels)
+        #: {study: conversation turns}; an item's ``conversation`` ([] for a study without one).
+        self.study_conversations = {} if study_conversations is None else load_study_conversations(study_conversations)
         #: The collate function for a DataLoader over this dataset (variable token counts).
         self.collate_fn: Callable[..., dict[str, Any] | None] = collate_packed if self.tokenize else collate_padded
 
         wanted = check_study_names(self.metadata, studies, meta_path)
+        item_labels = map_labels(self.labels or {}, self.class_to_idx, self.use_original_labels)
         entries: list[_Entry] = []
         unlabelled: list[str] = []
         for st in self.metadata:
@@ -226,8 +247,8 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
                 continue
             label: Any = None
             if self.labels is not None:
-                if st.name in self.labels:
-                    label = self.labels[st.name]
+                if st.name in item_labels:
+                    label = item_labels[st.name]
                 elif missing_label == "error":
                     unlabelled.append(st.name)
                     continue
@@ -258,6 +279,11 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
     # -- sizes and grouping -----------------------------------------------------------------
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def image_index(self) -> list[tuple[str, str, str]]:
+        """``[(study, image, mode)]`` per index (the published attribute)."""
+        return [(e.study, e.image, e.mode) for e in self._entries]
 
     def study_of(self, index: int) -> str:
         return self._entries[index].study
@@ -447,6 +473,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             "mode": e.mode,
             "window": window,
             "label": e.label,
+            "conversation": self.study_conversations.get(e.study, []),
             "index": index,
             "crop": (start, size),
             "transpose": transpose,
@@ -459,17 +486,3 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             f"random_crop={self.random_crop}, augment={self.augment}, tokenize={self.tokenize}, "
             f"img_dtype={self.img_dtype})"
         )
-
-
-def _check_probs(probs: Iterable[float]) -> tuple[float, ...]:
-    try:
-        p = tuple(float(v) for v in probs)
-    except (TypeError, ValueError):
-        raise DatasetError(f"ct_window_probs must be 3 probabilities, got {probs!r}") from None
-    if len(p) != 3:
-        raise DatasetError(f"ct_window_probs must be 3 probabilities (brain, blood, bone), got {len(p)}")
-    if any(not np.isfinite(v) or v < 0 for v in p):
-        raise DatasetError(f"ct_window_probs must be non-negative, got {p}")
-    if abs(sum(p) - 1.0) > 1e-6:
-        raise DatasetError(f"ct_window_probs must sum to 1, got {p} (sum {sum(p)!r})")
-    return p

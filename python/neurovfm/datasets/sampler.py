@@ -26,6 +26,12 @@ How a sampler builds one epoch (every rank computes the same global plan from
 4. Rank ``r`` takes global batches ``r, r + R, r + 2R, ...``: ranks hold
    disjoint studies (except repeated padding), each the same number of batches.
 
+The published NeuroVFM sampler (same constructor) differs: its ``drop_last`` drops
+the last packed batch of each rank whatever its size (a full one too) and nothing
+else, it pads by repeating studies (not batches) before packing, so ranks may
+yield different batch counts, and its ``len()`` is an estimate. Here ``drop_last``
+drops only a last batch smaller than ``batch_size`` and keeps the ranks in lock step.
+
 ``len()`` is that exact per-rank count for the current epoch (packing depends on
 the order, so it may change with the epoch when shuffling).
 """
