@@ -1,11 +1,14 @@
-"""Small file-system helpers of the cache: delete if present, atomic write, file lock."""
+"""Small file-system helpers: delete if present, atomic write, file lock, a JSON object file."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["unlink", "atomic_write_bytes", "try_lock"]
+__all__ = ["unlink", "atomic_write_bytes", "try_lock", "read_json_object"]
 
 
 def unlink(path: str) -> None:
@@ -46,3 +49,16 @@ def try_lock(fd: int, blocking: bool) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def read_json_object(path: str, error: Callable[[str], Exception], what: str, not_object: str) -> dict[str, Any]:
+    """The JSON object in the file ``path``. Raises ``error(f"{path}: not a JSON {what} (...)")``
+    when it does not parse and ``error(f"{path}: {not_object}")`` when it is not an object."""
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except ValueError as err:
+            raise error(f"{path}: not a JSON {what} ({err})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: {not_object}")
+    return data

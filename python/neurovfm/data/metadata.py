@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import EmptyDatasetError, MetadataError, MetadataNotFoundError, StudyNotFoundError
+from ._files import read_json_object
 
 __all__ = [
     "DatasetMetadata",
@@ -89,13 +90,9 @@ def load_mode_mapping(mode_mapping: Mapping[str, str] | str | os.PathLike[str]) 
     if not os.path.exists(path):
         raise MetadataNotFoundError(f"{path}: mode mapping file not found")
     if path.lower().endswith(".json"):
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except ValueError as err:
-                raise MetadataError(f"{path}: not a JSON mode mapping ({err})") from None
-        if not isinstance(data, dict):
-            raise MetadataError(f"{path}: the JSON mode mapping must be an object {{study: mode}}")
+        data = read_json_object(
+            path, MetadataError, "mode mapping", "the JSON mode mapping must be an object {study: mode}"
+        )
         return {str(k): v for k, v in data.items()}
     out = {}
     with open(path, newline="") as f:

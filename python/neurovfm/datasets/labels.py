@@ -4,11 +4,11 @@ file, a CSV file or a pandas DataFrame (duck-typed: pandas is never imported).""
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..data._files import read_json_object
 from ..errors import DatasetError, InvalidTypeError, LabelFileNotFoundError
 
 __all__ = ["is_dataframe", "labels_from_dataframe", "load_study_labels", "read_study_labels"]
@@ -106,13 +106,7 @@ def _read_file(path: str) -> tuple[dict[str, Any], list[str] | None]:
     if not os.path.exists(path):
         raise LabelFileNotFoundError(f"{path}: label file not found")
     if path.lower().endswith(".json"):
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except ValueError as err:
-                raise DatasetError(f"{path}: not a JSON file ({err})") from None
-        if not isinstance(data, dict):
-            raise DatasetError(f"{path}: the JSON labels must be an object {{study: label}}")
+        data = read_json_object(path, DatasetError, "file", "the JSON labels must be an object {study: label}")
         return {str(k): v for k, v in data.items()}, None
     with open(path, newline="") as f:
         rows = [r for r in csv.reader(f) if r and r[0].strip() and not r[0].lstrip().startswith("#")]

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from ..data._files import read_json_object
 from ..errors import DatasetError, InvalidTypeError, MissingFileError
 
 __all__ = ["DEFAULT_CT_WINDOW_PROBS", "check_class_to_idx", "check_probs", "load_study_conversations", "map_labels"]
@@ -59,13 +59,9 @@ def load_study_conversations(
             raise MissingFileError(f"{path}: study conversations file not found")
         if not path.lower().endswith(".json"):
             raise DatasetError(f"{path}: study conversations must be a .json file (an object {{study: [turns]}})")
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except ValueError as err:
-                raise DatasetError(f"{path}: not a JSON file ({err})") from None
-        if not isinstance(data, dict):
-            raise DatasetError(f"{path}: study conversations must be a JSON object {{study: [turns]}}")
+        data = read_json_object(
+            path, DatasetError, "file", "study conversations must be a JSON object {study: [turns]}"
+        )
     else:
         raise InvalidTypeError(
             f"study_conversations must be a dict, a JSON file path or None, got {type(study_conversations).__name__}"
