@@ -18,7 +18,6 @@ from ._common import mode as mode_arg
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
-    from ..data.volume import RawVolume
 
 #: File suffixes ``prepare -o`` can write.
 OUTPUT_SUFFIXES = (".npz", ".pt")
@@ -146,31 +145,17 @@ def _header(shape_zyx: tuple[int, ...], spacing: Any, dtype: Any, direction: Any
     )
 
 
-def _volume_header(vol: RawVolume) -> InputHeader:
-    return _header(vol.array.shape, vol.spacing, vol.array.dtype, vol.direction)
-
-
 def load_with_header(path: str, series_uid: str | None = None) -> tuple[sitk.Image, InputHeader]:
     """``load_image(path, series_uid=series_uid)`` and the header of the input, which
     is read once, by the pipeline itself.
 
-    The same dispatch as :func:`neurovfm.data.load_image`: a readable NIfTI file
-    has its header parsed once (``nifti_layout``) and is streamed when it can be or
-    decoded whole; any other input is read whole (``read_volume``), then resampled
-    (``preprocess_volume``). The bytes are load_image's (tests/test_cli.py checks).
+    :func:`neurovfm.data.io.load_preprocessed`, the dispatch ``load_image`` itself uses,
+    gives both (tests/test_cli.py checks the bytes are load_image's).
     """
-    from ..data import io, readers
+    from ..data.io import load_preprocessed
 
-    if readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
-        layout = readers.nifti_layout(path)
-        stream = io._stream_plan(layout) if layout.direct else None
-        if stream is not None:
-            header = _header(layout.shape, layout.spacing, layout.dtype, layout.direction)
-            return io._preprocess_nifti_streaming(layout, stream), header
-        vol = readers.read_nifti(path, layout)
-    else:
-        vol = io.read_volume(path, series_uid=series_uid)
-    return io.preprocess_volume(vol), _volume_header(vol)
+    img, g = load_preprocessed(path, series_uid)
+    return img, _header(g.shape, g.spacing, g.dtype, g.direction)
 
 
 def run_scan(
