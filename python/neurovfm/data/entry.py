@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import mmap
 import os
 import re
 import socket
@@ -427,16 +426,7 @@ def open_file(
             if os.path.getsize(path) != info["bytes"]:
                 raise CacheEntryError(f"{path}: size {os.path.getsize(path)} differs from the recorded {info['bytes']}")
             return _checked_shape(path, ptfile.open_tensor(path, verify=True), side, key)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        try:
-            st = os.fstat(fd)
-            if st.st_size != info["bytes"]:
-                raise ptfile.PtFormatError(
-                    f"{path}: {st.st_size} bytes, expected {info['bytes']}: truncated or replaced"
-                )
-            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)  # the mmap holds its own descriptor
+        mm, st = ptfile.map_file(path, info["bytes"])
         stamp = (st.st_size, st.st_mtime_ns, st.st_ino, info["offset"], info.get("crc32"))
         if checked is not None:
             hit = checked.get(path)
@@ -444,15 +434,8 @@ def open_file(
                 _, dtype, shape, count, offset = hit
                 return np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape)
         dtype, shape = np.dtype(info["dtype"]), tuple(int(v) for v in info["shape"])
-        count, offset, crc = math.prod(shape), int(info["offset"]), info.get("crc32")
-        nbytes = count * dtype.itemsize
-        if offset < 0 or offset + nbytes > st.st_size:
-            mm.close()
-            raise ptfile.PtFormatError(f"{path}: tensor data outside the file")
-        if crc is not None and ptfile.crc32(memoryview(mm)[offset : offset + nbytes]) != crc:
-            mm.close()
-            raise ptfile.PtFormatError(f"{path}: checksum differs from the sidecar's: the data is corrupt or replaced")
-        arr = _checked_shape(path, np.frombuffer(mm, dtype=dtype, count=count, offset=offset).reshape(shape), side, key)
+        count, offset = math.prod(shape), int(info["offset"])
+        arr = _checked_shape(path, ptfile.view_at(mm, path, offset, dtype, shape, info.get("crc32")), side, key)
     except (KeyError, TypeError, AttributeError) as err:
         raise CacheEntryError(
             f"{folder}: malformed sidecar of {side.get('image')!r} ({type(err).__name__}: {err})"

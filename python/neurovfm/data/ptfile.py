@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 __all__ = [
     "write_tensor",
     "open_tensor",
-    "open_at",
+    "map_file",
+    "view_at",
     "crc32",
     "file_crc32",
     "PtFormatError",
@@ -294,32 +295,41 @@ class _BytesView:
         return len(data)
 
 
-def open_at(
+def map_file(path: str | os.PathLike[str], expected_bytes: int) -> tuple[mmap.mmap, os.stat_result]:
+    """The whole file memory-mapped read-only, once its size is checked against
+    ``expected_bytes`` (recorded at write time), and its ``stat``."""
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if st.st_size != expected_bytes:
+            raise PtFormatError(f"{path}: {st.st_size} bytes, expected {expected_bytes}: truncated or replaced")
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)  # the mmap holds its own descriptor
+    return mm, st
+
+
+def view_at(
+    mm: mmap.mmap,
     path: str | os.PathLike[str],
     offset: int,
     dtype: npt.DTypeLike,
     shape: Sequence[int],
-    expected_bytes: int,
     crc: int | None = None,
 ) -> npt.NDArray[Any]:
-    """Zero-copy view of a tensor whose data offset is known (e.g. recorded at
-    write time): checks the file size, maps it, no archive parsing. With ``crc``
-    (the CRC-32 recorded at write time) the data is checked against it too."""
-    path = os.fspath(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    try:
-        size = os.fstat(fd).st_size
-        if size != expected_bytes:
-            raise PtFormatError(f"{path}: {size} bytes, expected {expected_bytes}: truncated or replaced")
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    finally:
-        os.close(fd)
+    """Zero-copy view of a tensor at a known data ``offset`` of a file mapped by
+    :func:`map_file` (no archive parsing): the data must lie inside the file and, with
+    ``crc`` (the CRC-32 recorded at write time), match it. Closes ``mm`` when it fails."""
     dt = np.dtype(dtype)
     count = math.prod(shape)
-    if offset < 0 or offset + count * dt.itemsize > size:
+    nbytes = count * dt.itemsize
+    if offset < 0 or offset + nbytes > len(mm):
         mm.close()
-        raise PtFormatError(f"{path}: tensor data outside the file")
-    if crc is not None and crc32(memoryview(mm)[offset : offset + count * dt.itemsize]) != crc:
+        raise PtFormatError(f"{os.fspath(path)}: tensor data outside the file")
+    if crc is not None and crc32(memoryview(mm)[offset : offset + nbytes]) != crc:
         mm.close()
-        raise PtFormatError(f"{path}: checksum mismatch: the data is corrupt")
+        raise PtFormatError(
+            f"{os.fspath(path)}: checksum differs from the recorded one: the data is corrupt or replaced"
+        )
     return np.frombuffer(mm, dtype=dt, count=count, offset=offset).reshape(shape)
