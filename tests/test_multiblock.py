@@ -289,3 +289,13 @@ def test_golden_two_steps() -> None:
         assert pred[0][0].tolist() == sorted(ctx - set(GOLDEN_ENC[step]))
         for got, want in zip((pred, init, enc), GOLDEN_CU[step]):
             assert got[0][1].tolist() == want and got[0][2] == max(b - a for a, b in zip(want, want[1:]))
+
+
+def test_unlabelled_items_keep_their_labels_as_a_list() -> None:
+    """Items without labels (ImageDataset without study_labels: label None) collate; the
+    published dataset gives 0 there, the published collator fails on None."""
+    items = batch(3)
+    for it in items:
+        it["label"] = None
+    out, *_ = call(MultiBlockCollator([cfg()]), items)
+    assert out["label"] == [None, None, None]

@@ -37,6 +37,7 @@ __all__ = [
     "MissingLabelError",
     "LabelFileNotFoundError",
     "DatasetError",
+    "ConfigError",
     "DatasetIndexError",
     "CacheEntryError",
     "PtFormatError",
@@ -150,6 +151,10 @@ class LabelFileNotFoundError(MissingFileError):
 class DatasetError(InvalidArgumentError):
     """A bad argument to ImageDataset, StudyAwareBatchSampler or a collate function, a
     label file that cannot be used, or a batch PyTorch's default collate cannot stack."""
+
+
+class ConfigError(DatasetError):
+    """An ``ImageDataModule`` configuration that cannot be used (names the key)."""
 
 
 class DatasetIndexError(NeuroVFMError, IndexError):

@@ -4,6 +4,9 @@
   memory-mapped uint8 cache (random crop, flips, H/W swap, uint8 -> float32).
 * :class:`StudyAwareBatchSampler`: batches of whole studies, equal batch counts
   on every DDP rank.
+* :class:`ImageDataModule` (Lightning, ``pip install "neurovfm[lightning]"``): the
+  published NeuroVFM DataModule, from its YAML configuration; imported on first use,
+  so this package needs no Lightning until then.
 * :func:`collate_padded` and :func:`collate_packed`: batches of items with
   different token counts. A DataLoader over an ImageDataset needs one
   (``collate_fn=dataset.collate_fn``): PyTorch's default collate cannot stack them.
@@ -14,6 +17,8 @@ sampler takes the world size and rank from ``torch.distributed``; every rank yie
 the same number of batches.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .collate import collate_packed, collate_padded, labels_to_tensor
 from .dataset import ImageDataset
 from .labels import load_study_labels
@@ -21,8 +26,12 @@ from .multiblock import MultiBlockCollator
 from .multiview import MultiViewCollator
 from .sampler import StudyAwareBatchSampler
 
+if TYPE_CHECKING:
+    from .datamodule import ImageDataModule
+
 __all__ = [
     "TRAINING_EXAMPLE",
+    "ImageDataModule",
     "ImageDataset",
     "MultiBlockCollator",
     "MultiViewCollator",
@@ -32,6 +41,16 @@ __all__ = [
     "labels_to_tensor",
     "load_study_labels",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ImageDataModule imports Lightning: only when it is asked for.
+    if name == "ImageDataModule":
+        from .datamodule import ImageDataModule
+
+        return ImageDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: The README's training example, as runnable code. The ``__main__`` guard lets the
 #: DataLoader workers start by ``spawn`` (macOS, Windows), which re-imports the script.

@@ -108,7 +108,11 @@ def _collate_series(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mode": present("mode"),
     }
     labels = out["label"]
-    if isinstance(labels[0], int):
+    if len(labels) < len(batch):
+        # unlabelled items (label None: no study_labels; the published dataset gives 0):
+        # the labels as a list, as MultiViewCollator returns labels it cannot make a tensor of
+        out["label"] = [item["label"] for item in batch]
+    elif isinstance(labels[0], int):
         out["label"] = torch.tensor(labels).half()
     else:
         out["label"] = torch.vstack([torch.as_tensor(v) for v in labels]).half()
