@@ -309,3 +309,19 @@ def test_full_disk_and_read_only_processed(tmp_path, built):
     out = r.stdout.decode() + r.stderr.decode()
     assert r.returncode == 0, out
     assert "full disk: ok" in out and "read-only: ok" in out
+
+
+@pytest.mark.parametrize("make", [lambda a: a[None], lambda a: a[:, None], lambda a: a.reshape(1, *a.shape, 1)])
+def test_ptfile_records_contiguous_strides_for_size_one_axes(tmp_path, make):
+    """numpy may report any stride for an axis of size 1 (``a[None]``: 0); the file must
+    carry the row-major strides torch and the reader expect."""
+    import torch
+    from neurovfm.data import ptfile
+
+    arr = make(np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4))
+    path = str(tmp_path / "a.pt")
+    ptfile.write_tensor(path, arr)
+    got = ptfile.open_tensor(path)
+    view = got[0] if isinstance(got, tuple) else got
+    np.testing.assert_array_equal(np.asarray(view), arr)
+    np.testing.assert_array_equal(torch.load(path, weights_only=True).numpy(), arr)

@@ -292,10 +292,13 @@ def test_golden_two_steps() -> None:
 
 
 def test_unlabelled_items_keep_their_labels_as_a_list() -> None:
-    """Items without labels (ImageDataset without study_labels: label None) collate; the
-    published dataset gives 0 there, the published collator fails on None."""
+    """Items without labels (ImageDataset without study_labels: label None) collate as the
+    published dataset's label 0 does: float16 zeros."""
     items = batch(3)
     for it in items:
         it["label"] = None
     out, *_ = call(MultiBlockCollator([cfg()]), items)
-    assert out["label"] == [None, None, None]
+    assert out["label"].dtype == torch.float16 and out["label"].tolist() == [0.0, 0.0, 0.0]
+    items[0]["label"] = 1
+    with pytest.raises(ValueError, match="1 of 3 items have no label|2 of 3 items have no label"):
+        call(MultiBlockCollator([cfg()]), items)

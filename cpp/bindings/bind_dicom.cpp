@@ -86,6 +86,8 @@ void register_dicom(py::module_& m) {
       .def_readonly("high_bit", &DicomHeader::high_bit)
       .def_readonly("pixel_representation", &DicomHeader::pixel_representation)
       .def_readonly("number_of_frames", &DicomHeader::number_of_frames)
+      .def_readonly("has_series_number", &DicomHeader::has_series_number)
+      .def_readonly("series_number", &DicomHeader::series_number)
       .def_readonly("has_instance_number", &DicomHeader::has_instance_number)
       .def_readonly("instance_number", &DicomHeader::instance_number)
       .def_readonly("has_ipp", &DicomHeader::has_ipp)

@@ -453,7 +453,7 @@ class Parser {
   static bool wanted(const Element& e) {
     switch ((std::uint32_t(e.group) << 16) | e.element) {
       case 0x00080008: case 0x00080016: case 0x00080060: case 0x0008103E: case 0x0020000E:
-      case 0x00200013: case 0x00200032: case 0x00200037: case 0x00280002: case 0x00280004:
+      case 0x00200011: case 0x00200013: case 0x00200032: case 0x00200037: case 0x00280002: case 0x00280004:
       case 0x00280008: case 0x00280010: case 0x00280011: case 0x00280030: case 0x00280100:
       case 0x00280101: case 0x00280102: case 0x00280103: case 0x00281052: case 0x00281053:
         return true;
@@ -472,6 +472,7 @@ class Parser {
       case 0x00080060: h_.modality = std::string(trim(s)); break;
       case 0x0008103E: h_.series_description = std::string(trim(s)); break;
       case 0x0020000E: h_.series_uid = std::string(trim(s)); break;
+      case 0x00200011: h_.has_series_number = parse_is(s, &h_.series_number); break;
       case 0x00200013: h_.has_instance_number = parse_is(s, &h_.instance_number); break;
       case 0x00200032: {
         double tmp[3];

@@ -41,6 +41,8 @@ __all__ = [
     "DatasetIndexError",
     "CacheEntryError",
     "PtFormatError",
+    # warnings
+    "ModeMismatchWarning",
 ]
 
 
@@ -168,3 +170,11 @@ class CacheEntryError(NeuroVFMError, ValueError):
 class PtFormatError(CacheEntryError):
     """A ``.pt`` file that is not what the cache writes (bad zip or pickle structure,
     wrong size, checksum mismatch)."""
+
+
+# --- warnings ------------------------------------------------------------------------------
+
+
+class ModeMismatchWarning(UserWarning):
+    """A scan given as ``'ct'`` that looks like an MRI, or the reverse: its DICOM Modality
+    or its values contradict the mode. The scan is still processed as asked."""

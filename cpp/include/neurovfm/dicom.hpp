@@ -32,6 +32,8 @@ struct DicomHeader {
   int number_of_frames = 1;
   bool has_instance_number = false;
   int instance_number = 0;
+  bool has_series_number = false;  // (0020,0011)
+  int series_number = 0;
   bool has_ipp = false, has_iop = false, has_pixel_spacing = false;
   double ipp[3] = {0, 0, 0};
   double iop[6] = {0, 0, 0, 0, 0, 0};

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import bench, cache, prepare, qa
+from . import bench, cache, prepare, qa, series
 from ._common import PROG, Formatter, Parser, positive_int
 
 _MAIN_EPILOG = """\
@@ -14,8 +14,10 @@ examples:
   neurovfm prepare                              run the pipeline on built-in phantoms
   neurovfm prepare head.nii.gz --mode ct        one scan: shapes, tokens, timings
   neurovfm prepare dicom_dir/ --mode mri -o t.npz
+  neurovfm series /exports/study_0042           every series of a study: usable or not, and why
   neurovfm metadata /data/ds --modes modes.csv  describe a dataset folder
   neurovfm cache build /data/ds -w 16           build its uint8 cache
+  neurovfm cache import /data/ds                convert a cache built by the published code
   neurovfm qa head.nii.gz --mode ct -o qa.png   PNG montage of the preprocessed volume
   neurovfm bench                                quick benchmarks against the reference
 
@@ -23,7 +25,7 @@ run 'neurovfm COMMAND --help' for the options of a command.
 """
 
 # Sub-commands, in the order --help lists them.
-_COMMANDS = [prepare.add_prepare, cache.add_metadata, cache.add_cache, qa.add_qa, bench.add_bench]
+_COMMANDS = [prepare.add_prepare, series.add_series, cache.add_metadata, cache.add_cache, qa.add_qa, bench.add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``neurovfm metadata`` (describe a dataset folder) and ``neurovfm cache build|stats|verify``
+"""``neurovfm metadata`` (describe a dataset folder) and ``neurovfm cache build|stats|verify|import``
 (its uint8 token cache)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import PROG, Formatter, positive_int
+from ._common import PROG, Formatter, UsageError, positive_int
 
 _METADATA_EPILOG = """\
 examples:
@@ -26,10 +26,23 @@ examples:
   neurovfm cache build /data/ds --force --study s001   # rebuild one study
   neurovfm cache stats /data/ds
   neurovfm cache verify /data/ds                       # CRC-check every file
+  neurovfm cache import /data/ds                       # convert a published NeuroVFM cache
 
 Under a SLURM job array or torchrun, --shard defaults to the task's share
 (SLURM_ARRAY_TASK_ID/COUNT, RANK/WORLD_SIZE). Several builders may work on one
 folder at once.
+"""
+
+_IMPORT_EPILOG = """\
+examples:
+  neurovfm cache import /data/ds                       # every image of metadata.json
+  neurovfm cache import /data/ds --study s001 -w 4
+  neurovfm cache import /data/ds --trust-pickle        # a cache you built yourself
+
+The published files are pickles: they are read with torch.load(weights_only=True)
+(PyTorch needed). A file that needs more is refused unless --trust-pickle is given,
+which runs the code pickled in it. Every scan must still be in raw/ (an entry records
+its size and time). After the import the published code cannot read the cache.
 """
 
 
@@ -63,8 +76,8 @@ def _shard(text: str) -> tuple[int, int]:
 def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "cache",
-        help="build, inspect or verify the uint8 token cache",
-        description="Build, inspect or verify DATA_DIR/processed/.",
+        help="build, inspect, verify or import the uint8 token cache",
+        description="Build, inspect, verify or import DATA_DIR/processed/.",
         epilog=_CACHE_EPILOG,
         formatter_class=Formatter,
     )
@@ -108,6 +121,36 @@ def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     v.add_argument("data_dir", metavar="DATA_DIR")
     v.set_defaults(func=cmd_cache_verify)
+    im = csub.add_parser(
+        "import",
+        parents=[common],
+        help="convert a cache built by the published NeuroVFM code (in place)",
+        description="Convert the cache the published NeuroVFM code built in DATA_DIR/processed/ into this\n"
+        "library's entries, in place, without reading the scans: each image's files are checked\n"
+        "(shapes, windows, modes, mask values), then rewritten, its sidecar last. Images that fail\n"
+        "a check are listed with the file and the reason and left as they were; exit code 1 when\n"
+        "there are any. Valid entries are skipped, so it can be run again.",
+        epilog=_IMPORT_EPILOG,
+        formatter_class=Formatter,
+    )
+    im.add_argument("data_dir", metavar="DATA_DIR")
+    im.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load files that a safe torch.load refuses with weights_only=False, which runs the code "
+        "pickled in them: only for a cache you built yourself",
+    )
+    im.add_argument(
+        "-w",
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="images converted at once (default: the CPUs this process may use)",
+    )
+    im.add_argument("--shard", type=_shard, metavar="I/N", help="import only shard I of N")
+    im.add_argument("--study", action="append", metavar="NAME", help="only this study (repeatable)")
+    im.add_argument("--no-progress", action="store_true", help="no progress bar")
+    im.set_defaults(func=cmd_cache_import)
 
 
 def cmd_metadata(args: argparse.Namespace) -> int:
@@ -121,8 +164,15 @@ def cmd_metadata(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=sys.stderr)
     path = meta.save(args.output)
+    for study, rec in meta.skipped_series:
+        print(f"{PROG}: {study}: series {rec.name} not used ({rec.path}): {rec.reason}", file=sys.stderr)
     by_mode = {m: len(meta.get_studies_by_mode(m)) for m in ("ct", "mri")}
-    print(f"{path}: {len(meta)} studies ({by_mode['ct']} CT, {by_mode['mri']} MRI), {meta.num_images()} images")
+    n_skipped = len(meta.skipped_series)
+    print(
+        f"{path}: {len(meta)} studies ({by_mode['ct']} CT, {by_mode['mri']} MRI), {meta.num_images()} images"
+        + (f", {n_skipped} series not used" if n_skipped else "")
+        + (f", {len(caught)} warnings" if caught else "")
+    )
     return 0
 
 
@@ -173,3 +223,22 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
             f"`neurovfm cache build {args.data_dir}` rebuilds it"
         )
     return 1 if problems else 0
+
+
+def cmd_cache_import(args: argparse.Namespace) -> int:
+    from ..data.cache import CacheManager
+
+    cm = CacheManager(args.data_dir)
+    try:
+        summary = cm.import_published(
+            trust_pickle=args.trust_pickle,
+            num_workers=args.workers,
+            study_names=args.study,
+            shard=args.shard,
+            progress=not args.no_progress,
+        )
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    if args.no_progress:
+        print(summary)
+    return 1 if summary.failed else 0

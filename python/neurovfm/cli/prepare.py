@@ -42,6 +42,18 @@ examples:
   neurovfm prepare study/series_dir --mode mri --series-uid 1.2.840.113619.2.55.3
   neurovfm prepare head_ct.nii.gz --mode ct -j 4 -o tokens.npz
   neurovfm prepare t1.nii.gz --mode mri -o tokens.pt    (needs PyTorch)
+  neurovfm prepare studies/ --mode mri -o out/ -j 4      batch: every usable series
+  neurovfm prepare 'scans/*.nii.gz' --mode ct -o out/ --shard 0/4
+  neurovfm prepare --manifest scans.csv -o out/          CSV: path,mode[,id]
+
+batch mode (several inputs, -o naming a folder, --output-dir or --manifest): one
+output per series in OUT_DIR, -j N scans at once (each with CPUs/N kernel threads),
+series already done are skipped (--force remakes them), outputs are written under
+a temporary name then renamed (a killed run leaves no half file; rerun to finish),
+and OUT_DIR/summary.csv has a row per series (input, series_uid, output, status
+ok/skipped/failed, reason, shape, tokens, foreground, seconds, mode_warnings),
+appended as each finishes and rewritten in input order at the end. Exit code 1
+when a series failed.
 
 output file (-o): tokens [C, N, 1024] float32 (C = 3 CT windows brain, blood,
 bone; or 1 for MRI), coords [N, 3] int32, filtered [N] uint8 (1 = background
@@ -61,9 +73,12 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "path",
-        nargs="?",
+        nargs="*",
         metavar="PATH",
-        help="NIfTI file, DICOM file or DICOM series folder, or any image SimpleITK reads",
+        help=(
+            "NIfTI file, DICOM file or DICOM series folder, or any image SimpleITK reads; "
+            "several (or folders of studies, or glob patterns) with -o OUT_DIR: batch mode"
+        ),
     )
     p.add_argument(
         "--mode",
@@ -81,6 +96,20 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="OUT",
         help="save tokens, coords, filtered and the arrays to OUT.npz (NumPy) or OUT.pt (PyTorch)",
     )
+    b = p.add_argument_group("batch mode (several inputs, -o naming a folder, --output-dir or --manifest)")
+    b.add_argument("--output-dir", type=Path, metavar="DIR", help="batch mode: write one output per series here")
+    b.add_argument("--manifest", type=Path, metavar="CSV", help="batch mode: scans from a CSV (path, mode[, id])")
+    b.add_argument(
+        "--format", choices=["npz", "pt", "nifti"], default="npz", help="batch mode: output format (default npz)"
+    )
+    b.add_argument("--force", action="store_true", help="batch mode: remake outputs that exist")
+    b.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="batch mode: only shard I of N (default: from SLURM array / torchrun variables)",
+    )
+    b.add_argument("--no-progress", action="store_true", help="batch mode: no progress bar")
     p.add_argument(
         "--phantom-dir",
         type=Path,
@@ -88,6 +117,16 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
         help="without PATH: write the phantoms here and keep them (default: a temporary folder)",
     )
     p.set_defaults(func=cmd_prepare)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return i, n
 
 
 # --- one scan -------------------------------------------------------------------------------
@@ -174,8 +213,18 @@ def run_scan(
     path = os.fspath(path)
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file or directory")
+    import warnings
+
+    from ..data.batch import mode_conflicts
+    from ..data.io import preprocess_volume, read_volume
+    from ..errors import ModeMismatchWarning
+
     t0 = time.perf_counter()
-    img, header = load_with_header(path, series_uid)
+    vol = read_volume(path, series_uid=series_uid)  # the raw values: the mode guard looks at them
+    for conflict in mode_conflicts(vol.modality, vol.array, mode):
+        warnings.warn(ModeMismatchWarning(f"{path}: {conflict}"), stacklevel=2)
+    header = _header(vol.array.shape, vol.spacing, vol.array.dtype, vol.direction)
+    img = preprocess_volume(vol)
     t1 = time.perf_counter()
     res = prepare_for_inference(img, mode, return_foreground=True)
     t2 = time.perf_counter()
@@ -302,7 +351,18 @@ def _output_for(out: Path | None, name: str, several: bool) -> Path | None:
 # --- the command ----------------------------------------------------------------------------
 
 
+def _batch_mode(args: argparse.Namespace) -> bool:
+    out = args.output
+    folder_out = out is not None and (out.is_dir() or str(out).endswith(("/", os.sep)) or not out.suffix)
+    return len(args.path) > 1 or args.output_dir is not None or args.manifest is not None or folder_out
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
+    if _batch_mode(args):
+        return _prepare_batch(args)
+    if args.format != "npz" or args.force or args.shard is not None or args.no_progress:
+        raise UsageError("--format, --force, --shard and --no-progress are for batch mode (-o OUT_DIR)")
+    args.path = args.path[0] if args.path else None
     _check_output(args.output)
     if args.path is None:
         if args.series_uid:
@@ -318,6 +378,44 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         save_result(r, args.output)
         print(f"  saved     {args.output}")
     return 0
+
+
+def _prepare_batch(args: argparse.Namespace) -> int:
+    from ..data.batch import prepare_many
+
+    if args.output is not None and args.output_dir is not None:
+        raise UsageError("give the output folder once: -o OUT_DIR or --output-dir OUT_DIR")
+    out = args.output_dir if args.output_dir is not None else args.output
+    if out is None:
+        raise UsageError("batch mode needs an output folder: -o OUT_DIR")
+    if args.phantom_dir is not None or args.series_uid:
+        raise UsageError("--phantom-dir and --series-uid are for one scan, not batch mode")
+    if not args.path and args.manifest is None:
+        raise UsageError("batch mode needs INPUT... or --manifest CSV")
+    if args.mode is None and args.manifest is None:
+        raise UsageError("--mode is required (--mode ct or --mode mri), or a --manifest with a mode column")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {str(out)!r} is a file")
+    check_output_folder(out)
+    workers = args.threads or 1
+    summary = prepare_many(
+        args.path,
+        out,
+        args.mode,
+        manifest=args.manifest,
+        format=args.format,
+        workers=workers,
+        force=args.force,
+        shard=args.shard,
+        progress=not args.no_progress,
+        threads=None,
+    )
+    print(summary, flush=True)
+    if args.no_progress:  # else prepare_many said it as it happened
+        for row in summary.rows:
+            if row.status == "failed":
+                print(f"{PROG}: error: {row.input} {row.series_uid}".rstrip() + f": {row.reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def _prepare_phantoms(args: argparse.Namespace) -> int:

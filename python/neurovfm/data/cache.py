@@ -2,8 +2,10 @@
 
 The format of an entry (its files, sidecar, validity rule, encoding and zero-copy open)
 belongs to :mod:`neurovfm.data.entry` (docs/cache.md); this module runs builds over a
-dataset (workers, shards, the summary, the ``processed`` flags of ``metadata.json``)
-and serves entries as float32 (:meth:`CacheManager.load_image`).
+dataset (workers, shards, the summary, the ``processed`` flags of ``metadata.json``),
+converts a cache built by the published code (:meth:`CacheManager.import_published`;
+the conversion of one image is :mod:`neurovfm.data.published_cache`'s) and serves
+entries as float32 (:meth:`CacheManager.load_image`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from ..errors import InvalidArgumentError, NotInDatasetError
 from . import entry
 from .entry import PIPELINE_VERSION, WINDOW_NAMES
 from .metadata import DatasetMetadata, ImageRecord, MetadataNotFoundError
+from . import published_cache
+from .published_cache import ImportSummary
 
-__all__ = ["CacheManager", "BuildSummary", "PIPELINE_VERSION", "shard_from_env"]
+__all__ = ["CacheManager", "BuildSummary", "ImportSummary", "PIPELINE_VERSION", "shard_from_env"]
 
 log = logging.getLogger("neurovfm")
 
@@ -64,6 +68,28 @@ def shard_from_env(environ: Mapping[str, str] | None = None) -> tuple[int, int] 
     if "WORLD_SIZE" in env and "RANK" in env and int(env["WORLD_SIZE"]) > 1:
         return int(env["RANK"]), int(env["WORLD_SIZE"])
     return None
+
+
+def resolve_shard(shard: Any) -> tuple[int, int] | None:
+    """``shard`` as ``(i, n)`` with ``0 <= i < n``; None: from the environment
+    (:func:`shard_from_env`). :class:`InvalidArgumentError` for anything else."""
+    if shard is None:
+        return shard_from_env()
+    try:
+        i, n = (int(x) for x in shard)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise InvalidArgumentError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    return i, n
+
+
+def resolve_workers(num_workers: int | None) -> int:
+    """``num_workers``, or the CPUs this process may use; >= 1."""
+    workers = num_workers if num_workers is not None else available_cpus()
+    if workers < 1:
+        raise InvalidArgumentError(f"num_workers must be >= 1, got {num_workers!r}")
+    return workers
 
 
 def _in_shard(key: str, shard: tuple[int, int] | None) -> bool:
@@ -201,16 +227,8 @@ class CacheManager:
         threads_per_image
             Kernel threads per image (default 1 when several workers run).
         """
-        if shard is None:
-            shard = shard_from_env()
-        if shard is not None:
-            i, n = (int(x) for x in shard)
-            if not (n >= 1 and 0 <= i < n):
-                raise InvalidArgumentError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
-            shard = (i, n)
-        workers = num_workers if num_workers is not None else available_cpus()
-        if workers < 1:
-            raise InvalidArgumentError(f"num_workers must be >= 1, got {num_workers!r}")
+        shard = resolve_shard(shard)
+        workers = resolve_workers(num_workers)
         per_image = threads_per_image or (1 if workers > 1 else get_num_threads())
         targets = self._targets(study_names, shard)
         os.makedirs(self.processed_dir, exist_ok=True)
@@ -273,12 +291,16 @@ class CacheManager:
     def _build_one(self, study: str, mode: str, rec: ImageRecord, force: bool) -> _Result:
         """("done", previous status) | ("skipped" | "busy", None) | ("failed", reason)."""
         source = os.path.join(self.data_dir, rec.path)
-        return entry.build_entry(self._dir(study), study, rec.name, mode, source, rec.path, force)
+        return entry.build_entry(self._dir(study), study, rec.name, mode, source, rec.path, force, rec.series_uid)
 
     def _update_flags(self, summary: BuildSummary) -> None:
         """Set the processed flags in metadata.json (this process owns the update)."""
         changes = {k: True for k in summary.done + summary.skipped}
         changes.update({k: False for k in summary.failed})
+        self._set_flags(changes)
+
+    def _set_flags(self, changes: dict[str, bool]) -> None:
+        """Set the processed flags ``{"study/image": flag}`` in metadata.json, under its lock."""
         if not changes:
             return
         lock = os.path.join(self.data_dir, ".metadata.lock")
@@ -295,6 +317,120 @@ class CacheManager:
             self.metadata = meta
         finally:
             os.close(fd)
+
+    # -- import ------------------------------------------------------------
+    def import_published(
+        self,
+        trust_pickle: bool = False,
+        num_workers: int | None = None,
+        study_names: Iterable[str] | None = None,
+        shard: tuple[int, int] | None = None,
+        progress: bool = True,
+    ) -> ImportSummary:
+        """Convert a cache built by the published NeuroVFM code in ``processed/`` into this
+        library's entries, in place and without reading the scans (docs/cache.md,
+        "Importing a cache built by the published code").
+
+        For every image of ``metadata.json`` (or of ``study_names``): its published files
+        (``<image>.pt`` or ``<image>_brain|blood|bone.pt``, each a dict holding a uint8
+        ``[D, H, W]`` volume, and ``<image>_mask.pt``, the voxel background mask) are read
+        and checked (shapes whole tokens, the windows alike, mode and window names as in
+        ``metadata.json``, mask values 0/1 and consistent with the volumes, the published
+        ``<image>_metadata.json`` when present), then written as an entry: the volumes'
+        bytes as they are, the token flags reduced from the voxel mask, the sidecar last
+        with the scan's fingerprint (the scan must exist). An image that fails a check is
+        reported in ``failed`` with the file and the reason, and its files are left as
+        they were; valid entries are ``skipped``, images without published files
+        ``missing``. The ``processed`` flags of ``metadata.json`` are updated as by
+        :meth:`build_cache`.
+
+        Parameters
+        ----------
+        trust_pickle
+            The files are pickles. They are read with ``torch.load(weights_only=True)``
+            (NumPy integer scalars allowed); a file that needs more is refused unless
+            this is True, which loads it with ``weights_only=False`` and so runs the code
+            pickled in it: only for a cache you built yourself.
+        num_workers
+            Images converted at once (threads). Default: the CPUs this process may use.
+        shard
+            ``(i, n)``: only this process's share, as in :meth:`build_cache` (default
+            from SLURM or torchrun variables).
+
+        Raises ``ImportError`` when PyTorch is not installed (the files are torch pickles).
+        """
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise ImportError(
+                "importing a published cache needs PyTorch to read its files (torch pickles): "
+                "pip install 'neurovfm[torch]'"
+            )
+        shard = resolve_shard(shard)
+        workers = resolve_workers(num_workers)
+        targets = self._targets(study_names, shard)
+        summary = ImportSummary()
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(targets), desc="neurovfm import", unit="img", file=sys.stderr)
+
+        def work(t: _Target) -> _Result:
+            study, mode, rec = t
+            images = {im.name for im in self.metadata.get_study(study).images}
+            return published_cache.import_entry(
+                self._dir(study),
+                study,
+                rec.name,
+                mode,
+                os.path.join(self.data_dir, rec.path),
+                rec.path,
+                trust_pickle,
+                read_sidecar=f"{rec.name}_metadata" not in images,
+            )
+
+        def record(t: _Target, res: _Result) -> None:
+            key = f"{t[0]}/{t[2].name}"
+            status, reason = res
+            if status == "done":
+                summary.imported.append(key)
+                if reason == "trusted":
+                    summary.trusted.append(key)
+            elif status in ("skipped", "missing", "busy"):
+                getattr(summary, status).append(key)
+            else:
+                summary.failed[key] = cast(str, reason)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(imported=len(summary.imported), failed=len(summary.failed), refresh=False)
+
+        try:
+            with published_cache.allow_numpy_integers():
+                if workers == 1:
+                    for t in targets:
+                        record(t, _call(work, t))
+                else:
+                    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurovfm-import") as ex:
+                        futs = {ex.submit(_call, work, t): t for t in targets}
+                        for fut in as_completed(futs):
+                            record(futs[fut], fut.result())
+        finally:
+            if bar is not None:
+                bar.close()
+            summary.seconds = time.perf_counter() - t0
+            changes = {k: True for k in summary.imported + summary.skipped}
+            changes.update({k: False for k in list(summary.failed) + summary.missing})
+            try:
+                self._set_flags(changes)
+            except OSError as err:  # full disk, read-only dataset: the cache itself is consistent
+                summary.warnings.append(f"{self.metadata_path}: processed flags not updated ({err})")
+                log.warning("%s", summary.warnings[-1])
+        log.info("%s", summary)
+        if progress:
+            print(summary, file=sys.stderr)
+        return summary
 
     # -- read --------------------------------------------------------------
     def _valid_sidecar(self, study: str, image: str) -> dict[str, Any] | None:

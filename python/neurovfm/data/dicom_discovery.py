@@ -127,6 +127,11 @@ class _PyHeader:
         self.has_iop, self.iop = iop is not None, iop or (0.0,) * 6
         self.has_pixel_spacing, self.pixel_spacing = ps is not None, ps or (1.0, 1.0)
         self.has_instance_number = "InstanceNumber" in ds
+        try:
+            self.series_number = int(get("SeriesNumber", 0))
+            self.has_series_number = "SeriesNumber" in ds
+        except (TypeError, ValueError):
+            self.series_number, self.has_series_number = 0, False
         self.has_pixel_data = has_pixels
         self.output_dtype: Optional[np.dtype[Any]] = None
         self.stored_dtype: Optional[np.dtype[Any]] = None
@@ -153,8 +158,12 @@ def _is_localizer(h: Header) -> bool:
     return "LOCALIZER" in it and any(t.strip() == "LOCALIZER" for t in it.split("\\"))
 
 
-def _scan_files(files: list[str], threads: int) -> tuple[list[tuple[str, Header]], Counter[str]]:
-    """Headers of the image files, and counts of what was skipped and why."""
+def _scan_files(
+    files: list[str], threads: int, others: list[tuple[str, Header, str]] | None = None
+) -> tuple[list[tuple[str, Header]], Counter[str]]:
+    """Headers of the image files, and counts of what was skipped and why (the files of
+    localizers and non-image objects are also appended to ``others`` when given, with
+    their header and ``"localizer"`` or ``"non-image"``)."""
     headers = _core.read_dicom_headers(files, threads)
     kept: list[tuple[str, Header]] = []
     skipped: Counter[str] = Counter()
@@ -185,9 +194,13 @@ def _scan_files(files: list[str], threads: int) -> tuple[list[tuple[str, Header]
             # (An image header with a position but no pixels is a broken image, kept
             # so that the series reports it rather than reading around the gap.)
             skipped["non-image DICOM object"] += 1
+            if others is not None:
+                others.append((f, h, "non-image"))
             continue
         if _is_localizer(h):
             skipped["localizer"] += 1
+            if others is not None:
+                others.append((f, h, "localizer"))
             continue
         kept.append((f, h))
     for f, err in unreadable:

@@ -257,7 +257,9 @@ def _fast_ok(h: Header) -> bool:
     return isinstance(h, _core.DicomHeader) and h.fast_readable
 
 
-def _scan(path: str | os.PathLike[str]) -> tuple[str, list[str], list[SeriesInfo], Counter[str]]:
+def _scan(
+    path: str | os.PathLike[str], others: list[tuple[str, Header, str]] | None = None
+) -> tuple[str, list[str], list[SeriesInfo], Counter[str]]:
     p = os.fspath(path)
     if not os.path.exists(p):
         raise ImageNotFoundError(f"{p}: no such file or directory")
@@ -269,7 +271,7 @@ def _scan(path: str | os.PathLike[str]) -> tuple[str, list[str], list[SeriesInfo
     else:
         raise ImageReadError(p, "not a regular file or folder")
     threads = get_num_threads()
-    kept, skipped = _scan_files(files, threads)
+    kept, skipped = _scan_files(files, threads, others)
     if loops:
         logger.info("%s: not followed: %d symbolic links that loop or lead nowhere (%s)", p, len(loops), loops[0])
         skipped[_LOOPS] = len(loops)

@@ -276,20 +276,21 @@ class Encoded(NamedTuple):
     spacing: tuple[float, ...]
 
 
-def encode_scan(source: str, mode: str, threads: int | None = None) -> Encoded:
+def encode_scan(source: str, mode: str, threads: int | None = None, series_uid: str | None = None) -> Encoded:
     """Read and preprocess ``source`` and quantise it as the cache stores it:
     ``prepare_for_inference(..., quantize=True)``, i.e. ``uint8(v * 255)`` of the float64
     values (docs/numbers.md). :class:`~neurovfm.errors.ImageTooSmallError` when the volume
-    holds no whole token. ``threads``: kernel threads (default: the current setting)."""
+    holds no whole token. ``threads``: kernel threads (default: the current setting);
+    ``series_uid``: the series of a DICOM folder that holds several."""
     from .io import load_image
     from .preprocess import prepare_for_inference
 
     if threads is None:
-        img = load_image(source)
+        img = load_image(source, series_uid=series_uid)
         prep = prepare_for_inference(img, mode, quantize=True)
     else:
         with thread_limit(threads):
-            img = load_image(source)
+            img = load_image(source, series_uid=series_uid)
             prep = prepare_for_inference(img, mode, quantize=True)
     if prep is None:
         raise ImageTooSmallError(
@@ -311,11 +312,19 @@ def encode_scan(source: str, mode: str, threads: int | None = None) -> Encoded:
 
 
 def write_entry(
-    folder: str, study: str, image: str, mode: str, enc: Encoded, fingerprint: dict[str, int], source_path: str
+    folder: str,
+    study: str,
+    image: str,
+    mode: str,
+    enc: Encoded,
+    fingerprint: dict[str, int],
+    source_path: str,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """Write every file of the entry under a temporary name, then rename them into place
     and write the sidecar last. A failure before the renames (a full disk, say) leaves a
-    valid older entry as it was."""
+    valid older entry as it was. ``extra``: more sidecar fields (e.g. ``imported``, the
+    provenance of an entry converted from a published cache); never replaces one above."""
     names = file_names(image, mode)
     payloads = {**enc.volumes, TOKEN_BACKGROUND: enc.token_background}
     files: dict[str, dict[str, Any]] = {}
@@ -348,11 +357,20 @@ def write_entry(
         "host": socket.gethostname(),
         "time": time.time(),
     }
+    for key, value in (extra or {}).items():
+        side.setdefault(key, value)
     atomic_write_bytes(sidecar_path(folder, image), json.dumps(side, indent=1).encode(), _tmp_prefix(image))
 
 
 def build_entry(
-    folder: str, study: str, image: str, mode: str, source: str, source_path: str, force: bool
+    folder: str,
+    study: str,
+    image: str,
+    mode: str,
+    source: str,
+    source_path: str,
+    force: bool,
+    series_uid: str | None = None,
 ) -> tuple[str, str | None]:
     """Build one entry under its lock (docs/cache.md, section 5).
 
@@ -385,7 +403,8 @@ def build_entry(
             unlink(sidecar_path(folder, image))
         try:
             fingerprint = source_fingerprint(source)
-            write_entry(folder, study, image, mode, encode_scan(source, mode), fingerprint, source_path)
+            enc = encode_scan(source, mode, series_uid=series_uid)
+            write_entry(folder, study, image, mode, enc, fingerprint, source_path)
         except Exception as err:  # recorded, the build goes on
             reason = f"{type(err).__name__}: {err}"
             if isinstance(err, OSError) and not err.filename:  # e.g. ENOSPC from a write

@@ -24,10 +24,13 @@ import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from ..errors import EmptyDatasetError, MetadataError, MetadataNotFoundError, StudyNotFoundError
+from ..errors import EmptyDatasetError, MetadataError, MetadataNotFoundError, ModeMismatchWarning, StudyNotFoundError
 from ._files import read_json_object
+
+if TYPE_CHECKING:
+    from .series import SeriesRecord
 
 __all__ = [
     "DatasetMetadata",
@@ -67,6 +70,8 @@ class ImageRecord:
     path: str
     kind: str  # "nifti", "dicom_file", "dicom_dir" or "other"
     processed: bool = False
+    #: The series of a DICOM folder that holds several (None: the folder's one series).
+    series_uid: str | None = None
 
 
 @dataclass
@@ -118,39 +123,73 @@ def _nifti_stem(name: str) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
 
 
-def _holds_dicom(folder: str) -> bool:
-    from .dicom import is_dicom_file
-
-    for root, _dirs, files in os.walk(folder, followlinks=False):
-        for fn in files:
-            if is_dicom_file(os.path.join(root, fn)):
-                return True
-    return False
+def _image_dict(im: ImageRecord) -> dict[str, Any]:
+    d = asdict(im)
+    if d["series_uid"] is None:  # the folder's only series: files of older versions unchanged
+        del d["series_uid"]
+    return d
 
 
-def _scan_study(data_dir: str, study_dir: str) -> list[ImageRecord]:
-    from .dicom import is_dicom_file
+def _scan_study(
+    data_dir: str, study_dir: str, skipped: list[tuple[str, SeriesRecord]], mode: str | None = None
+) -> list[ImageRecord]:
+    """The images of one study folder: its NIfTI files, and one image per usable DICOM
+    series (found by :func:`~neurovfm.data.find_series`, in the folder and its
+    sub-folders). A sub-folder (or the study folder itself) holding one usable series
+    is one image named after the folder (``series`` for the study folder, the file's
+    stem for a lone DICOM file); one holding several gives an image per series, named
+    ``<number>_<description>`` (prefixed with the sub-folder's name), its UID recorded.
+    A broken series (``SeriesRecord.broken``: unreadable, missing or duplicate slices) is
+    kept as an image, so that the cache build reports it as failed with the reason; the
+    other unusable series (localizers, derived, colour, too few slices, non-image
+    objects) are appended to ``skipped``; a series whose DICOM Modality
+    contradicts ``mode`` is kept with a :class:`~neurovfm.errors.ModeMismatchWarning`."""
+    from .series import find_series, header_mode_conflict, series_image_names
 
-    images = []
+    images: list[ImageRecord] = []
     for entry in sorted(os.scandir(study_dir), key=lambda e: e.name):
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=True) or not _is_nifti(entry.name):
             continue
-        rel = os.path.relpath(entry.path, data_dir)
-        if entry.is_dir(follow_symlinks=True):
-            if _holds_dicom(entry.path):
-                images.append(ImageRecord(entry.name, rel, "dicom_dir"))
-        elif entry.is_file(follow_symlinks=True):
-            if _is_nifti(entry.name):
-                images.append(ImageRecord(_nifti_stem(entry.name), rel, "nifti"))
-            elif is_dicom_file(entry.path):
-                stem = entry.name[:-4] if entry.name.lower().endswith(".dcm") else entry.name
-                images.append(ImageRecord(stem, rel, "dicom_file"))
-    # A study folder that is itself one DICOM series (files directly inside it)
-    # would give one record per slice: collapse them into one series.
-    dcm_files = [im for im in images if im.kind == "dicom_file"]
-    if len(dcm_files) > 1:
-        images = [im for im in images if im.kind != "dicom_file"]
-        images.append(ImageRecord("series", os.path.relpath(study_dir, data_dir), "dicom_dir"))
+        images.append(ImageRecord(_nifti_stem(entry.name), os.path.relpath(entry.path, data_dir), "nifti"))
+    # DICOM series, grouped by the study folder's entry that holds them
+    groups: dict[str, list[SeriesRecord]] = {}
+    study_abs = os.path.abspath(study_dir)
+    for r in find_series(study_dir):
+        if r.kind != "dicom":
+            continue
+        if not r.usable and not r.broken:
+            skipped.append((os.path.basename(study_abs), r))
+            log.info("%s: series %s not used: %s", r.path, r.name, r.reason)
+            continue
+        conflict = header_mode_conflict(r.modality, mode) if mode else ""
+        if conflict:
+            warnings.warn(ModeMismatchWarning(f"{r.path} (series {r.name}): {conflict}"), stacklevel=3)
+        rel = os.path.relpath(os.path.abspath(r.files[0]), study_abs)
+        top = rel.split(os.sep)[0] if os.sep in rel else ""
+        groups.setdefault(top, []).append(r)
+    for top, recs in sorted(groups.items()):
+        if len(recs) == 1:
+            r = recs[0]
+            if top:
+                name, path, kind = top, os.path.join(study_dir, top), "dicom_dir"
+            elif r.path == r.files[0] and len(r.files) == 1:
+                base = os.path.basename(r.path)
+                name, path, kind = (base[:-4] if base.lower().endswith(".dcm") else base), r.path, "dicom_file"
+            else:
+                name, path, kind = "series", study_dir, "dicom_dir"
+            uid = r.series_uid or None
+            images.append(ImageRecord(name, os.path.relpath(path, data_dir), kind, series_uid=uid))
+            continue
+        for r, name in zip(recs, series_image_names(recs)):
+            kind = "dicom_file" if r.path == r.files[0] and len(r.files) == 1 else "dicom_dir"
+            images.append(
+                ImageRecord(
+                    f"{top}_{name}" if top else name,
+                    os.path.relpath(r.path, data_dir),
+                    kind,
+                    series_uid=r.series_uid or None,
+                )
+            )
     names = [im.name for im in images]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -168,13 +207,22 @@ class DatasetMetadata:
         #: (``dataset_name``, ``version``, ``created``, ...), else None. :meth:`save`
         #: writes the published layout when it is set.
         self.published: dict[str, Any] | None = None
+        #: (study, record) of each DICOM series :meth:`from_directory` did not use, and why
+        #: (``record.reason``: localizer, derived, colour, too few slices, ...).
+        self.skipped_series: list[tuple[str, SeriesRecord]] = []
 
     # -- construction -----------------------------------------------------
     @classmethod
     def from_directory(
         cls, data_dir: str | os.PathLike[str], mode_mapping: Mapping[str, str] | str | os.PathLike[str]
     ) -> DatasetMetadata:
-        """Scan ``data_dir/raw/<study>/`` for NIfTI files, DICOM files and DICOM folders.
+        """Scan ``data_dir/raw/<study>/`` for NIfTI files and DICOM series: one image per
+        NIfTI file and per usable DICOM series (see :func:`neurovfm.data.find_series`; a
+        folder of one series keeps the folder's name, several series in one folder are
+        named ``<number>_<description>`` and their SeriesInstanceUID recorded). The series
+        not used are listed in ``skipped_series`` with the reason, and logged. A series
+        whose DICOM Modality contradicts the study's mode (``CT`` for ``'mri'``, ``MR``
+        for ``'ct'``) is kept, with a warning naming it.
 
         ``mode_mapping`` maps study names to ``'ct'`` or ``'mri'``: a dict, a CSV
         file (``study,mode``) or a JSON object file. A study of ``raw/`` missing
@@ -197,6 +245,7 @@ class DatasetMetadata:
             e.name for e in os.scandir(raw) if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")
         )
         studies = []
+        skipped_series: list[tuple[str, SeriesRecord]] = []
         skipped: list[
             tuple[str, str]
         ] = []  # (study, warning): given, given only when the dataset is not empty (else the error says it all)
@@ -209,9 +258,19 @@ class DatasetMetadata:
             if m not in MODES:
                 skipped.append((name, f"study {name!r} has mode {mode!r} (expected 'ct' or 'mri'): skipped"))
                 continue
-            images = _scan_study(data_dir, os.path.join(raw, name))
+            before = len(skipped_series)
+            images = _scan_study(data_dir, os.path.join(raw, name), skipped_series, m)
             if not images:
-                skipped.append((name, f"study {name!r} holds no NIfTI or DICOM image: skipped"))
+                unusable = skipped_series[before:]
+                why = (
+                    f" ({len(unusable)} series not usable: "
+                    + "; ".join(f"{r.name}: {r.reason}" for _, r in unusable[:5])
+                    + ("; ..." if len(unusable) > 5 else "")
+                    + ")"
+                    if unusable
+                    else ""
+                )
+                skipped.append((name, f"study {name!r} holds no usable NIfTI or DICOM image{why}: skipped"))
                 continue
             studies.append(StudyRecord(name, m, images))
         missing = set(modes) - set(folders)
@@ -234,7 +293,9 @@ class DatasetMetadata:
             raise EmptyDatasetError(f"no usable study, the dataset would be empty: {reason}")
         for _study, w in skipped:
             warnings.warn(w, stacklevel=2)
-        return cls(data_dir, studies)
+        meta = cls(data_dir, studies)
+        meta.skipped_series = skipped_series
+        return meta
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> DatasetMetadata:
@@ -285,7 +346,7 @@ class DatasetMetadata:
                 "version": METADATA_VERSION,
                 "data_dir": self.data_dir,
                 "studies": [
-                    {"name": s.name, "mode": s.mode, "images": [asdict(im) for im in s.images]}
+                    {"name": s.name, "mode": s.mode, "images": [_image_dict(im) for im in s.images]}
                     for s in self._studies.values()
                 ],
             }

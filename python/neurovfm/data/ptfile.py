@@ -120,7 +120,9 @@ def write_tensor(path: str | os.PathLike[str], array: npt.NDArray[Any]) -> dict[
         raise InvalidTypeError(
             f"{path}: no torch storage for dtype {a.dtype} (one of {sorted(map(str, TORCH_STORAGE))})"
         )
-    strides = [s // a.itemsize for s in a.strides] if a.ndim else []
+    # the row-major strides of the shape (numpy reports 0 or any value for axes of size 1,
+    # e.g. ``a[None]``; torch and the reader expect the contiguous ones)
+    strides = [int(np.prod(a.shape[i + 1 :], dtype=np.int64)) for i in range(a.ndim)]
     payload = a.data.cast("B") if a.size else b""
     entries: list[tuple[str, bytes | memoryview]] = [
         ("data.pkl", _pickle_tensor(storage, a.size, a.shape, strides)),

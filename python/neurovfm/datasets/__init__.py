@@ -25,6 +25,7 @@ from .labels import load_study_labels
 from .multiblock import MultiBlockCollator
 from .multiview import MultiViewCollator
 from .sampler import StudyAwareBatchSampler
+from .scan_dataset import ScanDataset
 
 if TYPE_CHECKING:
     from .datamodule import ImageDataModule
@@ -35,6 +36,7 @@ __all__ = [
     "ImageDataset",
     "MultiBlockCollator",
     "MultiViewCollator",
+    "ScanDataset",
     "StudyAwareBatchSampler",
     "collate_packed",
     "collate_padded",

@@ -53,10 +53,11 @@ _DTYPES = {torch.float32: "float32", torch.uint8: "uint8", "float32": "float32",
 
 
 class _Entry:
-    __slots__ = ("image", "label", "mode", "path", "study")
+    __slots__ = ("image", "label", "mode", "path", "series_uid", "study")
 
-    def __init__(self, study: str, image: str, mode: str, path: str, label: Any) -> None:
+    def __init__(self, study: str, image: str, mode: str, path: str, label: Any, series_uid: str | None = None) -> None:
         self.study, self.image, self.mode, self.path, self.label = study, image, mode, path, label
+        self.series_uid = series_uid
 
 
 class ImageDataset(torch.utils.data.Dataset[Any]):
@@ -255,7 +256,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
                 elif missing_label == "skip":
                     continue
             for rec in st.images:
-                entries.append(_Entry(st.name, rec.name, st.mode, rec.path, label))
+                entries.append(_Entry(st.name, rec.name, st.mode, rec.path, label, rec.series_uid))
         if unlabelled:
             raise MissingLabelError(
                 f"{len(unlabelled)} studies have no label: {unlabelled[:20]}"
@@ -361,7 +362,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
                     "or stale (its scan changed, or an older pipeline built it): build it with "
                     "CacheManager(data_dir).build_cache(), or pass fallback_to_raw=True"
                 )
-        enc = entry.encode_scan(os.path.join(self.data_dir, e.path), e.mode, self._threads())
+        enc = entry.encode_scan(os.path.join(self.data_dir, e.path), e.mode, self._threads(), e.series_uid)
         return enc.volumes[key], enc.token_background
 
     # -- randomness -----------------------------------------------------------------------------

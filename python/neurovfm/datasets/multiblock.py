@@ -77,6 +77,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+
+from ..errors import DatasetError
+
 __all__ = ["MultiBlockCollator"]
 
 _MIN_ENC_FRAC = 0.05
@@ -108,10 +111,12 @@ def _collate_series(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mode": present("mode"),
     }
     labels = out["label"]
-    if len(labels) < len(batch):
-        # unlabelled items (label None: no study_labels; the published dataset gives 0):
-        # the labels as a list, as MultiViewCollator returns labels it cannot make a tensor of
-        out["label"] = [item["label"] for item in batch]
+    if not labels:
+        # unlabelled items (label None: no study_labels): the published dataset gives them
+        # label 0, so its pretraining batches carry float16 zeros; the same here
+        out["label"] = torch.zeros(len(batch)).half()
+    elif len(labels) < len(batch):
+        raise DatasetError(f"MultiBlockCollator: {len(batch) - len(labels)} of {len(batch)} items have no label")
     elif isinstance(labels[0], int):
         out["label"] = torch.tensor(labels).half()
     else:

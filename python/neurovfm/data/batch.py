@@ -1,0 +1,618 @@
+"""Many scans to tokens: :func:`prepare_many` (``neurovfm prepare INPUT... -o OUT_DIR``).
+
+Inputs are files, folders (every series :func:`~neurovfm.data.find_series` finds in them;
+the unusable ones become ``skipped`` rows with the reason, the broken ones ``failed``
+rows), glob patterns, or a manifest CSV (columns ``path``, ``mode`` and optionally ``id``).
+One output per series is written to ``out_dir`` atomically (a temporary name, then a
+rename), so a killed run leaves no half-written file and a rerun makes only what is
+missing. ``summary.csv`` gets a row per series as each one finishes (a killed run keeps
+the rows of what it did) and is rewritten, in input order, at the end.
+
+:func:`mode_value_conflict` is the value check of the mode guard: a scan whose values
+contradict its mode (air in HU given as ``'mri'``, no negative value given as ``'ct'``)
+gets a :class:`~neurovfm.errors.ModeMismatchWarning`, as does one whose DICOM Modality
+contradicts it (:func:`~neurovfm.data.series.header_mode_conflict`).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .._threads import available_cpus, thread_limit
+from ..errors import ImageTooSmallError, InvalidArgumentError, ModeMismatchWarning, UsageError
+
+__all__ = [
+    "BatchRow",
+    "BatchSummary",
+    "ScanJob",
+    "discover_scans",
+    "mode_value_conflict",
+    "prepare_many",
+    "prepare_scan",
+    "read_manifest",
+]
+
+#: Output formats of :func:`prepare_many`.
+FORMATS = ("npz", "pt", "nifti")
+#: Columns of ``summary.csv``.
+SUMMARY_COLUMNS = (
+    "input",
+    "series_uid",
+    "output",
+    "status",
+    "reason",
+    "shape",
+    "tokens",
+    "foreground",
+    "seconds",
+    "mode_warnings",
+)
+SUMMARY_NAME = "summary.csv"
+#: Temporary outputs end with this; a later run removes the ones a killed run left.
+_TMP_TAG = ".neurovfm-tmp"
+#: Value check: share of voxels at or below -900 (air in HU) above which an 'mri' scan looks like a CT.
+AIR_HU = -900.0
+AIR_SHARE = 0.20
+CT_WINDOWS = ("brain", "blood", "bone")
+
+
+# --- the mode guard -----------------------------------------------------------------------------
+
+
+def mode_value_conflict(array: npt.ArrayLike, mode: str) -> str:
+    """Why the raw voxel values (as read, before resampling) contradict ``mode``, or ''.
+
+    ``'mri'``: more than 20% of the voxels at or below -900 (air in Hounsfield units).
+    ``'ct'``: no negative value at all in a non-constant volume (CT has air at -1000).
+    One pass over the voxels (a min, a max and a count)."""
+    a = np.asarray(array)
+    if a.size == 0:
+        return ""
+    if mode == "mri":
+        if a.dtype.kind == "u":
+            return ""
+        share = float(np.count_nonzero(a <= AIR_HU)) / a.size
+        if share > AIR_SHARE:
+            return (
+                f"{100 * share:.0f}% of the voxels are <= {AIR_HU:g} (air in CT Hounsfield units) "
+                "but the mode is 'mri' (pass --mode ct for a CT)"
+            )
+        return ""
+    if mode == "ct":
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0 and hi > lo:
+            return (
+                f"no negative value (range {lo:g}..{hi:g}): a CT in Hounsfield units has air at -1000, "
+                "but the mode is 'ct' (pass --mode mri for an MRI)"
+            )
+    return ""
+
+
+def mode_conflicts(modality: str, array: npt.ArrayLike, mode: str) -> list[str]:
+    """The header and value reasons why a scan contradicts ``mode`` (empty when none)."""
+    from .series import header_mode_conflict
+
+    out = [header_mode_conflict(modality, mode), mode_value_conflict(array, mode)]
+    return [m for m in out if m]
+
+
+# --- one scan -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedScan:
+    """What :func:`prepare_scan` made of one scan."""
+
+    tokens: npt.NDArray[np.float32]  # [C, N, 1024]
+    coords: npt.NDArray[np.int32]
+    filtered: npt.NDArray[np.uint8]
+    size: npt.NDArray[np.int32]
+    arrays: npt.NDArray[np.float32]  # [C, D, H, W]
+    channels: list[str]
+    view: int
+    spacing: list[float]
+    foreground: float  # share of tokens without background
+    mode_warnings: list[str] = field(default_factory=list)
+    input_shape: tuple[int, ...] = ()  # as read, (z, y, x)
+    input_spacing: tuple[float, ...] = ()
+    input_dtype: str = ""
+    input_direction: tuple[float, ...] = ()
+    times: dict[str, float] = field(default_factory=dict)
+    #: The preprocessed SimpleITK image (its geometry places the outputs in patient space).
+    image: Any = field(default=None, repr=False)
+
+    def payload(self, mode: str, source: str) -> dict[str, Any]:
+        """The dict ``neurovfm prepare -o`` saves (``.npz``/``.pt``)."""
+        return {
+            "tokens": self.tokens,
+            "coords": self.coords,
+            "filtered": self.filtered,
+            "size": self.size,
+            "arrays": self.arrays,
+            "channels": self.channels,
+            "mode": mode,
+            "view": int(self.view),
+            "spacing": self.spacing,
+            "source": source,
+        }
+
+
+def prepare_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None = None) -> PreparedScan:
+    """Read, check the mode (header and values), preprocess, prepare and tokenize one scan.
+
+    The mode conflicts are returned in ``mode_warnings`` (not warned: the caller warns,
+    from the thread it wants)."""
+    from .io import preprocess_volume, read_volume
+    from .preprocess import prepare_for_inference, tokenize
+
+    path = os.fspath(path)
+    t0 = time.perf_counter()
+    vol = read_volume(path, series_uid=series_uid)
+    t1 = time.perf_counter()
+    conflicts = mode_conflicts(vol.modality, vol.array, mode)
+    t2 = time.perf_counter()
+    img = preprocess_volume(vol)
+    t3 = time.perf_counter()
+    res = prepare_for_inference(img, mode, return_foreground=True)
+    if res is None:
+        raise ImageTooSmallError(
+            path,
+            f"too small for one 4x16x16 token after resampling to 1x1x4 mm (size {tuple(img.GetSize())} in x, y, z)",
+        )
+    arrs, mask, view, _fg = res  # type: ignore[misc]  # return_foreground=True: four items
+    t4 = time.perf_counter()
+    toks = [tokenize(a, mask) for a in arrs]
+    t5 = time.perf_counter()
+    n = toks[0].img.shape[0]
+    return PreparedScan(
+        tokens=np.stack([t.img for t in toks]),
+        coords=toks[0].coords,
+        filtered=toks[0].filtered,
+        size=np.asarray(toks[0].size, np.int32),
+        arrays=np.concatenate(arrs, axis=0),
+        channels=list(CT_WINDOWS) if mode == "ct" else ["mri"],
+        view=int(view),
+        spacing=[float(s) for s in img.GetSpacing()],
+        foreground=float(1.0 - mask.mean()) if n else 0.0,
+        mode_warnings=conflicts,
+        input_shape=tuple(int(s) for s in vol.array.shape),
+        input_spacing=tuple(float(s) for s in vol.spacing),
+        input_dtype=np.dtype(vol.array.dtype).name,
+        input_direction=tuple(float(d) for d in vol.direction),
+        times={"read": t1 - t0, "mode check": t2 - t1, "resample": t3 - t2, "prepare": t4 - t3, "tokenize": t5 - t4},
+        image=img,
+    )
+
+
+def save_payload(payload: dict[str, Any], out: str | os.PathLike[str]) -> None:
+    """Write a :meth:`PreparedScan.payload` to ``.npz`` (NumPy) or ``.pt`` (PyTorch)."""
+    out = os.fspath(out)
+    if out.lower().endswith(".pt") or out.lower().endswith(".pt" + _TMP_TAG):
+        import torch
+
+        torch.save(
+            {
+                k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+                for k, v in payload.items()
+            },
+            out,
+        )
+    else:
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in payload.items()}
+        with open(out, "wb") as f:  # a file object: numpy must not append .npz
+            np.savez(f, **arrays)
+
+
+def _atomic_save(payload: dict[str, Any], out: str) -> None:
+    tmp = f"{os.path.join(os.path.dirname(out), '.' + os.path.basename(out))}.{os.getpid()}.{threading.get_ident()}{_TMP_TAG}"
+    try:
+        save_payload(payload, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# --- what to prepare ----------------------------------------------------------------------------
+
+
+@dataclass
+class ScanJob:
+    """One series to prepare (or to report: ``status`` 'skipped'/'failed' set up front)."""
+
+    input: str  # what the user gave (a file, folder, pattern match or manifest path)
+    path: str  # what to read
+    series_uid: str
+    mode: str | None
+    name: str  # output stem, unique in the run
+    id: str = ""
+    status: str = ""  # '' = to do; 'skipped' or 'failed' known before reading
+    reason: str = ""
+
+
+def read_manifest(path: str | os.PathLike[str]) -> list[tuple[str, str | None, str]]:
+    """(path, mode or None, id) per row of a manifest CSV (columns ``path``, ``mode``[, ``id``]);
+    relative paths are relative to the manifest's folder."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"manifest {path!r}: no such file")
+    base = os.path.dirname(os.path.abspath(path))
+    rows: list[tuple[str, str | None, str]] = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip().lower() for c in reader.fieldnames or []]
+        if "path" not in cols:
+            raise UsageError(f"manifest {path!r} needs a 'path' column (and 'mode', optionally 'id'), got {cols}")
+        for i, raw in enumerate(reader, start=2):
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items()}
+            p = row.get("path", "")
+            if not p:
+                continue
+            m = row.get("mode", "").lower() or None
+            if m is not None and m not in ("ct", "mri"):
+                raise UsageError(f"manifest {path!r} line {i}: invalid mode {m!r} (choose ct or mri)")
+            rows.append((p if os.path.isabs(p) else os.path.join(base, p), m, row.get("id", "")))
+    return rows
+
+
+def _stem(path: str) -> str:
+    from .series import _slug
+
+    base = os.path.basename(os.path.normpath(path))
+    for ext in (".nii.gz", ".nii", ".dcm"):
+        if base.lower().endswith(ext):
+            base = base[: -len(ext)]
+            break
+    else:
+        base = os.path.splitext(base)[0] if os.path.isfile(path) else base
+    return _slug(base) or "scan"
+
+
+def _expand(item: str) -> list[str]:
+    if os.path.exists(item) or not glob.has_magic(item):
+        return [item]
+    return sorted(glob.glob(item))
+
+
+def discover_scans(
+    inputs: Iterable[str | os.PathLike[str]],
+    mode: str | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+) -> list[ScanJob]:
+    """The series to prepare, in a stable order, each with a unique output name."""
+    from .series import find_series, series_image_names
+
+    entries: list[tuple[str, str | None, str]] = [(os.fspath(p), mode, "") for p in inputs]
+    if manifest is not None:
+        entries += [(p, m or mode, i) for p, m, i in read_manifest(manifest)]
+    jobs: list[ScanJob] = []
+    for item, m, ident in entries:
+        matches = _expand(item)
+        if not matches:
+            jobs.append(ScanJob(item, item, "", m, _stem(item), ident, "failed", "no file matches this pattern"))
+            continue
+        for p in matches:
+            prefix = f"{ident}_" if ident else ""
+            if not os.path.exists(p):
+                jobs.append(ScanJob(p, p, "", m, prefix + _stem(p), ident, "failed", f"{p}: no such file or directory"))
+                continue
+            if os.path.isfile(p):
+                jobs.append(ScanJob(p, p, "", m, prefix + _stem(p), ident))
+                continue
+            records = find_series(p)
+            if not records:
+                jobs.append(ScanJob(p, p, "", m, prefix + _stem(p), ident, "failed", "no image series found"))
+                continue
+            names = series_image_names(records)
+            for r, sname in zip(records, names):
+                name = prefix + _stem(p) + ("" if len(records) == 1 else f"__{sname}")
+                status = "" if r.usable else ("failed" if r.broken else "skipped")
+                jobs.append(ScanJob(p, r.path, r.series_uid, m, name, ident, status, r.reason if status else ""))
+    seen: dict[str, int] = {}
+    for j in jobs:
+        if j.name in seen:
+            seen[j.name] += 1
+            j.name = f"{j.name}_{seen[j.name]}"
+        seen.setdefault(j.name, 1)
+    return jobs
+
+
+def _in_shard(job: ScanJob, shard: tuple[int, int] | None) -> bool:
+    import zlib
+
+    if shard is None:
+        return True
+    i, n = shard
+    return zlib.crc32(f"{job.name}".encode()) % n == i
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchRow:
+    """One row of ``summary.csv``."""
+
+    input: str
+    series_uid: str
+    output: str  # paths separated by ';'
+    status: str  # 'ok', 'skipped' or 'failed'
+    reason: str = ""
+    shape: str = ""  # D x H x W after resampling
+    tokens: int = 0
+    foreground: float = 0.0  # share of tokens without background
+    seconds: float = 0.0
+    mode_warnings: int = 0
+
+    def as_row(self) -> list[str]:
+        return [
+            self.input,
+            self.series_uid,
+            self.output,
+            self.status,
+            self.reason,
+            self.shape,
+            str(self.tokens) if self.status == "ok" and self.shape else "",
+            f"{self.foreground:.4f}" if self.status == "ok" and self.shape else "",
+            f"{self.seconds:.3f}",
+            str(self.mode_warnings),
+        ]
+
+
+@dataclass
+class BatchSummary:
+    """What :func:`prepare_many` did: a row per series (input order) and the totals."""
+
+    rows: list[BatchRow] = field(default_factory=list)
+    seconds: float = 0.0
+    summary_path: str = ""
+
+    def _count(self, status: str) -> int:
+        return sum(r.status == status for r in self.rows)
+
+    @property
+    def ok(self) -> int:
+        return self._count("ok")
+
+    @property
+    def skipped(self) -> int:
+        return self._count("skipped")
+
+    @property
+    def failed(self) -> int:
+        return self._count("failed")
+
+    @property
+    def mode_warnings(self) -> int:
+        return sum(r.mode_warnings for r in self.rows)
+
+    def __str__(self) -> str:
+        done = sum(r.status == "ok" and r.reason != "already done" for r in self.rows)
+        lines = [
+            f"prepare: {self.ok} ok ({done} made, {self.ok - done} already done), {self.skipped} skipped, "
+            f"{self.failed} failed, {self.mode_warnings} mode warnings, {self.seconds:.1f} s"
+            + (f"; summary: {self.summary_path}" if self.summary_path else "")
+        ]
+        for r in self.rows:
+            if r.status == "failed":
+                lines.append(f"  failed {r.input} {r.series_uid}".rstrip() + f": {r.reason}")
+        return "\n".join(lines)
+
+
+def _write_summary(path: str, rows: Sequence[BatchRow]) -> None:
+    tmp = path + _TMP_TAG
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SUMMARY_COLUMNS)
+        for r in rows:
+            w.writerow(r.as_row())
+    os.replace(tmp, path)
+
+
+def _nifti_writer() -> Any:
+    import importlib
+
+    try:
+        geometry: Any = importlib.import_module(f"{__package__}.geometry")
+    except ImportError:
+        geometry = None
+    write = getattr(geometry, "write_nifti_outputs", None)
+    if write is None:
+        raise UsageError("--format nifti is not available yet (neurovfm.data.geometry.write_nifti_outputs is missing)")
+
+    def nifti(r: PreparedScan, mode: str, prefix: str) -> list[str]:
+        arrays = [r.arrays[c : c + 1] for c in range(r.arrays.shape[0])]
+        geom = geometry.output_geometry(r.image, r.view)
+        return [os.fspath(p) for p in write(arrays, r.filtered, geom, prefix, mode)]
+
+    return nifti
+
+
+def _check_shard(shard: Any) -> tuple[int, int] | None:
+    from .cache import resolve_shard
+
+    return resolve_shard(shard)
+
+
+def prepare_many(
+    inputs: Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    mode: str | None = None,
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+    format: str = "npz",
+    workers: int = 1,
+    force: bool = False,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> BatchSummary:
+    """Prepare every series of ``inputs`` (and of ``manifest``) into ``out_dir``.
+
+    Parameters
+    ----------
+    inputs
+        Files, folders (every series :func:`~neurovfm.data.find_series` finds) or glob patterns.
+    out_dir
+        Where the outputs and ``summary.csv`` go (created if missing).
+    mode
+        ``'ct'`` or ``'mri'``; a manifest row's ``mode`` overrides it.
+    manifest
+        A CSV with the columns ``path``, ``mode`` and optionally ``id`` (put in the output name).
+    format
+        ``'npz'`` or ``'pt'``: the file ``neurovfm prepare -o`` writes; ``'nifti'``: needs
+        ``neurovfm.data.geometry.write_nifti_outputs``.
+    workers
+        Scans prepared at once (threads: the kernels release the GIL).
+    force
+        Remake outputs that exist (else a series with its output is 'ok', 'already done').
+    shard
+        ``(i, n)``: only this builder's share of the series (default: from the SLURM array
+        or torchrun variables, as ``neurovfm cache build``).
+    threads
+        Kernel threads per scan (default ``max(1, cpus // workers)``).
+
+    A scan that fails is a ``failed`` row with the reason; the run goes on. Mode
+    conflicts are warned (:class:`~neurovfm.errors.ModeMismatchWarning`, from the calling
+    thread) and counted per row.
+    """
+    if format not in FORMATS:
+        raise InvalidArgumentError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidArgumentError(f"workers must be a positive integer, got {workers!r}")
+    if mode is not None:
+        mode = mode.lower()
+        if mode not in ("ct", "mri"):
+            raise InvalidArgumentError(f"mode must be 'ct' or 'mri', got {mode!r}")
+    nifti = _nifti_writer() if format == "nifti" else None
+    if format == "pt":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise UsageError("--format pt needs PyTorch (pip install torch); use npz")
+    shard_ = _check_shard(shard)
+    per_scan = threads or max(1, available_cpus() // workers)
+    out = os.fspath(out_dir)
+    os.makedirs(out, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(out), "*" + _TMP_TAG)):  # a killed run's leftovers
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass
+    jobs = [j for j in discover_scans(inputs, mode, manifest) if _in_shard(j, shard_)]
+    summary_path = os.path.join(out, SUMMARY_NAME)
+    summary = BatchSummary(summary_path=summary_path)
+    rows: dict[int, BatchRow] = {}
+    t0 = time.perf_counter()
+    live = open(summary_path, "w", newline="")  # a row per finished series: a killed run keeps them
+    writer = csv.writer(live)
+    writer.writerow(SUMMARY_COLUMNS)
+    live.flush()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="neurovfm prepare", unit="scan", file=sys.stderr)
+
+    def target(j: ScanJob) -> str:
+        return os.path.join(out, f"{j.name}.{format}") if format != "nifti" else os.path.join(out, j.name)
+
+    def done_outputs(j: ScanJob, dest: str) -> list[str] | None:
+        if format != "nifti":
+            return [dest] if os.path.exists(dest) else None
+        names = [f"_{w}" for w in CT_WINDOWS] if j.mode == "ct" else [""]
+        paths = [f"{dest}{n}.nii.gz" for n in [*names, "_mask"]]  # the mask is written last
+        return paths if all(os.path.exists(p) for p in paths) else None
+
+    def work(j: ScanJob) -> tuple[BatchRow, list[str]]:
+        t = time.perf_counter()
+        base = BatchRow(j.input, j.series_uid, "", j.status)
+        if j.status:
+            base.reason = j.reason
+            return base, []
+        if j.mode is None:
+            base.status, base.reason = "failed", "no mode (give --mode or a manifest 'mode' column)"
+            return base, []
+        dest = target(j)
+        done = None if force else done_outputs(j, dest)
+        if done is not None:
+            base.status, base.reason, base.output = "ok", "already done", ";".join(done)
+            return base, []
+        try:
+            with thread_limit(per_scan):
+                r = prepare_scan(j.path, j.mode, j.series_uid or None)
+                if nifti is not None:
+                    outputs = nifti(r, j.mode, dest)
+                else:
+                    _atomic_save(r.payload(j.mode, j.path), dest)
+                    outputs = [dest]
+        except Exception as err:  # noqa: BLE001 - one failed scan is a row; the run goes on
+            from ..cli._common import one_line
+
+            base.status, base.reason = "failed", one_line(err)
+            base.seconds = time.perf_counter() - t
+            return base, []
+        label = f"{j.path}" + (f" (series {j.series_uid})" if j.series_uid else "")
+        msgs = [f"{label}: {m}" for m in r.mode_warnings]
+        row = BatchRow(
+            j.input,
+            j.series_uid,
+            ";".join(outputs),
+            "ok",
+            "",
+            " x ".join(str(int(s)) for s in r.arrays.shape[1:]),
+            int(r.tokens.shape[1]),
+            r.foreground,
+            time.perf_counter() - t,
+            len(msgs),
+        )
+        return row, msgs
+
+    def record(k: int, res: tuple[BatchRow, list[str]]) -> None:
+        row, msgs = res
+        rows[k] = row
+        for m in msgs:
+            warnings.warn(ModeMismatchWarning(m), stacklevel=3)
+        if row.status == "failed" and progress:
+            print(
+                f"neurovfm prepare: failed {row.input} {row.series_uid}".rstrip() + f": {row.reason}", file=sys.stderr
+            )
+        writer.writerow(row.as_row())
+        live.flush()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(failed=sum(r.status == "failed" for r in rows.values()), refresh=False)
+
+    try:
+        if workers == 1:
+            for k, j in enumerate(jobs):
+                record(k, work(j))
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurovfm-prepare") as ex:
+                futs = {ex.submit(work, j): k for k, j in enumerate(jobs)}
+                for fut in as_completed(futs):
+                    record(futs[fut], fut.result())
+    finally:
+        if bar is not None:
+            bar.close()
+        live.close()
+        summary.rows = [rows[k] for k in sorted(rows)]
+        summary.seconds = time.perf_counter() - t0
+        _write_summary(summary_path, summary.rows)
+    return summary

@@ -1,0 +1,89 @@
+"""Inference straight from raw scans: :class:`ScanDataset`."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..data.batch import CT_WINDOWS, ScanJob, discover_scans, prepare_scan
+from ..errors import InvalidArgumentError, ModeMismatchWarning
+
+__all__ = ["ScanDataset"]
+
+
+class ScanDataset(Dataset[dict[str, Any]]):
+    """Prepared tokens of raw scans, for inference DataLoaders (no cache needed).
+
+    Parameters
+    ----------
+    paths_or_manifest
+        A list of paths (files, folders: every usable series :func:`~neurovfm.data.find_series`
+        finds in them, glob patterns), or one manifest CSV (columns ``path``, ``mode``[, ``id``]).
+    mode
+        ``'ct'`` or ``'mri'`` for every scan (a manifest row's ``mode`` overrides it).
+    window
+        For CT, which window the item's ``img`` holds: ``'brain'`` (default), ``'blood'`` or ``'bone'``.
+
+    Each item is a dict like :class:`ImageDataset`'s: ``img`` float32 ``[N, 1024]`` (the
+    values :func:`~neurovfm.data.prepare_for_inference` gives, in [0, 1]), ``coords``
+    int32 ``[N, 3]``, ``filtered`` uint8 ``[N]`` (1 = a token with background), ``size``
+    int32 ``[3]``, ``path``, ``mode``, ``series_uid``. Series that are not usable
+    (localizers, derived images, broken series) are left out (:attr:`skipped` lists them
+    with the reason). A scan whose header or values contradict its mode gets a
+    :class:`~neurovfm.errors.ModeMismatchWarning`. Works with DataLoader workers (each
+    worker's kernels use one thread, by neurovfm's thread policy).
+    """
+
+    def __init__(
+        self,
+        paths_or_manifest: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        mode: str | None = None,
+        *,
+        window: str = "brain",
+    ) -> None:
+        if mode is not None:
+            mode = mode.lower()
+            if mode not in ("ct", "mri"):
+                raise InvalidArgumentError(f"mode must be 'ct' or 'mri', got {mode!r}")
+        if window not in CT_WINDOWS:
+            raise InvalidArgumentError(f"window must be one of {', '.join(CT_WINDOWS)}, got {window!r}")
+        self.window = window
+        if isinstance(paths_or_manifest, (str, os.PathLike)):
+            p = os.fspath(paths_or_manifest)
+            if p.lower().endswith(".csv") and os.path.isfile(p):
+                jobs = discover_scans([], mode, manifest=p)
+            else:
+                jobs = discover_scans([p], mode)
+        else:
+            jobs = discover_scans(list(paths_or_manifest), mode)
+        self.jobs: list[ScanJob] = [j for j in jobs if not j.status]
+        #: (path, series_uid, reason) of the series left out.
+        self.skipped: list[tuple[str, str, str]] = [(j.path, j.series_uid, j.reason) for j in jobs if j.status]
+        missing = [j.path for j in self.jobs if j.mode is None]
+        if missing:
+            raise InvalidArgumentError(f"no mode for {missing[0]} (give mode= or a manifest 'mode' column)")
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        j = self.jobs[index]
+        mode = str(j.mode)
+        r = prepare_scan(j.path, mode, j.series_uid or None)
+        for m in r.mode_warnings:
+            warnings.warn(ModeMismatchWarning(f"{j.path}: {m}"), stacklevel=2)
+        c = CT_WINDOWS.index(self.window) if mode == "ct" else 0
+        return {
+            "img": torch.from_numpy(r.tokens[c].copy()),
+            "coords": torch.from_numpy(r.coords),
+            "filtered": torch.from_numpy(r.filtered),
+            "size": torch.from_numpy(r.size),
+            "path": j.path,
+            "mode": mode,
+            "series_uid": j.series_uid,
+        }
