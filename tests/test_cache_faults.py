@@ -325,3 +325,32 @@ def test_ptfile_records_contiguous_strides_for_size_one_axes(tmp_path, make):
     view = got[0] if isinstance(got, tuple) else got
     np.testing.assert_array_equal(np.asarray(view), arr)
     np.testing.assert_array_equal(torch.load(path, weights_only=True).numpy(), arr)
+
+
+def test_map_cache_reuses_unchanged_files_and_remaps_replaced_ones(tmp_path):
+    from neurovfm.data import entry, ptfile
+
+    paths = []
+    for k in range(4):
+        p = str(tmp_path / f"f{k}.pt")
+        ptfile.write_tensor(p, np.full((3, 5), k, np.uint8))
+        paths.append(p)
+    size = os.path.getsize(paths[0])
+    maps = entry.MapCache(capacity=2)
+    a, _ = maps.map(paths[0], size)
+    again, _ = maps.map(paths[0], size)
+    assert again is a and len(maps) == 1  # unchanged: the same mapping
+    maps.map(paths[1], size)
+    maps.map(paths[2], size)
+    assert len(maps) == 2  # bounded: paths[0] evicted
+    assert maps.map(paths[0], size)[0] is not a
+    # replaced by a rename (a rebuild): a new inode, a new mapping with the new bytes
+    before, _ = maps.map(paths[0], size)
+    ptfile.write_tensor(str(tmp_path / "new.pt"), np.full((3, 5), 9, np.uint8))
+    os.replace(tmp_path / "new.pt", paths[0])
+    after, _ = maps.map(paths[0], size)
+    assert after is not before and bytes(after).count(9) >= 15
+    # a file that changed size is refused as by ptfile.map_file
+    with pytest.raises(ptfile.PtFormatError):
+        maps.map(paths[0], size + 1)
+    assert entry.MapCache(capacity=0).map(paths[1], size)[0] is not entry.MapCache(capacity=0).map(paths[1], size)[0]

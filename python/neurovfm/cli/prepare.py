@@ -16,7 +16,7 @@ from ._common import PROG, VIEW_NAMES, Formatter, UsageError, check_output_folde
 from ._common import mode as mode_arg
 
 if TYPE_CHECKING:
-    import SimpleITK as sitk
+    pass
 
 
 #: File suffixes ``prepare -o`` can write.
@@ -182,19 +182,6 @@ def _header(shape_zyx: tuple[int, ...], spacing: Any, dtype: Any, direction: Any
         np.dtype(dtype).name,
         _orientation(direction),
     )
-
-
-def load_with_header(path: str, series_uid: str | None = None) -> tuple[sitk.Image, InputHeader]:
-    """``load_image(path, series_uid=series_uid)`` and the header of the input, which
-    is read once, by the pipeline itself.
-
-    :func:`neurovfm.data.io.load_preprocessed`, the dispatch ``load_image`` itself uses,
-    gives both (tests/test_cli.py checks the bytes are load_image's).
-    """
-    from ..data.io import load_preprocessed
-
-    img, g = load_preprocessed(path, series_uid)
-    return img, _header(g.shape, g.spacing, g.dtype, g.direction)
 
 
 def run_scan(

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
+from collections import OrderedDict
 import math
 import os
 import re
@@ -51,12 +53,51 @@ CheckedFiles = dict[str, tuple[tuple[Any, ...], np.dtype[Any], tuple[int, ...], 
 
 log = logging.getLogger("neurovfm")
 
+
+class MapCache:
+    """The open memory maps of one process's recently read cache files (a bounded LRU).
+
+    A mapping kept open keeps its page tables: reading the same file again costs one
+    ``stat`` (to see that it was not replaced: size, mtime and inode) instead of an
+    ``open`` + ``mmap`` and a page fault per 4 KiB touched. At most ``capacity`` files
+    stay mapped (each holds one descriptor); an evicted mapping closes when its last
+    view is gone. ``capacity=0`` maps every file anew (docs/cache.md, section 4)."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = int(capacity)
+        self._maps: OrderedDict[str, tuple[tuple[int, int, int], mmap.mmap]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def map(self, path: str, expected_bytes: int) -> tuple[mmap.mmap, os.stat_result]:
+        """``ptfile.map_file(path, expected_bytes)``, from the cache when the file is unchanged."""
+        if self.capacity <= 0:
+            return ptfile.map_file(path, expected_bytes)
+        st = os.stat(path)
+        key = (st.st_size, st.st_mtime_ns, st.st_ino)
+        hit = self._maps.get(path)
+        if hit is not None and hit[0] == key and st.st_size == expected_bytes:
+            self._maps.move_to_end(path)
+            return hit[1], st
+        self._maps.pop(path, None)
+        mm, st = ptfile.map_file(path, expected_bytes)
+        self._maps[path] = ((st.st_size, st.st_mtime_ns, st.st_ino), mm)
+        while len(self._maps) > self.capacity:
+            self._maps.popitem(last=False)
+        return mm, st
+
+    def clear(self) -> None:
+        self._maps.clear()
+
+
 __all__ = [
     "PIPELINE_VERSION",
     "WINDOW_NAMES",
     "TOKEN_BACKGROUND",
     "CacheEntryError",
     "Encoded",
+    "MapCache",
     "SidecarCache",
     "volume_keys",
     "file_names",
@@ -425,7 +466,11 @@ def build_entry(
 
 
 def open_file(
-    folder: str, side: dict[str, Any], key: str, checked: CheckedFiles | None = None
+    folder: str,
+    side: dict[str, Any],
+    key: str,
+    checked: CheckedFiles | None = None,
+    maps: MapCache | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Zero-copy, read-only uint8 view of file ``key`` of an entry (a volume key, or
     ``"mask"`` for the token background flags), memory-mapped at the offset the sidecar
@@ -434,7 +479,8 @@ def open_file(
     The CRC-32 of the tensor data is checked on every call when ``checked`` is None
     (``CacheManager.load_image``); with a dict (kept per process by the caller) once per
     file and (size, mtime, inode) stamp, so that later opens of the same file cost one
-    ``fstat`` and one ``mmap`` (the dataset). Raises :class:`CacheEntryError` or
+    ``fstat`` and one ``mmap`` (the dataset); with ``maps`` (also per process) a recently
+    read file's mapping is reused: one ``stat``. Raises :class:`CacheEntryError` or
     :class:`~neurovfm.data.ptfile.PtFormatError` (both ``ValueError``) or ``OSError``."""
     try:
         info = side["files"].get(key)
@@ -445,7 +491,7 @@ def open_file(
             if os.path.getsize(path) != info["bytes"]:
                 raise CacheEntryError(f"{path}: size {os.path.getsize(path)} differs from the recorded {info['bytes']}")
             return _checked_shape(path, ptfile.open_tensor(path, verify=True), side, key)
-        mm, st = ptfile.map_file(path, info["bytes"])
+        mm, st = maps.map(path, info["bytes"]) if maps is not None else ptfile.map_file(path, info["bytes"])
         stamp = (st.st_size, st.st_mtime_ns, st.st_ino, info["offset"], info.get("crc32"))
         if checked is not None:
             hit = checked.get(path)

@@ -52,6 +52,12 @@ _DTYPES = {torch.float32: "float32", torch.uint8: "uint8", "float32": "float32",
 # --- the dataset ---------------------------------------------------------------------------------
 
 
+#: Cache files a dataset keeps mapped per process (entry.MapCache): an item of an image read
+#: recently (a small dataset, several crops per epoch) skips the mmap and its page faults.
+#: ``NEUROVFM_MAP_CACHE=0`` maps every file anew.
+_MAP_CACHE_FILES = int(os.environ.get("NEUROVFM_MAP_CACHE", "32"))
+
+
 class _Entry:
     __slots__ = ("image", "label", "mode", "path", "series_uid", "study")
 
@@ -276,6 +282,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         self._sides: dict[int, dict[str, Any]] = {}
         self._checked: dict[str, Any] = {}
         self._folders: dict[str, Any] = {}
+        self._maps = entry.MapCache(_MAP_CACHE_FILES)
 
     # -- sizes and grouping -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -308,6 +315,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_sides"], state["_checked"], state["_folders"] = {}, {}, {}  # per process
+        state["_maps"] = entry.MapCache(_MAP_CACHE_FILES)
         return state
 
     def _open_cached(self, i: int, key: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | str | None:
@@ -330,8 +338,8 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             side = cast("dict[str, Any]", side)  # 'valid': a sidecar was read
             self._sides[i] = side
             try:
-                vol = entry.open_file(folder, side, key, self._checked)
-                return vol, entry.open_file(folder, side, entry.TOKEN_BACKGROUND, self._checked)
+                vol = entry.open_file(folder, side, key, self._checked, self._maps)
+                return vol, entry.open_file(folder, side, entry.TOKEN_BACKGROUND, self._checked, self._maps)
             except (OSError, ValueError) as err:
                 self._sides.pop(i, None)
                 problem = f"{type(err).__name__}: {err}"
