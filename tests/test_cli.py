@@ -19,7 +19,7 @@ from conftest import corpus_dir, package_env
 import neurovfm
 from neurovfm import phantom
 from neurovfm.cli import UsageError, main
-from neurovfm.cli.prepare import load_with_header, run_scan
+from neurovfm.cli.prepare import run_scan
 from neurovfm.data import load_image, prepare_for_inference, read_volume, tokenize
 from neurovfm.data import dicom as dicom_reader
 from neurovfm.data import io as data_io
@@ -265,37 +265,38 @@ def inputs(tmp_path_factory, small_ct) -> dict:
     "case",
     ["nifti_streamed", "nifti_gz_whole", "nifti_uncompressed", "nifti_scaled", "nifti_sagittal_mri", "dicom_series"],
 )
-def test_load_with_header_is_load_image(case, inputs):
+def test_run_scan_is_load_image(case, inputs):
+    """The CLI reads the raw volume (its mode guard looks at the values), then resamples
+    it: the very bytes of load_image + prepare_for_inference, and the input as read."""
     path, streamed = inputs[case]
     path = str(path)
     if readers.is_nifti(path):  # the test covers both NIfTI paths of load_image
         layout = readers.nifti_layout(path)
         assert (layout.direct and data_io._stream_plan(layout) is not None) == streamed
-    img, header = load_with_header(path)
+    mode = "mri" if "mri" in case else "ct"
+    r = run_scan(path, mode, keep_arrays=True)
     ref = load_image(path)
-    # the very bytes and geometry of load_image
-    assert img.GetPixelID() == ref.GetPixelID()
-    assert img.GetSize() == ref.GetSize()
-    assert img.GetSpacing() == ref.GetSpacing()
-    assert img.GetOrigin() == ref.GetOrigin()
-    assert img.GetDirection() == ref.GetDirection()
-    assert sitk.GetArrayViewFromImage(img).tobytes() == sitk.GetArrayViewFromImage(ref).tobytes()
-    # the header: the input as read_volume gives it (what the report printed before)
+    arrs, _flags, view = prepare_for_inference(ref, mode)
+    assert r.view == view and r.output_shape == arrs[0].shape[-3:]
+    assert r.output_spacing == tuple(ref.GetSpacing())
+    got = np.asarray(r.arrays["arrays"])
+    np.testing.assert_array_equal(got.reshape(np.stack(arrs).shape), np.stack(arrs))
+    # the header: the input as read_volume gives it
     vol = read_volume(path)
-    assert header.size == vol.array.shape[::-1]
-    assert header.spacing == tuple(float(s) for s in vol.spacing)
-    assert header.dtype == vol.array.dtype.name
+    assert r.input_size == vol.array.shape[::-1]
+    assert r.input_spacing == tuple(float(s) for s in vol.spacing)
+    assert r.input_dtype == vol.array.dtype.name
     expected = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines([float(x) for x in vol.direction])
-    assert header.orientation == expected
+    assert r.input_orientation == expected
     if readers.is_nifti(path):  # and what SimpleITK's header says of a file
         reader = sitk.ImageFileReader()
         reader.SetFileName(path)
         reader.ReadImageInformation()
-        assert header.size == reader.GetSize()[:3]
-        assert header.spacing == reader.GetSpacing()[:3]
-        assert header.dtype == sitk.GetArrayViewFromImage(sitk.ReadImage(path)).dtype.name
+        assert r.input_size == reader.GetSize()[:3]
+        assert r.input_spacing == reader.GetSpacing()[:3]
+        assert r.input_dtype == sitk.GetArrayViewFromImage(sitk.ReadImage(path)).dtype.name
     if case == "nifti_scaled":
-        assert header.dtype == "float32"  # SimpleITK applies the scaling
+        assert r.input_dtype == "float32"  # SimpleITK applies the scaling
 
 
 def test_header_of_a_multiframe_dicom_file_is_the_volume_read(capsys):
