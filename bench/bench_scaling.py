@@ -8,7 +8,7 @@ times, one study per scan). For each worker count W:
 
 * build: ``CacheManager.build_cache(num_workers=W)`` into an empty cache (one kernel
   thread per image, the library's default with several workers), best of --repeats;
-* items: one epoch of ``ImageDataset`` (uint8 tokens, random crop + flips) through a
+* items: one epoch of ``ImageDataset`` (uint8 tokens, whole volumes, flips) through a
   ``DataLoader(num_workers=W, batch_size=8, collate_fn=collate_packed)`` with persistent
   workers (batches, as training reads them: one transfer per batch), after a warm-up
   epoch, best of --repeats; W = 0 (in-process) is also reported for reference.
@@ -49,7 +49,7 @@ def build_rate(root: Path, workers: int, repeats: int) -> tuple[float, int]:
 
 
 def item_rate(root: Path, workers: int, repeats: int) -> tuple[float, int]:
-    ds = ImageDataset(root, img_dtype=torch.uint8, random_crop=True, augment=True, seed=0, fallback_to_raw=False)
+    ds = ImageDataset(root, img_dtype=torch.uint8, augment=True, seed=0, fallback_to_raw=False)
     kw = {"persistent_workers": True} if workers else {}
     loader = torch.utils.data.DataLoader(
         ds, batch_size=BATCH, shuffle=True, num_workers=workers, collate_fn=collate_packed, **kw
