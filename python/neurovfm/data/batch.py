@@ -425,23 +425,14 @@ def _write_summary(path: str, rows: Sequence[BatchRow]) -> None:
     os.replace(tmp, path)
 
 
-def _nifti_writer() -> Any:
-    import importlib
+def _write_nifti(r: PreparedScan, mode: str, prefix: str) -> list[str]:
+    """The model-input volumes and the token mask of ``r`` as ``.nii.gz`` on its grid."""
+    from .geometry import output_geometry, write_nifti_outputs
 
-    try:
-        geometry: Any = importlib.import_module(f"{__package__}.geometry")
-    except ImportError:
-        geometry = None
-    write = getattr(geometry, "write_nifti_outputs", None)
-    if write is None:
-        raise UsageError("--format nifti is not available yet (neurovfm.data.geometry.write_nifti_outputs is missing)")
-
-    def nifti(r: PreparedScan, mode: str, prefix: str) -> list[str]:
-        arrays = [r.arrays[c : c + 1] for c in range(r.arrays.shape[0])]
-        geom = geometry.output_geometry(r.image, r.view)
-        return [os.fspath(p) for p in write(arrays, r.filtered, geom, prefix, mode)]
-
-    return nifti
+    arrays = [r.arrays[c : c + 1] for c in range(r.arrays.shape[0])]
+    return [
+        os.fspath(p) for p in write_nifti_outputs(arrays, r.filtered, output_geometry(r.image, r.view), prefix, mode)
+    ]
 
 
 def _check_shard(shard: Any) -> tuple[int, int] | None:
@@ -476,8 +467,9 @@ def prepare_many(
     manifest
         A CSV with the columns ``path``, ``mode`` and optionally ``id`` (put in the output name).
     format
-        ``'npz'`` or ``'pt'``: the file ``neurovfm prepare -o`` writes; ``'nifti'``: needs
-        ``neurovfm.data.geometry.write_nifti_outputs``.
+        ``'npz'`` or ``'pt'``: the file ``neurovfm prepare -o`` writes; ``'nifti'``: the
+        model-input volumes and the token mask as ``.nii.gz`` on the resampled, cropped grid
+        (:func:`neurovfm.data.geometry.write_nifti_outputs`).
     workers
         Scans prepared at once (threads: the kernels release the GIL).
     force
@@ -500,7 +492,7 @@ def prepare_many(
         mode = mode.lower()
         if mode not in ("ct", "mri"):
             raise InvalidArgumentError(f"mode must be 'ct' or 'mri', got {mode!r}")
-    nifti = _nifti_writer() if format == "nifti" else None
+    nifti = _write_nifti if format == "nifti" else None
     if format == "pt":
         import importlib.util
 
