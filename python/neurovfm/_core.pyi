@@ -271,8 +271,17 @@ class DicomHeader:
         """NumPy dtype GDCM/SimpleITK give this file after rescaling, or None."""
 
     @property
+    def compressed_readable(self) -> bool:
+        """True when the pixel data is compressed in a transfer syntax the compiled reader
+        decodes itself."""
+
+    @property
     def fast_readable(self) -> bool:
         """True when the compiled reader can read this file exactly as SimpleITK would."""
+
+def dicom_codec_status(transfer_syntax: str, bits_stored: _Int) -> tuple[str, str]:
+    """``(name, reason)``: the compressed transfer syntax's short name ('' when it is not
+    one) and why the compiled reader does not decode it ('' when it does)."""
 
 def read_dicom_header(path: str) -> DicomHeader:
     """Parse the header of one DICOM file up to its pixel data (never raises for a bad
@@ -284,8 +293,8 @@ def read_dicom_headers(paths: Sequence[str], threads: _Int) -> list[DicomHeader]
 def read_dicom_pixels(
     paths: Sequence[str], headers: Sequence[DicomHeader], dtype: _DType, threads: _Int
 ) -> npt.NDArray[np.generic]:
-    """Read uncompressed little-endian frames into a new ``(frames, rows, cols)`` array,
-    rescaled as GDCM does and converted to ``dtype``. A file it cannot use raises
+    """Read uncompressed little-endian or compressed frames (each frame a task, GIL
+    released) into a new ``(frames, rows, cols)`` array, rescaled as GDCM does and converted to ``dtype``. A file it cannot use raises
     :class:`neurovfm.errors.ImageReadError` with that file's ``path`` and the ``reason``."""
 
 # --- bind_items.cpp -------------------------------------------------------------------------

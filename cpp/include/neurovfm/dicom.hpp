@@ -1,7 +1,8 @@
 // A minimal DICOM reader for the fast path: header fields needed to build a
-// volume, and uncompressed little-endian pixel data. Anything else (compressed
-// transfer syntaxes, big endian, deflate) is reported so the caller can fall
-// back to a full decoder.
+// volume, and uncompressed little-endian pixel data (also deflated explicit VR
+// little endian, inflated with zlib where the build has it); compressed frames
+// are decoded by neurovfm/dicom_codecs.hpp. Anything else (big endian, other
+// compressions) is reported so the caller can fall back to a full decoder.
 //
 // The parser never reads outside the file and never allocates from a length it
 // has not checked against the file size: a truncated file, a bogus length or a
@@ -50,6 +51,10 @@ struct DicomHeader {
   bool encapsulated = false;        // undefined-length pixel data (compressed)
   bool little_endian = true;
   bool uncompressed_native = false; // pixel data readable by read_dicom_pixels
+  // Deflated explicit VR little endian: where the deflate stream starts (-1: not
+  // deflated). The dataset was parsed inflated; pixel_offset is an offset into
+  // [file bytes before deflate_offset] + [inflated bytes].
+  std::int64_t deflate_offset = -1;
 };
 
 DicomHeader read_dicom_header(const std::string& path);
@@ -77,6 +82,11 @@ int dicom_output_dtype(const DicomHeader& h);
 // a positive pixel spacing.
 bool dicom_fast_readable(const DicomHeader& h);
 
+// True when the pixel data is encapsulated (compressed) in a transfer syntax
+// this build decodes itself (neurovfm/dicom_codecs.hpp) with 8 or 16 bits
+// allocated. dicom_fast_readable accepts such files like uncompressed ones.
+bool dicom_compressed_readable(const DicomHeader& h);
+
 // Checks that read_dicom_pixels can read `paths` with `headers` (same rows and
 // columns, supported layout, pixel data long enough for rows x cols x frames)
 // and returns the total number of frames. Throws FileError (neurovfm/errors.hpp)
@@ -84,7 +94,10 @@ bool dicom_fast_readable(const DicomHeader& h);
 std::int64_t dicom_total_frames(const std::vector<std::string>& paths,
                                 const std::vector<DicomHeader>& headers);
 
-// Reads the (uncompressed, little-endian) frames of `paths` in order into `out`
+// Reads the frames of `paths` in order into `out` (uncompressed little endian,
+// or compressed in a syntax dicom_compressed_readable accepts: the files are
+// read and split into frames in parallel, then the frames decoded in parallel,
+// one frame a task, each straight into its own slice of `out`)
 // (slice after slice, each frame rows x cols in file order), applying
 // out = stored * slope + intercept exactly as GDCM does (per file, in that
 // file's own rescaled type, then converted to `out_dtype`, a neurovfm::DType

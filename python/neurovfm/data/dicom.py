@@ -7,11 +7,15 @@ spacing), and the slices of each group are ordered along the slice normal as
 GDCM/SimpleITK order them. :func:`read_dicom` picks the series with the most
 slices (or the one named by ``series_uid=``) and reads it:
 
-- uncompressed little-endian single-frame series are read by the compiled
-  reader (multithreaded, GIL released); voxels, pixel type and geometry are
-  exactly those of ``SimpleITK.ImageSeriesReader`` on the same file list;
-- anything else (compressed, big endian, enhanced multi-frame, exotic pixel
-  layouts) is read by SimpleITK, with its errors turned into the library's.
+- single-frame series stored uncompressed little endian, or compressed in RLE
+  Lossless, JPEG Lossless (process 14), JPEG-LS, JPEG 2000 or 8-bit lossy JPEG,
+  are read by the compiled reader (multithreaded, one file or frame a task, GIL
+  released; the libraries a syntax needs are those the build found); voxels,
+  pixel type and geometry are exactly those of ``SimpleITK.ImageSeriesReader`` on
+  the same file list (lossless syntaxes bit for bit, lossy within one grey level);
+- anything else (other compressions, big endian, deflate, enhanced multi-frame,
+  exotic pixel layouts) is read by SimpleITK, with its errors turned into the
+  library's; a compressed series that goes this way is named in a log line.
 
 Nothing is ever picked or stacked silently when that would be wrong: a single
 slice, colour images, slices stacked at the same position or a series whose
@@ -204,9 +208,32 @@ def read_series(series: SeriesInfo, path: Optional[str] = None) -> RawVolume:
     elif series.fast_path:
         vol = _read_fast(series)
     else:
+        why = _not_decoded(series)
+        if why:
+            logger.info("%s: %s; reading it with SimpleITK", where, why)
         vol = _read_sitk_series(series)
     vol.path = where
     return vol
+
+
+def _not_decoded(s: SeriesInfo) -> Optional[str]:
+    """Why the compiled reader leaves a compressed series to SimpleITK (None when the
+    series is not compressed, or is left to it for another reason)."""
+    for h in s._headers:
+        ts = h.transfer_syntax
+        if ts in _NATIVE_SYNTAXES or not (h.encapsulated or ts == _DEFLATED):
+            continue
+        if isinstance(h, _core.DicomHeader) and h.compressed_readable:
+            continue
+        name, reason = _core.dicom_codec_status(ts, h.bits_stored)
+        if ts == _DEFLATED:
+            name, reason = "Deflated Explicit VR Little Endian", "not decoded by the compiled reader"
+        return f"compressed pixel data ({name or ts}, transfer syntax {ts}): {reason}"
+    return None
+
+
+_NATIVE_SYNTAXES = frozenset({"", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 def _direction(iop: Sequence[float]) -> tuple[float, ...]:

@@ -62,8 +62,9 @@ class SeriesInfo:
     cols: int
     modality: str
     description: str
-    #: True when the compiled reader can read it (uncompressed little endian,
-    #: single frame, classic CT/MR/PET storage, consistent headers).
+    #: True when the compiled reader can read it (uncompressed little endian or a
+    #: compression it decodes, single frame, classic CT/MR/PET storage, consistent
+    #: headers).
     fast_path: bool
     #: Folder holding the files (their common folder).
     folder: str
