@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 from itemdata import LABELS, cached_dataset  # noqa: E402
+from neurovfm import _core  # noqa: E402
 from neurovfm.datasets import ImageDataset, StudyAwareBatchSampler  # noqa: E402
+from neurovfm._threads import thread_limit  # noqa: E402
 from neurovfm.datasets.multiview import MultiViewCollator  # noqa: E402
 from neurovfm.errors import DatasetError  # noqa: E402
 
@@ -218,3 +222,132 @@ def test_imagedataset_items(tmp_path_factory, data_dir):
     items = [ds[i] for i in batch]
     for internal in (False, True):
         assert_same(MultiViewCollator(apply_masks_internally=internal)(items), slow_reference(items, True, internal))
+
+
+# --- the row kernel (_core.concat_rows) and the large-output path ----------------------------
+
+
+def _parts(rows, row_shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 250, (n, *row_shape), generator=g).to(dtype) for n in rows]
+
+
+@pytest.mark.parametrize(
+    ("rows", "row_shape", "dtype"),
+    [
+        ([3000, 0, 2100, 1, 2500], (1024,), torch.float32),  # 30 MB: non-temporal stores, many blocks
+        ([700, 0, 5], (1024,), torch.uint8),  # small: plain copies
+        ([9, 4, 0, 7], (3,), torch.int32),  # 12-byte rows (coords)
+        ([5, 6, 1], (3, 1), torch.uint8),  # 3-byte rows: nothing aligned
+        ([4100, 3900], (3, 345), torch.int16),  # odd row bytes, above the streaming size
+        ([0, 0], (8,), torch.float64),  # nothing at all
+    ],
+)
+def test_concat_rows_any_thread_count_equals_torch_cat(rows, row_shape, dtype):
+    parts = _parts(rows, row_shape, dtype, sum(rows))
+    want = torch.cat(parts).numpy()
+    arrays = [p.numpy() for p in parts]
+    for threads in (1, 2, 3):
+        out = np.full(want.shape, 7, dtype=want.dtype)
+        _core.concat_rows(arrays, out, threads)
+        assert out.tobytes() == want.tobytes()
+    # into an output that is not 16- or 32-byte aligned (the streaming stores' head)
+    row = want.itemsize * int(np.prod(want.shape[1:]))
+    out = np.zeros(want.nbytes + 1, np.uint8)[1:].reshape(want.shape[0], row)
+    _core.concat_rows([np.ascontiguousarray(a).view(np.uint8).reshape(a.shape[0], row) for a in arrays], out, 2)
+    assert out.tobytes() == want.tobytes()
+
+
+def test_concat_rows_refuses_bad_arguments():
+    a, b = np.zeros((4, 8), np.float32), np.zeros((2, 8), np.float32)
+    out = np.zeros((6, 8), np.float32)
+    _core.concat_rows([a, b], out)
+    with pytest.raises(ValueError, match="does not have the rows of out"):
+        _core.concat_rows([a, np.zeros((2, 8), np.float64)], out)
+    with pytest.raises(ValueError, match="does not have the rows of out"):
+        _core.concat_rows([a, np.zeros((2, 9), np.float32)], out)
+    with pytest.raises(ValueError, match="is not C-contiguous"):
+        _core.concat_rows([a, np.zeros((8, 2), np.float32).T], out)
+    with pytest.raises(ValueError, match="out has 5 rows, the parts 6"):
+        _core.concat_rows([a, b], np.zeros((5, 8), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous and writeable"):
+        _core.concat_rows([a, b], np.zeros((8, 6), np.float32).T)
+    ro = np.zeros((6, 8), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="C-contiguous and writeable"):
+        _core.concat_rows([a, b], ro)
+    with pytest.raises(TypeError, match="out must be a NumPy array"):
+        _core.concat_rows([a, b], [[0.0] * 8] * 6)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        _core.concat_rows([a, b], out, 0)
+
+
+def _big_items(dtype=torch.float32, seed=0):
+    """Items of a batch large enough (~14 MB of float32 tokens) for the recycled-memory path."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i, (d, h) in enumerate(((9, 12), (12, 9), (6, 10), (10, 8))):
+        n = d * h * h
+        it = _item(f"s{i // 2}", f"i{i}", (d, h, h), [0] * n, label=float(i // 2))
+        it["img"] = (torch.rand((n, 1024), generator=g) * 255).to(dtype)
+        it["filtered"] = (torch.rand(n, generator=g) < 0.4).to(torch.uint8)
+        items.append(it)
+    return items
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bfloat16])
+@pytest.mark.parametrize("internal", [False, True])
+def test_large_batches_match_the_slow_loop_at_any_thread_count(dtype, internal):
+    items = _big_items(dtype)
+    want = slow_reference(items, True, internal)
+    torch_threads = torch.get_num_threads()
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)  # the masked gather runs on torch's threads
+        try:
+            with thread_limit(threads):
+                got = MultiViewCollator(apply_masks_internally=internal)(items)
+        finally:
+            torch.set_num_threads(torch_threads)
+        assert_same(got, want)
+        img = got["img"]
+        assert img._base is None and img.is_contiguous() and img.stride() == want["img"].stride()
+        assert img.untyped_storage().nbytes() == img.numel() * img.element_size()
+    # patch drop: the same draws as the loop reference
+    p = 0.3
+    n_tok = sum(len(it["img"]) for it in items)
+    draws = torch.bernoulli(torch.full((n_tok,), 1 - p), generator=torch.Generator().manual_seed(4)).tolist()
+    got = MultiViewCollator(True, p, internal, generator=torch.Generator().manual_seed(4))(items)
+    assert_same(got, slow_reference(items, True, internal, draws))
+
+
+def test_large_output_memory_is_reused_and_can_be_shared():
+    """The img of a large batch lives in neurovfm's buffer cache: freed, the next batch reuses
+    it; moved to shared memory (what a DataLoader worker does), it keeps its values."""
+    items = _big_items()
+    col = MultiViewCollator()
+    _core.release_cached_buffers()
+    first = col(items)["img"]
+    ptr, want = first.data_ptr(), first.clone()
+    del first
+    second = col(items)["img"]
+    assert second.data_ptr() == ptr and torch.equal(second, want)
+    second.share_memory_()
+    assert second.is_shared() and torch.equal(second, want)
+    third = col(items)["img"]  # the buffer went back to the cache when the storage moved
+    assert third.data_ptr() == ptr and torch.equal(second, want) and torch.equal(third, want)
+
+
+def test_parts_the_kernel_does_not_take_go_through_torch():
+    """Mixed dtypes (promoted as torch.cat does), non-contiguous tokens, and tokens that
+    require grad give what the concatenation gives."""
+    items = _big_items()
+    items[1]["img"] = items[1]["img"].to(torch.float64)
+    items[2]["img"] = items[2]["img"].t().contiguous().t()  # column-major
+    for internal in (False, True):
+        got = MultiViewCollator(apply_masks_internally=internal)(items)
+        assert_same(got, slow_reference(items, True, internal))
+        assert got["img"].dtype == torch.float64
+    items = _big_items()
+    items[0]["img"].requires_grad_(True)
+    got = MultiViewCollator()(items)
+    assert torch.equal(got["img"], torch.cat([it["img"] for it in items])) and got["img"].requires_grad

@@ -118,5 +118,6 @@ void register_tokens(py::module_& m);     // bind_tokens.cpp: tokenize, token_ba
 void register_intensity(py::module_& m);  // bind_intensity.cpp: CT windows, MRI, dequantize
 void register_dicom(py::module_& m);      // bind_dicom.cpp: DICOM headers and pixels
 void register_items(py::module_& m);      // bind_items.cpp: make_item
+void register_concat(py::module_& m);     // bind_concat.cpp: concat_rows
 
 }  // namespace neurovfm::bindings

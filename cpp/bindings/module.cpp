@@ -13,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   register_intensity(m);
   register_dicom(m);
   register_items(m);
+  register_concat(m);
 }

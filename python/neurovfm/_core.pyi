@@ -315,3 +315,10 @@ def make_item(
     (float32 ``x / 255`` or uint8) and tokenise in one pass -> (img ``[N, 1024]`` or
     ``[1, D', H', W']``, coords int32 ``[N, 3]``, token background flags uint8 ``[N]`` (0 without
     ``flags``), grid int32 ``[3]``)."""
+
+# --- bind_concat.cpp ------------------------------------------------------------------------
+
+def concat_rows(parts: Sequence[npt.NDArray[np.generic]], out: npt.NDArray[np.generic], threads: _Int = 1) -> None:
+    """The rows of ``parts`` (C-contiguous arrays of ``out``'s dtype and row shape), in order,
+    written into ``out`` (C-contiguous, writeable, their total rows, not overlapping them); large
+    outputs with non-temporal stores. The GIL is released; the same bytes for any thread count."""
