@@ -6,8 +6,9 @@
 The dataset is bench_cache.py's (every CACHE_BENCH scan of the corpus, copied --copies
 times, one study per scan). For each worker count W:
 
-* build: ``CacheManager.build_cache(num_workers=W)`` into an empty cache (one kernel
-  thread per image, the library's default with several workers), best of --repeats;
+* build: ``CacheManager.build_cache(num_workers=W, threads_per_image=1)`` into an empty
+  cache (one kernel thread per image, so that W alone sets the parallelism; the
+  library's default with one worker is all the CPUs), best of --repeats;
 * items: one epoch of ``ImageDataset`` (uint8 tokens, whole volumes, flips) through a
   ``DataLoader(num_workers=W, batch_size=8, collate_fn=collate_packed)`` with persistent
   workers (batches, as training reads them: one transfer per batch), after a warm-up
@@ -41,7 +42,7 @@ def build_rate(root: Path, workers: int, repeats: int) -> tuple[float, int]:
     for _ in range(repeats):
         shutil.rmtree(root / "processed", ignore_errors=True)
         t0 = time.perf_counter()
-        summary = CacheManager(root).build_cache(num_workers=workers, progress=False)
+        summary = CacheManager(root).build_cache(num_workers=workers, progress=False, threads_per_image=1)
         best = min(best, time.perf_counter() - t0)
         n = len(summary.done)
         assert not summary.failed, summary.failed

@@ -83,7 +83,7 @@ def _as_tensor(x: Any) -> torch.Tensor:
 def _empty(shape: Iterable[int], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor; in a DataLoader worker, in shared memory, so that
     sending the batch to the main process needs no further copy (as torch's
-    default_collate does)."""
+    default_collate does); elsewhere a large one from neurovfm's buffer cache."""
     shape = tuple(int(v) for v in shape)
     if torch.utils.data.get_worker_info() is not None:
         n = 1
@@ -97,7 +97,11 @@ def _empty(shape: Iterable[int], dtype: torch.dtype) -> torch.Tensor:
             return out
         except (AttributeError, RuntimeError):  # pragma: no cover - older torch
             pass
-    return torch.empty(shape, dtype=dtype)
+    # in the main process (num_workers=0, or a collate called directly): a large batch in
+    # a reused buffer, without a fresh allocation's page faults (as MultiViewCollator)
+    from .multiview import _empty as recycled_empty
+
+    return recycled_empty(shape, dtype, torch.device("cpu"))
 
 
 def collate_padded(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
