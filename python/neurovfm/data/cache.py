@@ -233,71 +233,88 @@ class CacheManager:
         targets = self._targets(study_names, shard)
         os.makedirs(self.processed_dir, exist_ok=True)
         summary = BuildSummary()
-        t0 = time.perf_counter()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(targets), desc="neurovfm cache", unit="img", file=sys.stderr)
 
         def work(t: _Target) -> _Result:
             study, mode, rec = t
             with thread_limit(per_image):
                 return self._build_one(study, mode, rec, force)
 
+        def record(key: str, res: _Result) -> dict[str, int]:
+            status, reason = res
+            if status == "done":
+                summary.done.append(key)
+                if reason == "corrupt":
+                    summary.repaired.append(key)
+            elif status == "skipped":
+                summary.skipped.append(key)
+            elif status == "busy":
+                summary.busy.append(key)
+            else:
+                summary.failed[key] = cast(str, reason)  # a failure always has its reason
+            return {"done": len(summary.done), "failed": len(summary.failed)}
+
+        def flags() -> dict[str, bool]:
+            changes = {k: True for k in summary.done + summary.skipped}
+            changes.update({k: False for k in summary.failed})
+            return changes
+
+        self._run(targets, workers, work, record, flags, summary, "cache", progress)
+        return summary
+
+    def _run(
+        self,
+        targets: list[_Target],
+        workers: int,
+        work: Callable[[_Target], _Result],
+        record: Callable[[str, _Result], dict[str, int]],
+        flags: Callable[[], dict[str, bool]],
+        summary: BuildSummary | ImportSummary,
+        what: str,
+        progress: bool,
+    ) -> None:
+        """Run ``work`` on every target (``workers`` threads), ``record`` each result under
+        its ``study/image`` key (it returns the progress bar's counts), then set the
+        processed ``flags`` in metadata.json, and time, log and (with ``progress``) print
+        the ``summary``: what a build and an import share."""
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(targets), desc=f"neurovfm {what}", unit="img", file=sys.stderr)
+
+        def done(t: _Target, res: _Result) -> None:
+            counts = record(f"{t[0]}/{t[2].name}", res)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(**counts, refresh=False)
+
         try:
             if workers == 1:
-                results = ((t, _call(work, t)) for t in targets)
-                for t, res in results:
-                    self._record(summary, t, res, bar)
+                for t in targets:
+                    done(t, _call(work, t))
             else:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurovfm-cache") as ex:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"neurovfm-{what}") as ex:
                     futs = {ex.submit(_call, work, t): t for t in targets}
                     for fut in as_completed(futs):
-                        self._record(summary, futs[fut], fut.result(), bar)
+                        done(futs[fut], fut.result())
         finally:
             if bar is not None:
                 bar.close()
             summary.seconds = time.perf_counter() - t0
             try:
-                self._update_flags(summary)
+                self._set_flags(flags())
             except OSError as err:  # full disk, read-only dataset: the cache itself is consistent
                 summary.warnings.append(f"{self.metadata_path}: processed flags not updated ({err})")
                 log.warning("%s", summary.warnings[-1])
         log.info("%s", summary)
         if progress:
             print(summary, file=sys.stderr)
-        return summary
-
-    @staticmethod
-    def _record(summary: BuildSummary, t: _Target, res: _Result, bar: Any) -> None:
-        study, _mode, rec = t
-        key = f"{study}/{rec.name}"
-        status, reason = res
-        if status == "done":
-            summary.done.append(key)
-            if reason == "corrupt":
-                summary.repaired.append(key)
-        elif status == "skipped":
-            summary.skipped.append(key)
-        elif status == "busy":
-            summary.busy.append(key)
-        else:
-            summary.failed[key] = cast(str, reason)  # a failure always has its reason
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(done=len(summary.done), failed=len(summary.failed), refresh=False)
 
     def _build_one(self, study: str, mode: str, rec: ImageRecord, force: bool) -> _Result:
         """("done", previous status) | ("skipped" | "busy", None) | ("failed", reason)."""
         source = os.path.join(self.data_dir, rec.path)
         return entry.build_entry(self._dir(study), study, rec.name, mode, source, rec.path, force, rec.series_uid)
-
-    def _update_flags(self, summary: BuildSummary) -> None:
-        """Set the processed flags in metadata.json (this process owns the update)."""
-        changes = {k: True for k in summary.done + summary.skipped}
-        changes.update({k: False for k in summary.failed})
-        self._set_flags(changes)
 
     def _set_flags(self, changes: dict[str, bool]) -> None:
         """Set the processed flags ``{"study/image": flag}`` in metadata.json, under its lock."""
@@ -370,12 +387,6 @@ class CacheManager:
         workers = resolve_workers(num_workers)
         targets = self._targets(study_names, shard)
         summary = ImportSummary()
-        t0 = time.perf_counter()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(targets), desc="neurovfm import", unit="img", file=sys.stderr)
 
         def work(t: _Target) -> _Result:
             study, mode, rec = t
@@ -391,8 +402,7 @@ class CacheManager:
                 read_sidecar=f"{rec.name}_metadata" not in images,
             )
 
-        def record(t: _Target, res: _Result) -> None:
-            key = f"{t[0]}/{t[2].name}"
+        def record(key: str, res: _Result) -> dict[str, int]:
             status, reason = res
             if status == "done":
                 summary.imported.append(key)
@@ -402,34 +412,15 @@ class CacheManager:
                 getattr(summary, status).append(key)
             else:
                 summary.failed[key] = cast(str, reason)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(imported=len(summary.imported), failed=len(summary.failed), refresh=False)
+            return {"imported": len(summary.imported), "failed": len(summary.failed)}
 
-        try:
-            with published_cache.allow_numpy_integers():
-                if workers == 1:
-                    for t in targets:
-                        record(t, _call(work, t))
-                else:
-                    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurovfm-import") as ex:
-                        futs = {ex.submit(_call, work, t): t for t in targets}
-                        for fut in as_completed(futs):
-                            record(futs[fut], fut.result())
-        finally:
-            if bar is not None:
-                bar.close()
-            summary.seconds = time.perf_counter() - t0
+        def flags() -> dict[str, bool]:
             changes = {k: True for k in summary.imported + summary.skipped}
             changes.update({k: False for k in list(summary.failed) + summary.missing})
-            try:
-                self._set_flags(changes)
-            except OSError as err:  # full disk, read-only dataset: the cache itself is consistent
-                summary.warnings.append(f"{self.metadata_path}: processed flags not updated ({err})")
-                log.warning("%s", summary.warnings[-1])
-        log.info("%s", summary)
-        if progress:
-            print(summary, file=sys.stderr)
+            return changes
+
+        with published_cache.allow_numpy_integers():
+            self._run(targets, workers, work, record, flags, summary, "import", progress)
         return summary
 
     # -- read --------------------------------------------------------------
