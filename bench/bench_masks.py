@@ -39,7 +39,7 @@ from typing import Any
 import _common  # noqa: E402  (import paths; the published code)
 import torch  # noqa: E402
 
-from neurovfm.datasets.multiblock import MultiBlockCollator  # noqa: E402
+from neurovfm.datasets.multiblock import MultiBlockCollator, pretraining_mask_config  # noqa: E402
 
 MIRROR = _common.PUBLISHED_REPO
 
@@ -51,20 +51,7 @@ def load_published(tmp: Path) -> ModuleType | None:
 
 def pretrain_cfg(**over: Any) -> dict[str, Any]:
     """The mask configuration the published DataModule builds for pretraining."""
-    cfg: dict[str, Any] = {
-        "hw_pred_mask_scale": [{"mri": [0.7, 0.7], "ct": [0.75, 0.75]}, {"mri": [0.25, 0.25], "ct": [0.2, 0.2]}],
-        "d_pred_mask_scale": (1.0, 1.0),
-        "enc_mask_scale": {"mri": 0.25, "ct": 0.2},
-        "drop_rate": 0.0,
-        "aspect_ratio": [(0.3, 3.0)],
-        "npred": [1],
-        "max_depth_scale": 1.0,
-        "remove_background": True,
-        "min_filt_ratio": 0.0,
-        "switch_enc_pred": [False],
-    }
-    cfg.update(over)
-    return cfg
+    return pretraining_mask_config(**over)
 
 
 CONFIGS: dict[str, dict[str, Any]] = {

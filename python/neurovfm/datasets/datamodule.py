@@ -69,7 +69,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import ConfigError, MetadataNotFoundError, MissingFileError
 from .dataset import ImageDataset
-from .multiblock import MultiBlockCollator
+from .multiblock import MultiBlockCollator, pretraining_mask_config
 from .multiview import MultiViewCollator
 from .sampler import StudyAwareBatchSampler
 
@@ -152,19 +152,14 @@ def _section(cfg: Mapping[str, Any], path: str) -> dict[str, Any]:
 
 
 def _pretraining_mask_config(collate: Mapping[str, Any]) -> dict[str, Any]:
-    """The published pretraining system's one Vol-JEPA mask configuration."""
-    return {
-        "hw_pred_mask_scale": [{"mri": [0.7, 0.7], "ct": [0.75, 0.75]}, {"mri": [0.25, 0.25], "ct": [0.2, 0.2]}],
-        "d_pred_mask_scale": (1.0, 1.0),
-        "enc_mask_scale": {"mri": 0.25, "ct": 0.2},
-        "drop_rate": collate.get("patch_drop_rate", 0.0),
-        "aspect_ratio": [(0.3, 3.0)],
-        "npred": [1],
-        "max_depth_scale": 1.0,
-        "remove_background": collate.get("remove_background", True),
-        "min_filt_ratio": collate.get("min_filt_ratio", 0.0),
-        "switch_enc_pred": collate.get("switch_enc_pred", [False]),
-    }
+    """The published pretraining system's one Vol-JEPA mask configuration, with the keys the
+    loader's ``collate_fn`` section sets."""
+    return pretraining_mask_config(
+        drop_rate=collate.get("patch_drop_rate", 0.0),
+        remove_background=collate.get("remove_background", True),
+        min_filt_ratio=collate.get("min_filt_ratio", 0.0),
+        switch_enc_pred=collate.get("switch_enc_pred", [False]),
+    )
 
 
 class _WorkerSeeder:

@@ -80,7 +80,27 @@ import torch
 
 from ..errors import DatasetError
 
-__all__ = ["MultiBlockCollator"]
+__all__ = ["MultiBlockCollator", "pretraining_mask_config"]
+
+
+def pretraining_mask_config(**over: Any) -> dict[str, Any]:
+    """The one mask configuration the published DataModule gives its pretraining system's
+    ``MultiBlockCollator`` (a new dict; ``over`` replaces keys, e.g. ``drop_rate``)."""
+    cfg: dict[str, Any] = {
+        "hw_pred_mask_scale": [{"mri": [0.7, 0.7], "ct": [0.75, 0.75]}, {"mri": [0.25, 0.25], "ct": [0.2, 0.2]}],
+        "d_pred_mask_scale": (1.0, 1.0),
+        "enc_mask_scale": {"mri": 0.25, "ct": 0.2},
+        "drop_rate": 0.0,
+        "aspect_ratio": [(0.3, 3.0)],
+        "npred": [1],
+        "max_depth_scale": 1.0,
+        "remove_background": True,
+        "min_filt_ratio": 0.0,
+        "switch_enc_pred": [False],
+    }
+    cfg.update(over)
+    return cfg
+
 
 _MIN_ENC_FRAC = 0.05
 _MAX_ENC_FRAC = 0.5
