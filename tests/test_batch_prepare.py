@@ -307,3 +307,21 @@ def test_nifti_format_overlays_the_scan(data_dir, tmp_path):
         np.int64
     )
     assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.05
+
+
+@pytest.mark.parametrize("fmt", ["npz", "nifti"])
+def test_a_killed_runs_temporary_files_are_removed(data_dir, tmp_path, fmt):
+    """The temporary files of outputs a killed run was writing (hidden, in OUT_DIR) are
+    removed by the next run, whatever the format; finished outputs stay."""
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = [out / ".T1.npz.abc123.neurovfm-tmp", out / ".T1_brain.nii.gz.xyz.neurovfm-tmp.nii.gz"]
+    for p in stale:
+        p.write_bytes(b"half written")
+    keep = out / ".hidden_user_file"
+    keep.write_text("not ours")
+    s = prepare_many([data_dir / "mr" / "stroke" / "T1.nii.gz"], out, "mri", format=fmt, progress=False)
+    assert [r.status for r in s.rows] == ["ok"]
+    assert not any(p.exists() for p in stale)
+    assert keep.exists()
+    assert not [n for n in os.listdir(out) if "neurovfm-tmp" in n]

@@ -20,7 +20,6 @@ import csv
 import glob
 import os
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ import numpy.typing as npt
 
 from .._threads import available_cpus, thread_limit
 from ..errors import ImageTooSmallError, InvalidArgumentError, ModeMismatchWarning, UsageError
+from ._files import TMP_TAG, atomic_write, remove_temporaries
 
 __all__ = [
     "BatchRow",
@@ -62,7 +62,6 @@ SUMMARY_COLUMNS = (
 )
 SUMMARY_NAME = "summary.csv"
 #: Temporary outputs end with this; a later run removes the ones a killed run left.
-_TMP_TAG = ".neurovfm-tmp"
 #: Value check: share of voxels at or below -900 (air in HU) above which an 'mri' scan looks like a CT.
 AIR_HU = -900.0
 AIR_SHARE = 0.20
@@ -200,7 +199,7 @@ def prepare_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None
 def save_payload(payload: dict[str, Any], out: str | os.PathLike[str]) -> None:
     """Write a :meth:`PreparedScan.payload` to ``.npz`` (NumPy) or ``.pt`` (PyTorch)."""
     out = os.fspath(out)
-    if out.lower().endswith(".pt") or out.lower().endswith(".pt" + _TMP_TAG):
+    if out.lower().endswith(".pt") or out.lower().endswith(".pt" + TMP_TAG):
         import torch
 
         torch.save(
@@ -217,16 +216,8 @@ def save_payload(payload: dict[str, Any], out: str | os.PathLike[str]) -> None:
 
 
 def _atomic_save(payload: dict[str, Any], out: str) -> None:
-    tmp = f"{os.path.join(os.path.dirname(out), '.' + os.path.basename(out))}.{os.getpid()}.{threading.get_ident()}{_TMP_TAG}"
-    try:
-        save_payload(payload, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    ext = ".pt" if out.lower().endswith(".pt") else ".npz"
+    atomic_write(out, lambda tmp: save_payload(payload, tmp), ext + TMP_TAG)
 
 
 # --- what to prepare ----------------------------------------------------------------------------
@@ -416,13 +407,14 @@ class BatchSummary:
 
 
 def _write_summary(path: str, rows: Sequence[BatchRow]) -> None:
-    tmp = path + _TMP_TAG
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(SUMMARY_COLUMNS)
-        for r in rows:
-            w.writerow(r.as_row())
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(SUMMARY_COLUMNS)
+            for r in rows:
+                w.writerow(r.as_row())
+
+    atomic_write(path, write)
 
 
 def _write_nifti(r: PreparedScan, mode: str, prefix: str) -> list[str]:
@@ -502,11 +494,7 @@ def prepare_many(
     per_scan = threads or max(1, available_cpus() // workers)
     out = os.fspath(out_dir)
     os.makedirs(out, exist_ok=True)
-    for stale in glob.glob(os.path.join(glob.escape(out), "*" + _TMP_TAG)):  # a killed run's leftovers
-        try:
-            os.unlink(stale)
-        except OSError:
-            pass
+    remove_temporaries(out)  # a killed run's leftovers
     jobs = [j for j in discover_scans(inputs, mode, manifest) if _in_shard(j, shard_)]
     summary_path = os.path.join(out, SUMMARY_NAME)
     summary = BatchSummary(summary_path=summary_path)

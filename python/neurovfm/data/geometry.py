@@ -12,7 +12,6 @@ SimpleITK), and the arrays can be written as NIfTI files that overlay the origin
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
+from ._files import TMP_TAG, atomic_write
 from ..errors import InvalidArgumentError, InvalidTypeError
 from .preprocess import CT_WINDOWS, _check_mode, view_axes
 
@@ -147,22 +147,8 @@ def token_to_patient(
 
 
 def _atomic_write(img: sitk.Image, path: str) -> None:
-    """``sitk.WriteImage`` to a temporary name in the same folder, then ``os.replace``."""
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp.nii.gz")
-    os.close(fd)
-    try:
-        sitk.WriteImage(img, tmp, True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """``sitk.WriteImage`` (compressed) to a temporary name in the same folder, then rename."""
+    atomic_write(path, lambda tmp: sitk.WriteImage(img, tmp, True), TMP_TAG + ".nii.gz")
 
 
 def _volume(arr: npt.ArrayLike, shape: tuple[int, int, int]) -> npt.NDArray[np.float32]:
