@@ -112,6 +112,7 @@ __all__ = [
     "files_status",
     "encode_scan",
     "write_entry",
+    "entry_status",
     "build_entry",
     "open_file",
     "try_lock",
@@ -403,6 +404,14 @@ def write_entry(
     atomic_write_bytes(sidecar_path(folder, image), json.dumps(side, indent=1).encode(), _tmp_prefix(image))
 
 
+def entry_status(folder: str, image: str, source: str) -> tuple[str, dict[str, Any] | None]:
+    """The status of the entry of ``image`` in ``folder`` by every rule, files CRC-checked
+    (section 4 of docs/cache.md: what a builder decides on), and its sidecar."""
+    side = read_sidecar(sidecar_path(folder, image))
+    st = sidecar_status(side, source)
+    return (files_status(folder, side, verify=True) if st == "valid" and side is not None else st), side
+
+
 def build_entry(
     folder: str,
     study: str,
@@ -419,9 +428,7 @@ def build_entry(
     builder holds the lock) or ``("failed", reason)`` (also written to ``<image>.failed.json``)."""
 
     def status() -> str:
-        side = read_sidecar(sidecar_path(folder, image))
-        st = sidecar_status(side, source)
-        return files_status(folder, side, verify=True) if st == "valid" and side is not None else st
+        return entry_status(folder, image, source)[0]
 
     try:
         os.makedirs(folder, exist_ok=True)

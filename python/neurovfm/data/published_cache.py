@@ -406,10 +406,8 @@ def _restore_backups(folder: str, image: str, keys: list[str], names: Mapping[st
 
 
 def _entry_valid(folder: str, image: str, source: str) -> tuple[bool, dict[str, Any] | None]:
-    side = entry.read_sidecar(entry.sidecar_path(folder, image))
-    if entry.sidecar_status(side, source) != "valid" or side is None:
-        return False, side
-    return entry.files_status(folder, side, verify=True) == "valid", side
+    status, side = entry.entry_status(folder, image, source)
+    return status == "valid", side
 
 
 def import_entry(
