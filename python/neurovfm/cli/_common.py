@@ -36,6 +36,17 @@ def positive_int(text: str) -> int:
     return n
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``I/N`` (``--shard``): this builder's share, with ``0 <= I < N``."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/4, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
 def mode(text: str) -> str:
     m = text.lower()
     if m not in ("ct", "mri"):

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import PROG, Formatter, UsageError, positive_int
+from ._common import PROG, Formatter, UsageError, positive_int, shard
 
 _METADATA_EPILOG = """\
 examples:
@@ -63,16 +63,6 @@ def add_metadata(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_metadata)
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected i/n, e.g. 0/4, got {text!r}") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise argparse.ArgumentTypeError(f"shard i/n needs 0 <= i < n, got {text!r}")
-    return i, n
-
-
 def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "cache",
@@ -95,7 +85,7 @@ def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
         help="images processed at once (default: the CPUs this process may use)",
     )
     b.add_argument("--force", action="store_true", help="rebuild images already cached")
-    b.add_argument("--shard", type=_shard, metavar="I/N", help="build only shard I of N")
+    b.add_argument("--shard", type=shard, metavar="I/N", help="build only shard I of N")
     b.add_argument("--study", action="append", metavar="NAME", help="only this study (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_cache_build)
@@ -147,7 +137,7 @@ def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="images converted at once (default: the CPUs this process may use)",
     )
-    im.add_argument("--shard", type=_shard, metavar="I/N", help="import only shard I of N")
+    im.add_argument("--shard", type=shard, metavar="I/N", help="import only shard I of N")
     im.add_argument("--study", action="append", metavar="NAME", help="only this study (repeatable)")
     im.add_argument("--no-progress", action="store_true", help="no progress bar")
     im.set_defaults(func=cmd_cache_import)

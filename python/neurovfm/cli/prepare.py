@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._common import PROG, VIEW_NAMES, Formatter, UsageError, check_output_folder, one_line
 from ._common import mode as mode_arg
+from ._common import shard
 
 if TYPE_CHECKING:
     pass
@@ -105,7 +106,7 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--force", action="store_true", help="batch mode: remake outputs that exist")
     b.add_argument(
         "--shard",
-        type=_shard,
+        type=shard,
         metavar="I/N",
         help="batch mode: only shard I of N (default: from SLURM array / torchrun variables)",
     )
@@ -117,16 +118,6 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
         help="without PATH: write the phantoms here and keep them (default: a temporary folder)",
     )
     p.set_defaults(func=cmd_prepare)
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
-    return i, n
 
 
 # --- one scan -------------------------------------------------------------------------------
