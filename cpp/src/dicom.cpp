@@ -832,6 +832,20 @@ std::size_t dtype_size(DType t) {
   return dispatch_dtype(t, [](auto v) { return sizeof(v); });
 }
 
+// ``count`` stored values of type ``sd`` at ``raw`` -> the output type ``od`` at ``dst``
+// (convert_frame). May run in place (raw == dst, same type): element i is read before it
+// is written.
+void store_frames(DType sd, DType od, const std::uint8_t* raw, std::size_t count, const DicomHeader& h,
+                  std::uint8_t* dst) {
+  dispatch_dtype(od, [&](auto o) {
+    using O = decltype(o);
+    dispatch_dtype(sd, [&](auto s) {
+      using S = decltype(s);
+      if constexpr (std::is_integral_v<S>) convert_frame<S, O>(raw, count, h, reinterpret_cast<O*>(dst));
+    });
+  });
+}
+
 bool host_is_little_endian() {
   const std::uint16_t x = 1;
   std::uint8_t b;
@@ -1118,14 +1132,7 @@ void read_pixels_compressed(const std::vector<std::string>& paths,
         if (direct && !(h.bits_allocated == 16 && h.bits_stored < 16)) continue;
         stored = target;
       }
-      dispatch_dtype(od, [&](auto o) {
-        using O = decltype(o);
-        O* dst = reinterpret_cast<O*>(dst_bytes);
-        dispatch_dtype(sd, [&](auto s) {
-          using S = decltype(s);
-          if constexpr (std::is_integral_v<S>) convert_frame<S, O>(stored, count, h, dst);
-        });
-      });
+      store_frames(sd, od, stored, count, h, dst_bytes);
     }
   });
 }
@@ -1182,15 +1189,7 @@ void read_dicom_pixels(const std::vector<std::string>& paths,
       if (in.gcount() != static_cast<std::streamsize>(nbytes[i]))
         throw FileError(p, "could not read the pixel data");
       if (direct && !(h.bits_allocated == 16 && h.bits_stored < 16)) continue;
-      dispatch_dtype(od, [&](auto o) {
-        using O = decltype(o);
-        O* dst = reinterpret_cast<O*>(dst_bytes);
-        dispatch_dtype(sd, [&](auto s) {
-          using S = decltype(s);
-          // In place when direct: element i is read before it is written.
-          if constexpr (std::is_integral_v<S>) convert_frame<S, O>(target, count, h, dst);
-        });
-      });
+      store_frames(sd, od, target, count, h, dst_bytes);  // in place when direct
     }
   });
 }
