@@ -146,12 +146,13 @@ def _derived_reason(image_type: str) -> str:
     return ""
 
 
-def _dicom_records(path: str, min_slices: int) -> list[SeriesRecord]:
+def _dicom_records(path: str, min_slices: int) -> tuple[list[SeriesRecord], list[str]]:
+    """The DICOM series under ``path`` and every regular file the walk found."""
     from .dicom import _direction
     from .dicom_series import SeriesInfo, _make_series, _missing_slices, _scan
 
     others: list[tuple[str, Any, str]] = []
-    _p, _files, infos, _skipped = _scan(path, others=others)
+    _p, walked, infos, _skipped = _scan(path, others=others)
     groups: dict[tuple[str, str], list[tuple[str, Any]]] = {}
     for f, h, what in others:
         groups.setdefault((what, h.series_uid or os.path.dirname(f)), []).append((f, h))
@@ -233,7 +234,7 @@ def _dicom_records(path: str, min_slices: int) -> list[SeriesRecord]:
                 files=info.files,
             )
         )
-    return out
+    return out, walked
 
 
 def _nifti_record(path: str, min_slices: int) -> SeriesRecord:
@@ -285,15 +286,14 @@ def find_series(path: str | os.PathLike[str], *, min_slices: int = MIN_SLICES) -
     if os.path.isfile(p) and readers.is_nifti(p):
         records.append(_nifti_record(p, min_slices))
     else:
-        if os.path.isdir(p):
-            from .dicom_discovery import _walk
-
-            for f in _walk(p):
-                if readers.is_nifti(f) and not os.path.basename(f).startswith("."):
-                    records.append(_nifti_record(f, min_slices))
         try:
-            records.extend(_dicom_records(p, min_slices))
+            dicom, files = _dicom_records(p, min_slices)  # one walk finds the NIfTI files too
         except ImageReadError as e:
             log.debug("%s: no DICOM series (%s)", p, e)
+            dicom, files = [], []
+        for f in files:
+            if readers.is_nifti(f) and not os.path.basename(f).startswith("."):
+                records.append(_nifti_record(f, min_slices))
+        records.extend(dicom)
     records.sort(key=lambda r: (not r.usable, -r.n_slices, r.path, r.series_uid))
     return records
