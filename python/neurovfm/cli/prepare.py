@@ -182,40 +182,22 @@ def run_scan(
     name: str = "",
     keep_arrays: bool = False,
 ) -> ScanResult:
-    """File to tokens on one scan, timed per stage."""
-    import numpy as np
+    """File to tokens on one scan, timed per stage (:func:`neurovfm.data.batch.prepare_scan`;
+    a DICOM Modality or values that contradict ``mode`` are a ``ModeMismatchWarning``)."""
+    import warnings
 
-    from ..data import prepare_for_inference, tokenize
-    from ..errors import ImageTooSmallError
+    from ..data.batch import prepare_scan
+    from ..errors import ModeMismatchWarning
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file or directory")
-    import warnings
-
-    from ..data.batch import mode_conflicts
-    from ..data.io import preprocess_volume, read_volume
-    from ..errors import ModeMismatchWarning
-
-    t0 = time.perf_counter()
-    vol = read_volume(path, series_uid=series_uid)  # the raw values: the mode guard looks at them
-    for conflict in mode_conflicts(vol.modality, vol.array, mode):
+    r = prepare_scan(path, mode, series_uid)
+    for conflict in r.mode_warnings:
         warnings.warn(ModeMismatchWarning(f"{path}: {conflict}"), stacklevel=2)
-    header = _header(vol.array.shape, vol.spacing, vol.array.dtype, vol.direction)
-    img = preprocess_volume(vol)
-    t1 = time.perf_counter()
-    res = prepare_for_inference(img, mode, return_foreground=True)
-    t2 = time.perf_counter()
-    if res is None:
-        raise ImageTooSmallError(
-            path,
-            f"too small for one 4x16x16 token after resampling to 1x1x4 mm (size {tuple(img.GetSize())} in x, y, z)",
-        )
-    arrs, mask, view, fg = res  # type: ignore[misc]  # return_foreground=True: four items
-    toks = [tokenize(a, mask) for a in arrs]
-    t3 = time.perf_counter()
-
-    n = toks[0].img.shape[0]
+    header = _header(r.input_shape, r.input_spacing, r.input_dtype, r.input_direction)
+    t = r.times
+    read = t["read"] + t["mode check"] + t["resample"]
     out = ScanResult(
         name=name or os.path.basename(path.rstrip(os.sep)),
         path=path,
@@ -224,29 +206,22 @@ def run_scan(
         input_spacing=header.spacing,
         input_dtype=header.dtype,
         input_orientation=header.orientation,
-        output_shape=tuple(int(s) for s in arrs[0].shape[1:]),
-        output_spacing=tuple(img.GetSpacing()),
-        view=int(view),
-        tokens=int(n),
-        token_grid=tuple(int(s) for s in toks[0].size),
-        fg_tokens=float(1.0 - mask.mean()) if n else 0.0,
-        fg_voxels=float(np.count_nonzero(fg) / fg.size) if fg.size else 0.0,
-        times={"read+resample": t1 - t0, "prepare": t2 - t1, "tokenize": t3 - t2, "total": t3 - t0},
+        output_shape=tuple(int(v) for v in r.arrays.shape[1:]),
+        output_spacing=tuple(r.image.GetSpacing()),
+        view=r.view,
+        tokens=int(r.tokens.shape[1]),
+        token_grid=tuple(int(v) for v in r.size),
+        fg_tokens=r.foreground,
+        fg_voxels=r.foreground_voxels,
+        times={
+            "read+resample": read,
+            "prepare": t["prepare"],
+            "tokenize": t["tokenize"],
+            "total": read + t["prepare"] + t["tokenize"],
+        },
     )
     if keep_arrays:
-        channels = ["brain", "blood", "bone"] if mode == "ct" else ["mri"]
-        out.arrays = {
-            "tokens": np.stack([t.img for t in toks]),
-            "coords": toks[0].coords,
-            "filtered": toks[0].filtered,
-            "size": np.asarray(toks[0].size, np.int32),
-            "arrays": np.concatenate(arrs, axis=0),
-            "channels": channels,
-            "mode": mode,
-            "view": int(view),
-            "spacing": [float(s) for s in img.GetSpacing()],
-            "source": path,
-        }
+        out.arrays = r.payload(mode, path)
     return out
 
 
@@ -301,23 +276,16 @@ def _check_output(out: Path | None) -> None:
 
 
 def save_result(r: ScanResult, out: Path) -> None:
-    """Write what ``run_scan(keep_arrays=True)`` kept to ``.npz`` or ``.pt``."""
-    import numpy as np
+    """Write what ``run_scan(keep_arrays=True)`` kept to ``.npz`` or ``.pt``
+    (:func:`neurovfm.data.batch.save_payload`, as the batch mode writes it)."""
+    from ..data.batch import save_payload
 
-    a = r.arrays
     if out.suffix.lower() == ".pt":
         try:
-            import torch
+            import torch  # noqa: F401
         except ImportError:
             raise UsageError(_NEEDS_TORCH) from None
-        payload = {
-            k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in a.items()
-        }
-        torch.save(payload, out)
-    else:
-        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in a.items()}
-        with open(out, "wb") as f:  # a file object: numpy must not append .npz
-            np.savez(f, **arrays)
+    save_payload(r.arrays, out)
 
 
 def _output_for(out: Path | None, name: str, several: bool) -> Path | None:

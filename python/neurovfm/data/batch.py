@@ -124,6 +124,7 @@ class PreparedScan:
     view: int
     spacing: list[float]
     foreground: float  # share of tokens without background
+    foreground_voxels: float  # share of voxels in the foreground mask
     mode_warnings: list[str] = field(default_factory=list)
     input_shape: tuple[int, ...] = ()  # as read, (z, y, x)
     input_spacing: tuple[float, ...] = ()
@@ -171,7 +172,7 @@ def prepare_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None
             path,
             f"too small for one 4x16x16 token after resampling to 1x1x4 mm (size {tuple(img.GetSize())} in x, y, z)",
         )
-    arrs, mask, view, _fg = res  # type: ignore[misc]  # return_foreground=True: four items
+    arrs, mask, view, fg = res  # type: ignore[misc]  # return_foreground=True: four items
     t4 = time.perf_counter()
     toks = [tokenize(a, mask) for a in arrs]
     t5 = time.perf_counter()
@@ -186,6 +187,7 @@ def prepare_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None
         view=int(view),
         spacing=[float(s) for s in img.GetSpacing()],
         foreground=float(1.0 - mask.mean()) if n else 0.0,
+        foreground_voxels=float(np.count_nonzero(fg) / fg.size) if fg.size else 0.0,
         mode_warnings=conflicts,
         input_shape=tuple(int(s) for s in vol.array.shape),
         input_spacing=tuple(float(s) for s in vol.spacing),
