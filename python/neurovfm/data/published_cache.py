@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .. import _core
+from .._threads import get_num_threads
 from ..errors import CacheEntryError, PtFormatError
 from . import entry
 from ._files import atomic_write_bytes, try_lock, unlink
@@ -330,10 +332,10 @@ def _check_sidecar(
 
 
 def token_flags(background: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    """uint8 ``[D/4, H/16, W/16]``: 1 where any voxel of the 4x16x16 token is background."""
-    d, h, w = background.shape
-    blocks = background.reshape(d // 4, 4, h // 16, 16, w // 16, 16)
-    return np.ascontiguousarray(blocks.any(axis=(1, 3, 5)).astype(np.uint8))
+    """uint8 ``[D/4, H/16, W/16]``: 1 where any voxel of the 4x16x16 token is background
+    (the pipeline's own kernel, ``_core.token_background``, on the foreground)."""
+    flags = _core.token_background(np.logical_not(background), get_num_threads())
+    return flags.reshape(entry.token_grid((1, *background.shape)))
 
 
 def read_published(
