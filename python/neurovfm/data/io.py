@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -26,8 +26,6 @@ from .volume import RawVolume, check_finite
 
 __all__ = [
     "load_image",
-    "load_preprocessed",
-    "InputGeometry",
     "read_volume",
     "preprocess_image",
     "preprocess_volume",
@@ -332,42 +330,6 @@ def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> 
     return readers.read_with_sitk(path)
 
 
-class InputGeometry(NamedTuple):
-    """The input as its reader found it, before preprocessing: NumPy shape (z, y, x),
-    spacing and direction (SimpleITK order), voxel dtype."""
-
-    shape: tuple[int, ...]
-    spacing: tuple[float, ...]
-    dtype: np.dtype[Any]
-    direction: tuple[float, ...]
-
-
-def load_preprocessed(path: str | os.PathLike[str], series_uid: str | None = None) -> tuple[sitk.Image, InputGeometry]:
-    """``load_image(path, series_uid=series_uid)`` and the input's geometry, from the one
-    read the pipeline makes (the CLI's report prints it without reading the file again).
-
-    A readable NIfTI file has its header parsed once and is streamed when its storage axis
-    is the last pass anyway (with one thread it simply alternates decoding and
-    resampling), else decoded whole: the same bytes either way (docs/numbers.md,
-    "Resampling order"). Any other input is read whole, then resampled."""
-    path = os.fspath(path)
-    if readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
-        layout = readers.nifti_layout(path)
-        stream = _stream_plan(layout) if layout.direct else None
-        if stream is not None:
-            geometry = InputGeometry(
-                tuple(layout.shape), tuple(layout.spacing), np.dtype(layout.dtype), tuple(layout.direction)
-            )
-            return _preprocess_nifti_streaming(layout, stream), geometry
-        vol = readers.read_nifti(path, layout)
-    else:
-        vol = read_volume(path, series_uid=series_uid)
-    geometry = InputGeometry(
-        tuple(vol.array.shape), tuple(float(x) for x in vol.spacing), vol.array.dtype, tuple(vol.direction)
-    )
-    return preprocess_volume(vol), geometry
-
-
 def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid: str | None = None) -> sitk.Image:
     """Load a CT or MR scan as a SimpleITK image.
 
@@ -395,6 +357,19 @@ def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid
         (:class:`neurovfm.errors.ImageReadError` and subclasses) when the file is
         unreadable or not a 3D scalar volume; the message names the file and why.
     """
-    if preprocess:
-        return load_preprocessed(path, series_uid)[0]
-    return read_volume(path, series_uid=series_uid).to_image()
+    if not preprocess:
+        return read_volume(path, series_uid=series_uid).to_image()
+    # A readable NIfTI file has its header parsed once and is streamed when its storage
+    # axis is the last pass anyway (with one thread it simply alternates decoding and
+    # resampling), else decoded whole: the same bytes either way (docs/numbers.md,
+    # "Resampling order"). Any other input is read whole, then resampled.
+    path = os.fspath(path)
+    if readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
+        layout = readers.nifti_layout(path)
+        stream = _stream_plan(layout) if layout.direct else None
+        if stream is not None:
+            return _preprocess_nifti_streaming(layout, stream)
+        vol = readers.read_nifti(path, layout)
+    else:
+        vol = read_volume(path, series_uid=series_uid)
+    return preprocess_volume(vol)
