@@ -21,7 +21,14 @@ from pydicom.uid import generate_uid
 
 import reference as R
 from neurovfm.cli import main
-from neurovfm.data import mode_value_conflict, prepare_many, preprocess_image
+from neurovfm.data import (
+    OutputGeometry,
+    mode_value_conflict,
+    output_geometry,
+    prepare_many,
+    preprocess_image,
+    untokenize,
+)
 from neurovfm.data.batch import discover_scans
 from neurovfm.errors import ModeMismatchWarning
 
@@ -120,6 +127,11 @@ def test_outputs_equal_reference(full_run):
             np.testing.assert_allclose(z["tokens"][0], tokens, rtol=0, atol=1e-6)
             np.testing.assert_array_equal(z["coords"], coords)
             np.testing.assert_array_equal(z["filtered"], filtered)
+            # every voxel is in the tokens, and the grid they lie on is the reference image's
+            np.testing.assert_allclose(untokenize(z["tokens"], z["size"])[0], arrs[0][0], rtol=0, atol=1e-6)
+            geom = OutputGeometry.from_dict(z)
+            assert geom == output_geometry(img, _view)
+            assert "arrays" not in z.files
             # the reference cache's bytes, from the output's values
             cache = R.ref_cache(img, "mri")[0][0]
             got = np.asarray(R.ref_tokenize(cache, mask)[0], np.int16)
@@ -258,11 +270,13 @@ def test_scan_dataset_with_workers(studies, full_run):
     for r in _rows(out):
         if r["status"] == "ok":
             with np.load(r["output"]) as z:
-                by_source[(str(z["source"]), r["series_uid"])] = z["tokens"][0].copy()
+                by_source[(str(z["source"]), r["series_uid"])] = (z["tokens"][0].copy(), OutputGeometry.from_dict(z))
     for it in items:
         assert it["img"].dtype == torch.float32 and it["img"].shape[1] == 1024
         assert it["coords"].shape == (it["img"].shape[0], 3)
-        np.testing.assert_array_equal(it["img"].numpy(), by_source[(it["path"], it["series_uid"])])
+        tokens, geom = by_source[(it["path"], it["series_uid"])]
+        np.testing.assert_array_equal(it["img"].numpy(), tokens)
+        assert it["geometry"] == geom and geom.token_grid == tuple(it["size"].tolist())
 
 
 def test_nifti_format_overlays_the_scan(data_dir, tmp_path):

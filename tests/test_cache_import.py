@@ -203,6 +203,7 @@ def test_import_converts_in_place_and_the_cache_serves_it(ds):
         ref = reference_item(vol, exp["flags"])
         np.testing.assert_array_equal(item["img"].numpy(), ref["img"])
         np.testing.assert_array_equal(item["filtered"].numpy(), ref["filtered"])
+        assert item["geometry"] is None  # a published cache records no origin or direction
 
     # A second import finds nothing new and changes nothing.
     before = {s: _files(root / "processed" / s) for s in SCANS}

@@ -20,7 +20,15 @@ import neurovfm
 from neurovfm import phantom
 from neurovfm.cli import UsageError, main
 from neurovfm.cli.prepare import run_scan
-from neurovfm.data import load_image, prepare_for_inference, read_volume, tokenize
+from neurovfm.data import (
+    OutputGeometry,
+    load_image,
+    output_geometry,
+    prepare_for_inference,
+    read_volume,
+    tokenize,
+    untokenize,
+)
 from neurovfm.data import dicom as dicom_reader
 from neurovfm.data import io as data_io
 from neurovfm.data import readers
@@ -129,14 +137,15 @@ def test_prepare_path_npz_round_trip(small_ct, tmp_path, capsys):
     arrs, mask, view = prepare_for_inference(img, "ct")
     with np.load(out_file) as z:
         assert z["tokens"].shape == (3, 7 * 12 * 12, 1024) and z["tokens"].dtype == np.float32
-        assert z["arrays"].shape == (3, 28, 192, 192) and z["arrays"].dtype == np.float32
+        assert "arrays" not in z.files  # the tokens hold every voxel
+        assert OutputGeometry.from_dict(z) == output_geometry(img, view)
+        np.testing.assert_array_equal(untokenize(z["tokens"], z["size"]), np.concatenate(arrs))
         assert list(z["channels"]) == ["brain", "blood", "bone"]
         assert str(z["mode"]) == "ct" and int(z["view"]) == view == 0
         np.testing.assert_array_equal(z["size"], [7, 12, 12])
         np.testing.assert_array_equal(z["filtered"], mask)
         for c in range(3):
             tok = tokenize(arrs[c], mask)
-            np.testing.assert_array_equal(z["arrays"][c], arrs[c][0])
             np.testing.assert_array_equal(z["tokens"][c], tok.img)
             np.testing.assert_array_equal(z["coords"], tok.coords)
         np.testing.assert_allclose(z["spacing"], [1.0, 1.0, 4.0])
@@ -279,8 +288,8 @@ def test_run_scan_is_load_image(case, inputs):
     arrs, _flags, view = prepare_for_inference(ref, mode)
     assert r.view == view and r.output_shape == arrs[0].shape[-3:]
     assert r.output_spacing == tuple(ref.GetSpacing())
-    got = np.asarray(r.arrays["arrays"])
-    np.testing.assert_array_equal(got.reshape(np.stack(arrs).shape), np.stack(arrs))
+    got = untokenize(r.arrays["tokens"], r.arrays["size"])
+    np.testing.assert_array_equal(got, np.concatenate(arrs))
     # the header: the input as read_volume gives it
     vol = read_volume(path)
     assert r.input_size == vol.array.shape[::-1]

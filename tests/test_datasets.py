@@ -187,6 +187,43 @@ def test_crop_and_augment_items_match_rebuilt_reference(ds_root):
     assert seen_transpose == {False, True} and len(seen_flip) == 6 and seen_crop > 0
 
 
+def test_item_geometry_places_voxels_where_the_reference_image_has_them(ds_root):
+    """Each item's ``geometry`` (crop, swap and flips included) maps its voxel (d, h, w) to
+    a patient point; SimpleITK's point-to-index map of the reference's preprocessed image,
+    seen through the reference's view, finds the cached voxel there with the same value."""
+    import reference as R
+    from neurovfm.data import voxel_to_patient
+
+    ds = ImageDataset(
+        ds_root, seed=3, random_crop=True, augment=True, max_crop_size=(3, 6, 5), tokenize=False, img_dtype=torch.uint8
+    )
+    rng = np.random.default_rng(0)
+    refs = {}
+    seen = set()
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item = ds[i]
+            if item["path"] not in refs:
+                e = ds._entries[i]
+                img = R.ref_load(os.path.join(ds.data_dir, e.path), e.series_uid)[1]
+                refs[item["path"]] = (img, R.ref_prepare(img, item["mode"])[2])
+            img, view = refs[item["path"]]
+            geom = item["geometry"]
+            vol = item["img"].numpy()[0]
+            assert geom.shape == vol.shape
+            cached, _flags = _cached(ds_root, item)
+            t = {0: (0, 1, 2), 1: (1, 0, 2), 2: (2, 1, 0)}[view]
+            dhw = [rng.integers(0, n, 40) for n in vol.shape]
+            pts = voxel_to_patient(geom, *dhw)
+            for k in range(40):
+                x, y, z = img.TransformPhysicalPointToIndex(tuple(float(v) for v in pts[k]))
+                zyx = (z, y, x)
+                assert vol[dhw[0][k], dhw[1][k], dhw[2][k]] == cached[0][zyx[t[0]], zyx[t[1]], zyx[t[2]]]
+            seen.add((item["transpose"], item["flips"]))
+    assert len(seen) > 4  # swapped and flipped items were checked
+
+
 def test_draws_replay_from_seed_epoch_index(ds_root):
     """The documented draw order, replayed from ImageDataset.rng(index, epoch)."""
     ds = ImageDataset(

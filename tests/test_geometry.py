@@ -293,3 +293,40 @@ def test_write_nifti_outputs_real(data_dir, tmp_path, rel, mode):
         ]
     )
     assert np.all(centres >= corners.min(axis=0) - 1e-6) and np.all(centres <= corners.max(axis=0) + 1e-6)
+
+
+def _as_item(arr, start, size, transpose, flips):
+    """What ImageDataset does to a [D, H, W] array: token box, H/W swap, flips (NumPy)."""
+    sl = tuple(slice(s * t, (s + z) * t) for s, z, t in zip(start, size, TOKEN_SHAPE))
+    out = arr[sl]
+    if transpose:
+        out = out.transpose(0, 2, 1, *range(3, out.ndim))
+    for k, f in enumerate(flips):
+        if f:
+            out = np.flip(out, k)
+    return out
+
+
+def test_item_geometry_of_crops_swaps_and_flips_nested():
+    """OutputGeometry.item: every voxel of a cropped, swapped, flipped part (twice over, so
+    the second works on a flipped grid) lies where the whole grid puts the voxel it came from."""
+    d = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+    g = OutputGeometry((0.9, 1.1, 4.0), (-20.0, 7.5, 3.0), tuple(d.ravel()), (2, 0, 1), (24, 96, 80))
+    ids = np.stack(np.meshgrid(*[np.arange(n) for n in g.shape], indexing="ij"), -1)  # [D, H, W, 3]
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        geom, arr = g, ids
+        for _level in range(2):
+            grid = geom.token_grid
+            size = [int(rng.integers(1, n + 1)) for n in grid]
+            start = [int(rng.integers(0, n - z + 1)) for n, z in zip(grid, size)]
+            tr, flips = bool(rng.integers(2)), tuple(bool(b) for b in rng.integers(0, 2, 3))
+            geom, arr = geom.item(start, size, tr, flips), _as_item(arr, start, size, tr, flips)
+            assert geom.shape == arr.shape[:3]
+            dhw = np.meshgrid(*[np.arange(n) for n in geom.shape], indexing="ij")
+            np.testing.assert_allclose(
+                voxel_to_patient(geom, *dhw), voxel_to_patient(g, arr[..., 0], arr[..., 1], arr[..., 2]), atol=1e-9
+            )
+    with pytest.raises(InvalidArgumentError, match="not inside"):
+        g.item((0, 0, 0), (7, 1, 1))
+    assert OutputGeometry.from_dict(g.as_dict()) == g

@@ -9,8 +9,8 @@ from conftest import random_volume
 
 import reference as R
 from neurovfm import _core
-from neurovfm.data import tokenize
-from neurovfm.errors import NeuroVFMError
+from neurovfm.data import tokenize, untokenize
+from neurovfm.errors import InvalidArgumentError, NeuroVFMError
 
 ALL_DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64]
 QS = [0.0, 0.5, 10.0, 25.0, 50.0, 99.5, 100.0]
@@ -97,6 +97,24 @@ def test_tokenize_matches_reference(dtype, shape):
         assert tokens.flags.c_contiguous
         np.testing.assert_array_equal(tokens, rt)
         np.testing.assert_array_equal(coords, rc)
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 16), (8, 32, 48), (12, 16, 32)])
+def test_untokenize_inverts_the_reference_layout(shape):
+    """untokenize: the reference's tokens (and a [C, N, 1024] stack) back to the volume."""
+    vols = np.random.default_rng(4).random((3, *shape), dtype=np.float32)
+    toks = [R.ref_tokenize(v)[0] for v in vols]
+    size = [n // p for n, p in zip(shape, (4, 16, 16))]
+    np.testing.assert_array_equal(untokenize(toks[1], size), vols[1])
+    got = untokenize(np.stack(toks), np.asarray(size, np.int32))
+    assert got.shape == (3, *shape) and got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, vols)
+    with pytest.raises(InvalidArgumentError, match="do not fill"):
+        untokenize(toks[0][1:], size)
+    with pytest.raises(InvalidArgumentError, match="1024"):
+        untokenize(toks[0].reshape(-1, 512), size)
+    with pytest.raises(InvalidArgumentError, match="3 token counts"):
+        untokenize(toks[0], size[:2])
 
 
 def test_tokenize_coords_raster_order():

@@ -58,8 +58,11 @@ when a series failed.
 
 output file (-o): tokens [C, N, 1024] float32 (C = 3 CT windows brain, blood,
 bone; or 1 for MRI), coords [N, 3] int32, filtered [N] uint8 (1 = background
-token), size [3] int32, arrays [C, D, H, W] float32, channels, mode, view,
-spacing, source. Without PATH, one file per phantom: OUT.<name>.npz.
+token), size [3] int32 (the token grid), channels, mode, view, the grid's
+geometry (spacing, origin, direction, axes, shape, flips: OutputGeometry.from_dict)
+and source. The tokens hold every voxel: neurovfm.data.untokenize(tokens, size)
+gives the [C, D, H, W] arrays back. Without PATH, one file per phantom:
+OUT.<name>.npz.
 """
 
 
@@ -95,7 +98,7 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
         "--output",
         type=Path,
         metavar="OUT",
-        help="save tokens, coords, filtered and the arrays to OUT.npz (NumPy) or OUT.pt (PyTorch)",
+        help="save tokens, coords, filtered and the geometry to OUT.npz (NumPy) or OUT.pt (PyTorch)",
     )
     b = p.add_argument_group("batch mode (several inputs, -o naming a folder, --output-dir or --manifest)")
     b.add_argument("--output-dir", type=Path, metavar="DIR", help="batch mode: write one output per series here")

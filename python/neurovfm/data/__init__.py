@@ -4,7 +4,7 @@ from .batch import BatchRow, BatchSummary, mode_value_conflict, prepare_many
 from .cache import BuildSummary, CacheManager, ImportSummary
 from .geometry import OutputGeometry, output_geometry, token_to_patient, voxel_to_patient, write_nifti_outputs
 from .io import load_image, preprocess_image, read_volume, reorient_rpi, slice_axis
-from .preprocess import Tokens, prepare_for_inference, tokenize
+from .preprocess import Tokens, prepare_for_inference, tokenize, untokenize
 from .metadata import DatasetMetadata
 from .series import SeriesRecord, find_series
 from .volume import RawVolume
@@ -14,6 +14,7 @@ __all__ = [
     "preprocess_image",
     "prepare_for_inference",
     "tokenize",
+    "untokenize",
     "OutputGeometry",
     "output_geometry",
     "token_to_patient",

@@ -33,6 +33,7 @@ import numpy.typing as npt
 from .._threads import available_cpus, thread_limit
 from ..errors import ImageTooSmallError, InvalidArgumentError, ModeMismatchWarning, UsageError
 from ._files import TMP_TAG, atomic_write, remove_temporaries
+from .geometry import OutputGeometry, output_geometry
 
 __all__ = [
     "BatchRow",
@@ -134,18 +135,25 @@ class PreparedScan:
     #: The preprocessed SimpleITK image (its geometry places the outputs in patient space).
     image: Any = field(default=None, repr=False)
 
+    @property
+    def geometry(self) -> OutputGeometry:
+        """Where the arrays (and the tokens) lie in the patient (:mod:`neurovfm.data.geometry`)."""
+        return output_geometry(self.image, self.view)
+
     def payload(self, mode: str, source: str) -> dict[str, Any]:
-        """The dict ``neurovfm prepare -o`` saves (``.npz``/``.pt``)."""
+        """The dict ``neurovfm prepare -o`` saves (``.npz``/``.pt``): the tokens (every
+        token: :func:`~neurovfm.data.untokenize` gives the arrays back), their flags and
+        grid, and the arrays' geometry (:meth:`OutputGeometry.from_dict` reads it back)."""
+        geom = self.geometry.as_dict()
         return {
             "tokens": self.tokens,
             "coords": self.coords,
             "filtered": self.filtered,
             "size": self.size,
-            "arrays": self.arrays,
             "channels": self.channels,
             "mode": mode,
             "view": int(self.view),
-            "spacing": self.spacing,
+            **geom,
             "source": source,
         }
 
@@ -421,12 +429,10 @@ def _write_summary(path: str, rows: Sequence[BatchRow]) -> None:
 
 def _write_nifti(r: PreparedScan, mode: str, prefix: str) -> list[str]:
     """The model-input volumes and the token mask of ``r`` as ``.nii.gz`` on its grid."""
-    from .geometry import output_geometry, write_nifti_outputs
+    from .geometry import write_nifti_outputs
 
     arrays = [r.arrays[c : c + 1] for c in range(r.arrays.shape[0])]
-    return [
-        os.fspath(p) for p in write_nifti_outputs(arrays, r.filtered, output_geometry(r.image, r.view), prefix, mode)
-    ]
+    return [os.fspath(p) for p in write_nifti_outputs(arrays, r.filtered, r.geometry, prefix, mode)]
 
 
 def _check_shard(shard: Any) -> tuple[int, int] | None:

@@ -439,7 +439,9 @@ class CacheManager:
         """A cached image as float32 ``[1, D, H, W]`` in ``[0, 1]`` (``uint8 / 255``).
 
         Returns a dict (``data``, ``mask``, ``view``, ``mode``, ``window``,
-        ``shape``, ``spacing``); ``mask`` is the uint8 token background flags
+        ``shape``, ``spacing``, ``geometry``: the :class:`~neurovfm.data.OutputGeometry`
+        of ``data``'s grid, ``None`` for an entry imported from a published cache, which
+        records no origin or direction); ``mask`` is the uint8 token background flags
         ``[D/4, H/16, W/16]`` (1 = the token holds background; the key keeps the
         published name). For CT with ``window=None`` a list of three such dicts
         (brain, blood, bone). ``None`` when the image is not cached, stale (its
@@ -483,6 +485,7 @@ class CacheManager:
                         "window": key if mode == "ct" else None,
                         "shape": tuple(side["shape"]),
                         "spacing": tuple(side["spacing"]),
+                        "geometry": entry.sidecar_geometry(side),
                     }
                 )
         except (OSError, ValueError) as err:

@@ -44,6 +44,7 @@ from .._threads import thread_limit
 from ..errors import CacheEntryError, ImageTooSmallError
 from . import ptfile
 from ._files import atomic_write_bytes, try_lock, unlink
+from .geometry import OutputGeometry, grid_geometry
 from .preprocess import CT_WINDOWS
 
 #: ``folders`` of :func:`source_matches`: folder -> ((mtime_ns, inode), its fingerprint).
@@ -316,6 +317,10 @@ class Encoded(NamedTuple):
     token_background: npt.NDArray[np.uint8]  # uint8 [D/4, H/16, W/16], 1 = the token holds background
     view: int
     spacing: tuple[float, ...]
+    #: The preprocessed image's origin and direction (the sidecar records them: the
+    #: items' geometry); ``None`` for an imported published cache, which has neither.
+    origin: tuple[float, ...] | None = None
+    direction: tuple[float, ...] | None = None
 
 
 def encode_scan(source: str, mode: str, threads: int | None = None, series_uid: str | None = None) -> Encoded:
@@ -347,6 +352,8 @@ def encode_scan(source: str, mode: str, threads: int | None = None, series_uid: 
         token_background.reshape(grid),
         int(view),
         tuple(float(x) for x in img.GetSpacing()),
+        tuple(float(x) for x in img.GetOrigin()),
+        tuple(float(x) for x in img.GetDirection()),
     )
 
 
@@ -392,6 +399,7 @@ def write_entry(
         "view": enc.view,
         "shape": [int(v) for v in shape],
         "spacing": list(enc.spacing),
+        **({"origin": list(enc.origin), "direction": list(enc.direction)} if enc.origin and enc.direction else {}),
         "windows": list(WINDOW_NAMES) if mode == "ct" else None,
         "source": fingerprint,
         "source_path": source_path,
@@ -402,6 +410,17 @@ def write_entry(
     for key, value in (extra or {}).items():
         side.setdefault(key, value)
     atomic_write_bytes(sidecar_path(folder, image), json.dumps(side, indent=1).encode(), _tmp_prefix(image))
+
+
+def sidecar_geometry(side: dict[str, Any]) -> OutputGeometry | None:
+    """The :class:`~neurovfm.data.OutputGeometry` of a valid sidecar's volume, kept with
+    the (cached) sidecar; ``None`` when it records no origin and direction (an entry
+    imported from a published cache, or built before they were recorded)."""
+    geom = side.get("_geometry")
+    if geom is None and "origin" in side and "direction" in side:
+        geom = grid_geometry(side["spacing"], side["origin"], side["direction"], side["view"], side["shape"][-3:])
+        side["_geometry"] = geom
+    return geom
 
 
 def entry_status(folder: str, image: str, source: str) -> tuple[str, dict[str, Any] | None]:

@@ -27,6 +27,7 @@ from .preprocess import CT_WINDOWS, _check_mode, view_axes
 __all__ = [
     "OutputGeometry",
     "output_geometry",
+    "grid_geometry",
     "voxel_to_patient",
     "token_to_patient",
     "write_nifti_outputs",
@@ -86,6 +87,97 @@ class OutputGeometry:
         out: npt.NDArray[Any] = flipped.transpose([self.axes.index(2 - n) for n in range(3)])
         return out
 
+    def item(
+        self,
+        start: Sequence[int],
+        size: Sequence[int],
+        transpose: bool = False,
+        flips: Sequence[bool] = (False, False, False),
+    ) -> OutputGeometry:
+        """The grid of a part of these arrays, as :class:`~neurovfm.datasets.ImageDataset`
+        makes an item: the token box ``start``, ``size`` (in tokens along D, H, W; the
+        item's ``crop``), then H and W swapped when ``transpose``, then the D, H, W axes
+        of the result reversed where ``flips``. Voxel ``(d, h, w)`` of the item's array
+        lies where this method's geometry says (:func:`voxel_to_patient`)."""
+        st = [int(v) for v in start]
+        n = [int(v) for v in size]
+        if len(st) != 3 or len(n) != 3 or len(flips) != 3:
+            raise InvalidArgumentError(
+                f"start, size and flips need 3 values (d, h, w), got {start!r}, {size!r}, {flips!r}"
+            )
+        grid = self.token_grid
+        if any(z < 1 or s < 0 or s + z > g for s, z, g in zip(st, n, grid)):
+            raise InvalidArgumentError(
+                f"token box start {tuple(st)} size {tuple(n)} is not inside the {grid} token grid"
+            )
+        first = [s * t for s, t in zip(st, TOKEN_SHAPE)]
+        shape = [z * t for z, t in zip(n, TOKEN_SHAPE)]
+        # image index (x, y, z) of the box's first voxel in the image's own order
+        index = [0, 0, 0]
+        for k, a in enumerate(self.axes):
+            index[a] = self.shape[k] - first[k] - shape[k] if self.flips[k] else first[k]
+        step = [self.spacing[j] * index[j] for j in range(3)]  # plain floats: an item's cost
+        dr = self.direction
+        origin = [
+            self.origin[i] + dr[3 * i] * step[0] + dr[3 * i + 1] * step[1] + dr[3 * i + 2] * step[2] for i in range(3)
+        ]
+        axes, fl = list(self.axes), list(self.flips)
+        if transpose:
+            axes[1], axes[2] = axes[2], axes[1]
+            shape[1], shape[2] = shape[2], shape[1]
+            fl[1], fl[2] = fl[2], fl[1]
+        fl = [bool(a) != bool(b) for a, b in zip(fl, flips)]
+        return OutputGeometry(
+            spacing=self.spacing,
+            origin=(float(origin[0]), float(origin[1]), float(origin[2])),
+            direction=self.direction,
+            axes=(axes[0], axes[1], axes[2]),
+            shape=(shape[0], shape[1], shape[2]),
+            flips=(fl[0], fl[1], fl[2]),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain lists (JSON, ``.npz``): ``spacing``, ``origin``, ``direction``, ``axes``,
+        ``shape``, ``flips``; :meth:`from_dict` reads them back."""
+        return {
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": list(self.direction),
+            "axes": list(self.axes),
+            "shape": list(self.shape),
+            "flips": list(self.flips),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> OutputGeometry:
+        """The geometry of :meth:`as_dict`'s keys in a mapping, e.g. a loaded ``neurovfm
+        prepare`` output (``np.load(path)``, ``torch.load(path)``), whose ``size`` (the token
+        grid) stands in for ``shape``."""
+
+        def vals(key: str, n: int) -> list[float]:
+            try:
+                v = np.asarray(d[key], np.float64).ravel()
+            except KeyError:
+                raise InvalidArgumentError(f"no {key!r} in the geometry's mapping") from None
+            if v.size != n:
+                raise InvalidArgumentError(f"{key!r} must hold {n} values, got {v.size}")
+            return [float(x) for x in v]
+
+        try:
+            shape = [int(x) for x in vals("shape", 3)]
+        except InvalidArgumentError:
+            shape = [int(x) * t for x, t in zip(vals("size", 3), TOKEN_SHAPE)]
+        sp, org, ax = vals("spacing", 3), vals("origin", 3), [int(x) for x in vals("axes", 3)]
+        fl = [bool(x) for x in vals("flips", 3)] if "flips" in d else [False, False, False]
+        return cls(
+            spacing=(sp[0], sp[1], sp[2]),
+            origin=(org[0], org[1], org[2]),
+            direction=tuple(vals("direction", 9)),
+            axes=(ax[0], ax[1], ax[2]),
+            shape=(shape[0], shape[1], shape[2]),
+            flips=(fl[0], fl[1], fl[2]),
+        )
+
     def image(self, arr: npt.NDArray[Any]) -> sitk.Image:
         """A SimpleITK image of a ``[D, H, W]`` array on this grid."""
         img = sitk.GetImageFromArray(np.ascontiguousarray(self.to_sitk_order(arr)))
@@ -104,18 +196,30 @@ def output_geometry(img_sitk: sitk.Image, view: int) -> OutputGeometry:
         raise InvalidArgumentError(f"expected a 3D image, got {img_sitk.GetDimension()}D")
     if isinstance(view, bool) or view not in (0, 1, 2):
         raise InvalidArgumentError(f"view must be 0, 1 or 2, got {view!r}")
+    zyx = img_sitk.GetSize()[::-1]
+    t = view_axes(view)
+    shape = (zyx[t[0]], zyx[t[1]], zyx[t[2]])
+    return grid_geometry(img_sitk.GetSpacing(), img_sitk.GetOrigin(), img_sitk.GetDirection(), view, shape)
+
+
+def grid_geometry(
+    spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float], view: int, shape: Sequence[int]
+) -> OutputGeometry:
+    """:func:`output_geometry` from the preprocessed image's spacing, origin and direction
+    (its ``(x, y, z)`` order), the ``view`` and the arrays' ``[D, H, W]`` shape, as a cache
+    entry's sidecar records them."""
+    if isinstance(view, bool) or view not in (0, 1, 2):
+        raise InvalidArgumentError(f"view must be 0, 1 or 2, got {view!r}")
     # view_axes(view)[k] is the NumPy axis of array axis k; NumPy axis n is image axis 2 - n.
     t = view_axes(view)
-    axes = (2 - t[0], 2 - t[1], 2 - t[2])
-    size = img_sitk.GetSize()
-    sp = [float(s) for s in img_sitk.GetSpacing()]
-    org = [float(o) for o in img_sitk.GetOrigin()]
+    sp = [float(v) for v in spacing]
+    org = [float(v) for v in origin]
     return OutputGeometry(
         spacing=(sp[0], sp[1], sp[2]),
         origin=(org[0], org[1], org[2]),
-        direction=tuple(float(d) for d in img_sitk.GetDirection()),
-        axes=axes,
-        shape=(int(size[axes[0]]), int(size[axes[1]]), int(size[axes[2]])),
+        direction=tuple(float(d) for d in direction),
+        axes=(2 - t[0], 2 - t[1], 2 - t[2]),
+        shape=(int(shape[0]), int(shape[1]), int(shape[2])),
     )
 
 

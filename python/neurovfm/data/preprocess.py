@@ -16,6 +16,7 @@ from .volume import check_finite
 __all__ = [
     "prepare_for_inference",
     "tokenize",
+    "untokenize",
     "Tokens",
     "CT_WINDOWS",
     "CT_FOREGROUND_HU",
@@ -228,3 +229,33 @@ def tokenize(
     else:
         filtered = np.zeros(n, np.uint8)
     return Tokens(img, coords, filtered)
+
+
+def untokenize(tokens: npt.ArrayLike, size: npt.ArrayLike) -> npt.NDArray[Any]:
+    """The volume :func:`tokenize` cut: ``[N, 1024]`` tokens (rows in raster order of the
+    ``size`` = ``[D/4, H/16, W/16]`` token grid, every token, background ones included) to
+    a new ``[D, H, W]`` array of their dtype; ``[C, N, 1024]`` (the CT windows of a
+    ``neurovfm prepare`` output) to ``[C, D, H, W]``.
+
+    Raises :class:`~neurovfm.errors.InvalidArgumentError` (a ``ValueError``) when the
+    token count is not the grid's (tokens left out, e.g. background dropped)."""
+    t = np.asarray(tokens)
+    grid = [int(v) for v in np.asarray(size).ravel()]
+    if len(grid) != 3 or min(grid) < 1:
+        raise InvalidArgumentError(
+            f"size must be the 3 token counts [D/4, H/16, W/16], got {np.asarray(size).tolist()}"
+        )
+    if t.ndim not in (2, 3) or t.shape[-1] != 1024:
+        raise InvalidArgumentError(f"untokenize expects tokens [N, 1024] or [C, N, 1024], got shape {t.shape}")
+    d, h, w = grid
+    if t.shape[-2] != d * h * w:
+        raise InvalidArgumentError(
+            f"{t.shape[-2]} tokens do not fill the {d} x {h} x {w} token grid ({d * h * w} tokens); "
+            "untokenize needs every token, background ones included"
+        )
+    lead = t.shape[:-2]
+    blocks = t.reshape(*lead, d, h, w, 4, 16, 16)
+    k = len(lead)
+    order = [*range(k), k, k + 3, k + 1, k + 4, k + 2, k + 5]
+    out: npt.NDArray[Any] = np.ascontiguousarray(blocks.transpose(order)).reshape(*lead, 4 * d, 16 * h, 16 * w)
+    return out

@@ -26,6 +26,7 @@ from .._threads import get_num_threads
 from ..data import entry
 from ..data.cache import check_study_names
 from ..data.entry import WINDOW_NAMES
+from ..data.geometry import OutputGeometry, grid_geometry
 from ..data.metadata import DatasetMetadata, EmptyDatasetError, MetadataNotFoundError
 from ..errors import ImageNotFoundError, ImageReadError, NeuroVFMError
 from .collate import check_default_collatable, collate_packed, collate_padded
@@ -46,6 +47,8 @@ CROP_MIN_FOREGROUND = 0.1
 CROP_TRIES = 5
 
 _U64 = (1 << 64) - 1
+#: A cached volume, its token background flags and its geometry (None when not recorded).
+_Volume = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], OutputGeometry | None]
 _DTYPES = {torch.float32: "float32", torch.uint8: "uint8", "float32": "float32", "uint8": "uint8"}
 
 
@@ -147,7 +150,11 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
     ``label``, ``conversation``, ``index``, and what was done: ``crop`` (``((d, h, w) start,
     (d, h, w) size)`` in tokens of the cached grid), ``transpose`` (H and W
     swapped after the crop) and ``flips`` (d, h, w axes of the result flipped
-    after the swap).
+    after the swap); ``geometry``: the :class:`~neurovfm.data.OutputGeometry` of the
+    item's own ``[D, H, W]`` grid, crop, swap and flips included (token ``(d, h, w)`` to
+    patient coordinates: :func:`~neurovfm.data.token_to_patient`), or ``None`` for an
+    entry whose sidecar records no origin and direction (imported from a published
+    cache, which has none).
 
     Draw order per item, from :meth:`rng` (reproducible): ``random()`` for the
     window (CT only); per crop try ``randint(1, hi_k)`` for the three sizes then
@@ -318,10 +325,10 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         state["_maps"] = entry.MapCache(_MAP_CACHE_FILES)
         return state
 
-    def _open_cached(self, i: int, key: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]] | str | None:
-        """(uint8 [1, D, H, W] view, uint8 token background [d, h, w] view) from the cache;
-        ``None``: no valid entry by the sidecar (missing or stale); a string (the reason):
-        its files fail the checks."""
+    def _open_cached(self, i: int, key: str) -> _Volume | str | None:
+        """(uint8 [1, D, H, W] view, uint8 token background [d, h, w] view, geometry) from
+        the cache; ``None``: no valid entry by the sidecar (missing or stale); a string (the
+        reason): its files fail the checks."""
         e = self._entries[i]
         folder = os.path.join(self.processed_dir, e.study)
         source = os.path.join(self.data_dir, e.path)
@@ -339,7 +346,8 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             self._sides[i] = side
             try:
                 vol = entry.open_file(folder, side, key, self._checked, self._maps)
-                return vol, entry.open_file(folder, side, entry.TOKEN_BACKGROUND, self._checked, self._maps)
+                flags = entry.open_file(folder, side, entry.TOKEN_BACKGROUND, self._checked, self._maps)
+                return vol, flags, entry.sidecar_geometry(side)
             except (OSError, ValueError) as err:
                 self._sides.pop(i, None)
                 problem = f"{type(err).__name__}: {err}"
@@ -350,9 +358,10 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
     def _threads(self) -> int:
         return self.threads if self.threads is not None else get_num_threads()
 
-    def _volume(self, i: int, key: str) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
-        """(uint8 volume [1, D, H, W], uint8 token background [d, h, w]) of image ``i``:
-        from the cache, else (``fallback_to_raw``) encoded from the raw scan."""
+    def _volume(self, i: int, key: str) -> _Volume:
+        """(uint8 volume [1, D, H, W], uint8 token background [d, h, w], its geometry or
+        ``None``) of image ``i``: from the cache, else (``fallback_to_raw``) encoded from the
+        raw scan."""
         e = self._entries[i]
         if self.use_cache:
             got = self._open_cached(i, key)
@@ -371,7 +380,11 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
                     "CacheManager(data_dir).build_cache(), or pass fallback_to_raw=True"
                 )
         enc = entry.encode_scan(os.path.join(self.data_dir, e.path), e.mode, self._threads(), e.series_uid)
-        return enc.volumes[key], enc.token_background
+        geom = None
+        if enc.origin is not None and enc.direction is not None:
+            shape = enc.volumes[key].shape[-3:]
+            geom = grid_geometry(enc.spacing, enc.origin, enc.direction, enc.view, shape)
+        return enc.volumes[key], enc.token_background, geom
 
     # -- randomness -----------------------------------------------------------------------------
     def rng(self, index: int, epoch: int | None = None) -> random.Random:
@@ -459,7 +472,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         e = self._entries[index]
         rng = self.rng(index, epoch)
         window = WINDOW_NAMES[self._window(rng)] if e.mode == "ct" else None
-        vol, token_background = self._volume(index, window or "volume")
+        vol, token_background, geom = self._volume(index, window or "volume")
         if self.random_crop:
             start, size = self._crop(rng, token_background)
         else:
@@ -468,6 +481,8 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         if self.augment:
             transpose = rng.random() < 0.5
             flips = (rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5)
+        if geom is not None and (self.random_crop or self.augment):
+            geom = geom.item(start, size, transpose, flips)
         img, coords, item_background, grid = _core.make_item(
             vol, token_background, start, size, transpose, flips, self.img_dtype, self.tokenize, self._threads()
         )
@@ -487,6 +502,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             "crop": (start, size),
             "transpose": transpose,
             "flips": flips,
+            "geometry": geom,
         }
 
     def __repr__(self) -> str:

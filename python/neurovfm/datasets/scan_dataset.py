@@ -32,7 +32,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
     Each item is a dict like :class:`ImageDataset`'s: ``img`` float32 ``[N, 1024]`` (the
     values :func:`~neurovfm.data.prepare_for_inference` gives, in [0, 1]), ``coords``
     int32 ``[N, 3]``, ``filtered`` uint8 ``[N]`` (1 = a token with background), ``size``
-    int32 ``[3]``, ``path``, ``mode``, ``series_uid``. Series that are not usable
+    int32 ``[3]``, ``path``, ``mode``, ``series_uid``, and ``geometry``, the
+    :class:`~neurovfm.data.OutputGeometry` of the tokens' grid (token ``(d, h, w)`` to
+    patient coordinates: :func:`~neurovfm.data.token_to_patient`). Series that are not usable
     (localizers, derived images, broken series) are left out (:attr:`skipped` lists them
     with the reason). A scan whose header or values contradict its mode gets a
     :class:`~neurovfm.errors.ModeMismatchWarning`. Works with DataLoader workers (each
@@ -86,4 +88,5 @@ class ScanDataset(Dataset[dict[str, Any]]):
             "path": j.path,
             "mode": mode,
             "series_uid": j.series_uid,
+            "geometry": r.geometry,
         }
