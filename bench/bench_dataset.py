@@ -346,7 +346,7 @@ def main(argv=None):
             plan = _plan(it)
             tr, to, t8, tc, tk, tc8, tcold = [], [], [], [], [], [], []
             key = it["window"] or "volume"
-            vol, flags = ds._volume(i, key)
+            vol, flags, _geom = ds._volume(i, key)
             np.asarray(vol).sum()  # pages resident in this process
             for _ in range(args.calls):
                 a = time.perf_counter()

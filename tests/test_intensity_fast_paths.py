@@ -70,7 +70,7 @@ def test_dequantise_all_values_and_threads():
 
 
 def test_avx2_and_baseline_give_the_same_bytes(tmp_path):
-    """Run every kernel with an AVX2 variant (resampling, the item gather, dequantisation)
+    """Run every kernel with an AVX2 variant (resampling, the item gathers, dequantisation)
     with NEUROVFM_DISABLE_AVX2=0 and =1 in subprocesses and compare: one switch turns all
     of them to the baseline, and the bytes do not change."""
     script = (
@@ -86,7 +86,9 @@ def test_avx2_and_baseline_give_the_same_bytes(tmp_path):
         "for t in (False, True):\n"
         "    for f in ((False, False, False), (True, True, True), (False, True, False), (False, False, True)):\n"
         "        for tok in (True, False):\n"
-        "            items += list(_core.make_item(u, fl, [1, 0, 1], [2, 3, 2], t, f, 'float32', tok, 2)[:3])\n"
+        "            for dt in ('float32', 'uint8'):\n"
+        "                items += list(_core.make_item(u, fl, [1, 0, 1], [2, 3, 2], t, f, dt, tok, 2)[:3])\n"
+        "                items += list(_core.make_item(u[:, ::-1, :, ::-1], fl, [0, 1, 0], [3, 2, 3], t, f, dt, tok, 1)[:1])\n"
         "items.append(_core.make_item(u[0, :, ::2, :], None, None, None, False, (False,) * 3)[0])\n"
         "np.savez(sys.argv[1], r=r, d=d, isa=_core.isa(), risa=_core.resample_isa(),\n"
         "         **{f'i{k}': x for k, x in enumerate(items)})\n"

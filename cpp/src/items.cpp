@@ -221,6 +221,83 @@ NEUROVFM_TARGET_AVX2 void gather_f32_avx2(const std::uint8_t* base, const std::i
 }
 #endif
 
+#ifdef NEUROVFM_ITEMS_AVX2
+// The uint8 gather with byte shuffles: a reversed row is one load, one shuffle and one
+// store (instead of two byte swaps of 8 bytes), and the H/W-swapped patch is transposed
+// two slices at a time (slice z in the low 128-bit lane, z + 1 in the high one: the
+// byte unpacks work per lane, so one pass of transpose16 transposes both). The same
+// bytes as gather_u8 (tests/test_intensity_fast_paths.py runs both).
+NEUROVFM_TARGET_AVX2 void gather_u8_avx2(const std::uint8_t* base, const std::int64_t ss[3],
+                                         std::uint8_t* dst, Rows r) {
+  const std::int64_t s0 = ss[0], s1 = ss[1], s2 = ss[2], dz = r.dz, dy = r.dy;
+  const __m128i rev = _mm_setr_epi8(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  if ((s2 == 1 || s2 == -1) && dy == kTokW) {
+    // rows y and y + 1 are adjacent in the destination: one 32-byte store for both
+    const std::int64_t back = s2 == -1 ? 15 : 0;
+    const __m256i rev2 = _mm256_broadcastsi128_si256(rev);
+    for (std::int64_t z = 0; z < kTokD; ++z) {
+      const std::uint8_t* p = base + z * s0 - back;
+      std::uint8_t* q = dst + z * dz;
+      for (std::int64_t y = 0; y < kTokH; y += 2) {
+        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + y * s1));
+        const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + (y + 1) * s1));
+        __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        if (back) v = _mm256_shuffle_epi8(v, rev2);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + y * kTokW), v);
+      }
+    }
+  } else if (s2 == -1) {
+    for (std::int64_t z = 0; z < kTokD; ++z)
+      for (std::int64_t y = 0; y < kTokH; ++y) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + z * s0 + y * s1 - 15));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + z * dz + y * dy), _mm_shuffle_epi8(v, rev));
+      }
+  } else if (s2 != 1 && (s1 == 1 || s1 == -1)) {
+    const __m256i rev2 = _mm256_broadcastsi128_si256(rev);
+    const std::int64_t back = s1 == -1 ? 15 : 0;  // a reversed row starts 15 bytes lower
+    static_assert(kTokD % 2 == 0, "slices are transposed in pairs");
+    for (std::int64_t z = 0; z < kTokD; z += 2) {
+      __m256i m[16];
+      for (std::int64_t x = 0; x < kTokW; ++x) {
+        const std::uint8_t* p = base + z * s0 + x * s2 - back;
+        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + s0));
+        m[x] = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        if (back) m[x] = _mm256_shuffle_epi8(m[x], rev2);
+      }
+      for (int round = 0; round < 4; ++round) {
+        __m256i c[16];
+        for (int i = 0; i < 8; ++i) {
+          c[2 * i] = _mm256_unpacklo_epi8(m[i], m[i + 8]);
+          c[2 * i + 1] = _mm256_unpackhi_epi8(m[i], m[i + 8]);
+        }
+        for (int i = 0; i < 16; ++i) m[i] = c[i];
+      }
+      for (std::int64_t y = 0; y < kTokH; ++y) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + z * dz + y * dy), _mm256_castsi256_si128(m[y]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (z + 1) * dz + y * dy), _mm256_extracti128_si256(m[y], 1));
+      }
+    }
+  } else {
+    gather_u8(base, ss, dst, r);  // forward rows (plain copies) and the general case
+  }
+}
+#endif
+
+// `avx2`: use_avx2(), read once per item by the caller.
+inline void gather_u8_any(const std::uint8_t* base, const std::int64_t ss[3], std::uint8_t* dst, Rows r,
+                          bool avx2) {
+#ifdef NEUROVFM_ITEMS_AVX2
+  if (avx2) {
+    gather_u8_avx2(base, ss, dst, r);
+    return;
+  }
+#else
+  (void)avx2;
+#endif
+  gather_u8(base, ss, dst, r);
+}
+
 // `avx2`: use_avx2(), read once per item by the caller.
 inline void gather_f32(const std::uint8_t* base, const std::int64_t ss[3], float* dst, Rows r,
                        bool avx2) {
@@ -318,7 +395,7 @@ void make_item(const VolumeView& volume, const VolumeView& token_background, con
         r = Rows{plane, row};
       }
       if (type == ItemType::u8)
-        gather_u8(base, ss, static_cast<std::uint8_t*>(out) + o, r);
+        gather_u8_any(base, ss, static_cast<std::uint8_t*>(out) + o, r, avx2);
       else
         gather_f32(base, ss, static_cast<float*>(out) + o, r, avx2);
     }

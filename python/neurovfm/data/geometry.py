@@ -99,42 +99,37 @@ class OutputGeometry:
         item's ``crop``), then H and W swapped when ``transpose``, then the D, H, W axes
         of the result reversed where ``flips``. Voxel ``(d, h, w)`` of the item's array
         lies where this method's geometry says (:func:`voxel_to_patient`)."""
-        st = [int(v) for v in start]
-        n = [int(v) for v in size]
-        if len(st) != 3 or len(n) != 3 or len(flips) != 3:
+        try:  # unpacked into plain ints and floats: this runs once per dataset item
+            s0, s1, s2 = (int(v) for v in start)
+            n0, n1, n2 = (int(v) for v in size)
+            f0, f1, f2 = (bool(v) for v in flips)
+        except (TypeError, ValueError):
             raise InvalidArgumentError(
                 f"start, size and flips need 3 values (d, h, w), got {start!r}, {size!r}, {flips!r}"
-            )
-        grid = self.token_grid
-        if any(z < 1 or s < 0 or s + z > g for s, z, g in zip(st, n, grid)):
+            ) from None
+        e0, e1, e2 = self.shape
+        if not (0 <= s0 < s0 + n0 <= e0 // 4 and 0 <= s1 < s1 + n1 <= e1 // 16 and 0 <= s2 < s2 + n2 <= e2 // 16):
             raise InvalidArgumentError(
-                f"token box start {tuple(st)} size {tuple(n)} is not inside the {grid} token grid"
+                f"token box start {(s0, s1, s2)} size {(n0, n1, n2)} is not inside the {self.token_grid} token grid"
             )
-        first = [s * t for s, t in zip(st, TOKEN_SHAPE)]
-        shape = [z * t for z, t in zip(n, TOKEN_SHAPE)]
-        # image index (x, y, z) of the box's first voxel in the image's own order
+        v0, v1, v2 = 4 * n0, 16 * n1, 16 * n2  # the box in voxels; it starts at 4 s0, 16 s1, 16 s2
+        a0, a1, a2 = self.axes
+        g0, g1, g2 = self.flips
+        # image index (x, y, z) of the box's first voxel, in the image's own order
         index = [0, 0, 0]
-        for k, a in enumerate(self.axes):
-            index[a] = self.shape[k] - first[k] - shape[k] if self.flips[k] else first[k]
-        step = [self.spacing[j] * index[j] for j in range(3)]  # plain floats: an item's cost
-        dr = self.direction
-        origin = [
-            self.origin[i] + dr[3 * i] * step[0] + dr[3 * i + 1] * step[1] + dr[3 * i + 2] * step[2] for i in range(3)
-        ]
-        axes, fl = list(self.axes), list(self.flips)
-        if transpose:
-            axes[1], axes[2] = axes[2], axes[1]
-            shape[1], shape[2] = shape[2], shape[1]
-            fl[1], fl[2] = fl[2], fl[1]
-        fl = [bool(a) != bool(b) for a, b in zip(fl, flips)]
-        return OutputGeometry(
-            spacing=self.spacing,
-            origin=(float(origin[0]), float(origin[1]), float(origin[2])),
-            direction=self.direction,
-            axes=(axes[0], axes[1], axes[2]),
-            shape=(shape[0], shape[1], shape[2]),
-            flips=(fl[0], fl[1], fl[2]),
+        index[a0] = e0 - 4 * s0 - v0 if g0 else 4 * s0
+        index[a1] = e1 - 16 * s1 - v1 if g1 else 16 * s1
+        index[a2] = e2 - 16 * s2 - v2 if g2 else 16 * s2
+        sp, dr, org = self.spacing, self.direction, self.origin
+        i0, i1, i2 = sp[0] * index[0], sp[1] * index[1], sp[2] * index[2]
+        origin = (
+            org[0] + dr[0] * i0 + dr[1] * i1 + dr[2] * i2,
+            org[1] + dr[3] * i0 + dr[4] * i1 + dr[5] * i2,
+            org[2] + dr[6] * i0 + dr[7] * i1 + dr[8] * i2,
         )
+        if transpose:
+            a1, a2, v1, v2, g1, g2 = a2, a1, v2, v1, g2, g1
+        return OutputGeometry(sp, origin, dr, (a0, a1, a2), (v0, v1, v2), (g0 != f0, g1 != f1, g2 != f2))
 
     def as_dict(self) -> dict[str, Any]:
         """Plain lists (JSON, ``.npz``): ``spacing``, ``origin``, ``direction``, ``axes``,

@@ -52,6 +52,16 @@ _Volume = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], OutputGeometry | N
 _DTYPES = {torch.float32: "float32", torch.uint8: "uint8", "float32": "float32", "uint8": "uint8"}
 
 
+def _foreground_table(token_background: npt.NDArray[np.uint8]) -> list[Any]:
+    """Summed-area table of the foreground tokens (flag 0) as nested lists, one larger
+    per axis: the foreground count of any box is 8 look-ups (what a crop try checks)."""
+    fg = np.asarray(token_background) == 0
+    table = np.zeros(tuple(n + 1 for n in fg.shape), np.int64)
+    table[1:, 1:, 1:] = fg.cumsum(0).cumsum(1).cumsum(2)
+    out: list[Any] = table.tolist()
+    return out
+
+
 # --- the dataset ---------------------------------------------------------------------------------
 
 
@@ -62,11 +72,13 @@ _MAP_CACHE_FILES = int(os.environ.get("NEUROVFM_MAP_CACHE", "32"))
 
 
 class _Entry:
-    __slots__ = ("image", "label", "mode", "path", "series_uid", "study")
+    __slots__ = ("folder", "image", "label", "mode", "name", "path", "series_uid", "sidecar", "source", "study")
 
     def __init__(self, study: str, image: str, mode: str, path: str, label: Any, series_uid: str | None = None) -> None:
         self.study, self.image, self.mode, self.path, self.label = study, image, mode, path, label
         self.series_uid = series_uid
+        self.name = f"{study}/{image}"
+        self.folder = self.source = self.sidecar = ""  # set by the dataset (absolute paths, once)
 
 
 class ImageDataset(torch.utils.data.Dataset[Any]):
@@ -283,6 +295,10 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
                 f"labels for {'all' if self.labels is None else len(self.labels)} studies, "
                 f"missing_label={missing_label!r}): an empty dataset cannot be trained on"
             )
+        for e in entries:
+            e.folder = os.path.join(self.processed_dir, e.study)
+            e.source = os.path.join(self.data_dir, e.path)
+            e.sidecar = entry.sidecar_path(e.folder, e.image)
         self._entries = entries
         # Per process: parsed sidecars by index (re-read when a file fails), file stamps whose
         # CRC-32 was checked, fingerprints of DICOM folders (see neurovfm.data.entry).
@@ -330,14 +346,12 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         the cache; ``None``: no valid entry by the sidecar (missing or stale); a string (the
         reason): its files fail the checks."""
         e = self._entries[i]
-        folder = os.path.join(self.processed_dir, e.study)
-        source = os.path.join(self.data_dir, e.path)
         problem: str | None = None
         for fresh in (False, True):
             side = None if fresh else self._sides.get(i)
             if side is None:
-                side = entry.read_sidecar(entry.sidecar_path(folder, e.image))
-            if entry.sidecar_status(side, source, self._folders) != "valid":
+                side = entry.read_sidecar(e.sidecar)
+            if entry.sidecar_status(side, e.source, self._folders) != "valid":
                 self._sides.pop(i, None)
                 if fresh:  # a rebuild after the file failure, or stale / missing
                     return problem
@@ -345,8 +359,15 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             side = cast("dict[str, Any]", side)  # 'valid': a sidecar was read
             self._sides[i] = side
             try:
-                vol = entry.open_file(folder, side, key, self._checked, self._maps)
-                flags = entry.open_file(folder, side, entry.TOKEN_BACKGROUND, self._checked, self._maps)
+                vol = entry.open_file(e.folder, side, key, self._checked, self._maps)
+                # The flags are small: read once per sidecar and kept with it. A rebuilt entry
+                # replaces its volume files too, which the volume's open sees (a new stamp
+                # fails the recorded CRC: the sidecar is read again, without them).
+                flags = side.get("_token_background")
+                if flags is None:
+                    flags = np.array(entry.open_file(e.folder, side, entry.TOKEN_BACKGROUND, self._checked))
+                    flags.flags.writeable = False
+                    side["_token_background"] = flags
                 return vol, flags, entry.sidecar_geometry(side)
             except (OSError, ValueError) as err:
                 self._sides.pop(i, None)
@@ -369,7 +390,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
                 return got
             if isinstance(got, str) and not self.fallback_to_raw:
                 raise ImageReadError(
-                    entry.sidecar_path(os.path.join(self.processed_dir, e.study), e.image),
+                    e.sidecar,
                     f"the cache entry of {e.study}/{e.image} is corrupt and is not served ({got}); "
                     "rebuild it with CacheManager(data_dir).build_cache()",
                 )
@@ -379,7 +400,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
                     "or stale (its scan changed, or an older pipeline built it): build it with "
                     "CacheManager(data_dir).build_cache(), or pass fallback_to_raw=True"
                 )
-        enc = entry.encode_scan(os.path.join(self.data_dir, e.path), e.mode, self._threads(), e.series_uid)
+        enc = entry.encode_scan(e.source, e.mode, self._threads(), e.series_uid)
         geom = None
         if enc.origin is not None and enc.direction is not None:
             shape = enc.volumes[key].shape[-3:]
@@ -406,19 +427,26 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         return k
 
     def _crop(
-        self, rng: random.Random, token_background: npt.NDArray[np.uint8]
+        self, rng: random.Random, token_background: npt.NDArray[np.uint8], table: list[Any] | None = None
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """A crop box by the documented draws; ``table``: :func:`_foreground_table` of the flags."""
         side = token_background.shape
+        if table is None:
+            table = _foreground_table(token_background)
         hi = [min(m, s) for m, s in zip(self.max_crop_size, side)]
+        randint = rng.randint
         for _ in range(CROP_TRIES):
-            size = [rng.randint(1, h) for h in hi]
-            start = [rng.randint(0, s - z) for s, z in zip(side, size)]
-            box = token_background[
-                start[0] : start[0] + size[0], start[1] : start[1] + size[1], start[2] : start[2] + size[2]
-            ]
-            if np.count_nonzero(box == 0) > CROP_MIN_FOREGROUND * box.size:
-                return tuple(start), tuple(size)
-        return (0, 0, 0), tuple(int(v) for v in side)
+            z0, z1, z2 = randint(1, hi[0]), randint(1, hi[1]), randint(1, hi[2])
+            a0, a1, a2 = randint(0, side[0] - z0), randint(0, side[1] - z1), randint(0, side[2] - z2)
+            b0, b1, b2 = a0 + z0, a1 + z1, a2 + z2
+            # foreground tokens in the box, from the summed-area table (8 corners)
+            fg = (
+                table[b0][b1][b2] - table[a0][b1][b2] - table[b0][a1][b2] - table[b0][b1][a2]
+                + table[a0][a1][b2] + table[a0][b1][a2] + table[b0][a1][a2] - table[a0][a1][a2]
+            )  # fmt: skip
+            if fg > CROP_MIN_FOREGROUND * (z0 * z1 * z2):
+                return (a0, a1, a2), (z0, z1, z2)
+        return (0, 0, 0), (int(side[0]), int(side[1]), int(side[2]))
 
     # -- items ----------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> Any:
@@ -470,15 +498,22 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
 
     def _item(self, index: int, epoch: int) -> dict[str, Any]:
         e = self._entries[index]
-        rng = self.rng(index, epoch)
-        window = WINDOW_NAMES[self._window(rng)] if e.mode == "ct" else None
+        ct = e.mode == "ct"
+        rng = self.rng(index, epoch) if ct or self.random_crop or self.augment else None  # else no draw
+        window = WINDOW_NAMES[self._window(rng)] if rng is not None and ct else None
         vol, token_background, geom = self._volume(index, window or "volume")
-        if self.random_crop:
-            start, size = self._crop(rng, token_background)
+        if rng is not None and self.random_crop:
+            side = self._sides.get(index)
+            table = side.get("_foreground_table") if side is not None else None
+            if table is None:
+                table = _foreground_table(token_background)
+                if side is not None:
+                    side["_foreground_table"] = table
+            start, size = self._crop(rng, token_background, table)
         else:
             start, size = (0, 0, 0), tuple(int(v) for v in token_background.shape)
         transpose, flips = False, (False, False, False)
-        if self.augment:
+        if rng is not None and self.augment:
             transpose = rng.random() < 0.5
             flips = (rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5)
         if geom is not None and (self.random_crop or self.augment):
