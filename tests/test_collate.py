@@ -151,6 +151,23 @@ def test_dataloader_two_workers(ds_root, collate):
     assert sorted(seen) == sorted([ds[i]["path"] for i in range(len(ds))] * 2)  # every image once per epoch
 
 
+@pytest.mark.parametrize("collate", [collate_padded, collate_packed])
+def test_worker_batches_are_one_shared_block_equal_to_in_process(ds_root, collate):
+    """In a worker, a batch's tensors are views of one shared-memory block (one segment
+    sent per batch); their values are those of the same collate in the main process."""
+    ds = ImageDataset(ds_root, study_labels=LABELS, seed=0, img_dtype=torch.uint8)
+    batches = [[0, 1, 2], [3, 4]]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=1, collate_fn=collate)
+    for idx, b in zip(batches, loader):
+        want = collate([ds[i] for i in idx])
+        tensors = {k: v for k, v in b.items() if torch.is_tensor(v) and k != "label"}
+        assert {k for k, v in want.items() if torch.is_tensor(v)} - {"label"} == set(tensors)
+        for k, v in tensors.items():
+            assert v.dtype == want[k].dtype and torch.equal(v, want[k]), k
+        assert len({v.untyped_storage().data_ptr() for v in tensors.values()}) == 1
+        assert all(v.is_shared() for v in tensors.values())
+
+
 def test_training_example_runs_as_written(ds_root, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text("study,label\n" + "".join(f"{s},{v}\n" for s, v in LABELS.items()))

@@ -23,6 +23,7 @@ Use options with ``functools.partial``, e.g.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -81,27 +82,34 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 
 def _empty(shape: Iterable[int], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor; in a DataLoader worker, in shared memory, so that
-    sending the batch to the main process needs no further copy (as torch's
-    default_collate does); elsewhere a large one from neurovfm's buffer cache."""
-    shape = tuple(int(v) for v in shape)
-    if torch.utils.data.get_worker_info() is not None:
-        n = 1
-        for v in shape:
-            n *= v
-        try:
-            nbytes = max(n, 1) * torch.empty(0, dtype=dtype).element_size()
-            # torch's stubs: _new_shared is private and unannotated; set_ has no overload without a stride
-            storage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[no-untyped-call]
-            out: torch.Tensor = torch.empty(0, dtype=dtype).set_(storage, 0, shape)  # type: ignore[call-overload]
-            return out
-        except (AttributeError, RuntimeError):  # pragma: no cover - older torch
-            pass
-    # in the main process (num_workers=0, or a collate called directly): a large batch in
-    # a reused buffer, without a fresh allocation's page faults (as MultiViewCollator)
+    """An uninitialised tensor, a large one from neurovfm's buffer cache (no fresh page
+    faults) as MultiViewCollator's."""
     from .multiview import _empty as recycled_empty
 
-    return recycled_empty(shape, dtype, torch.device("cpu"))
+    return recycled_empty(tuple(int(v) for v in shape), dtype, torch.device("cpu"))
+
+
+def _batch_tensors(specs: Sequence[tuple[Iterable[int], torch.dtype]]) -> list[torch.Tensor]:
+    """Uninitialised tensors of these (shape, dtype). In a DataLoader worker they are views
+    of one block of shared memory (each at a 64-byte boundary), so that sending the batch
+    to the main process copies nothing (as torch's default_collate) and costs one segment
+    to create, map and free, not one per tensor; elsewhere as :func:`_empty`."""
+    shapes = [tuple(int(v) for v in shape) for shape, _ in specs]
+    if torch.utils.data.get_worker_info() is None:
+        return [_empty(shape, dtype) for shape, (_, dtype) in zip(shapes, specs)]
+    offsets, total = [], 0
+    for shape, (_, dtype) in zip(shapes, specs):
+        total = -(-total // 64) * 64
+        offsets.append(total)
+        total += math.prod(shape) * dtype.itemsize
+    try:  # torch's stubs: _new_shared is private and unannotated; set_ has no overload without a stride
+        storage = torch.UntypedStorage._new_shared(max(total, 1))  # type: ignore[no-untyped-call]
+    except (AttributeError, RuntimeError):  # pragma: no cover - older torch: moved to shared memory when sent
+        return [_empty(shape, dtype) for shape, (_, dtype) in zip(shapes, specs)]
+    return [
+        torch.empty(0, dtype=dtype).set_(storage, off // dtype.itemsize, shape)  # type: ignore[call-overload]
+        for shape, off, (_, dtype) in zip(shapes, offsets, specs)
+    ]
 
 
 def collate_padded(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -120,23 +128,36 @@ def collate_padded(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | N
     coords = [_as_tensor(it["coords"]) for it in items]
     token_background = [_as_tensor(it["filtered"]) for it in items]
     B = len(items)
-    lengths = torch.tensor([len(f) for f in token_background], dtype=torch.int64)
-    nmax = int(lengths.max()) if B else 0
-    out_coords = _empty((B, nmax, 3), coords[0].dtype)
-    out_background = _empty((B, nmax), torch.uint8)
+    counts = [len(f) for f in token_background]
+    nmax = max(counts) if B else 0
     if imgs[0].dim() == 2:
-        out_img = _empty((B, nmax, imgs[0].shape[1]), imgs[0].dtype)
+        img_shape = [B, nmax, imgs[0].shape[1]]
+    elif imgs[0].dim() == 4:
+        img_shape = [B] + [max(im.shape[k] for im in imgs) for k in range(4)]
+    else:
+        raise DatasetError(f"collate_padded: img must be [N, 1024] or [1, D, H, W], got {tuple(imgs[0].shape)}")
+    out_img, out_coords, out_background, padding_mask, lengths, size = _batch_tensors(
+        [
+            (img_shape, imgs[0].dtype),
+            ((B, nmax, 3), coords[0].dtype),
+            ((B, nmax), torch.uint8),
+            ((B, nmax), torch.bool),
+            ((B,), torch.int64),
+            ((B, 3), torch.int32),
+        ]
+    )
+    if imgs[0].dim() == 2:
         for b, im in enumerate(imgs):
             out_img[b, : im.shape[0]] = im
             out_img[b, im.shape[0] :] = 0
-    elif imgs[0].dim() == 4:
-        shape = [max(im.shape[k] for im in imgs) for k in range(4)]
-        out_img = _empty([B] + shape, imgs[0].dtype)
+    else:
         out_img.zero_()
         for b, im in enumerate(imgs):
             out_img[b, : im.shape[0], : im.shape[1], : im.shape[2], : im.shape[3]] = im
-    else:
-        raise DatasetError(f"collate_padded: img must be [N, 1024] or [1, D, H, W], got {tuple(imgs[0].shape)}")
+    lengths.copy_(torch.tensor(counts, dtype=torch.int64))
+    torch.ge(torch.arange(nmax)[None, :], lengths[:, None], out=padding_mask)
+    for b, it in enumerate(items):
+        size[b] = _as_tensor(it["size"])
     for b in range(B):
         n = int(lengths[b])
         out_coords[b, :n] = coords[b]
@@ -147,9 +168,9 @@ def collate_padded(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | N
         "img": out_img,
         "coords": out_coords,
         "filtered": out_background,
-        "padding_mask": torch.arange(nmax)[None, :] >= lengths[:, None],
+        "padding_mask": padding_mask,
         "lengths": lengths,
-        "size": torch.stack([_as_tensor(it["size"]).to(torch.int32) for it in items]),
+        "size": size,
     }
     return _metadata(items, out)
 
@@ -210,13 +231,25 @@ def collate_packed(
     lengths = torch.tensor(
         [len(_as_tensor(it["filtered"])) if kp is None else len(kp) for it, kp in zip(items, keeps)], dtype=torch.int64
     )
-    cu = torch.zeros(len(items) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(lengths, 0)
-    total = int(cu[-1])
+    B, S = len(items), len(studies)
+    total = int(lengths.sum())
     im0 = _as_tensor(items[0]["img"])
-    out_img = _empty((total, im0.shape[1]), im0.dtype)
-    out_coords = _empty((total, 3), _as_tensor(items[0]["coords"]).dtype)
-    out_background = _empty((total,), torch.uint8)
+    out_img, out_coords, out_background, image_index, cu, cu_s, out_lengths, study_index, size = _batch_tensors(
+        [
+            ((total, im0.shape[1]), im0.dtype),
+            ((total, 3), _as_tensor(items[0]["coords"]).dtype),
+            ((total,), torch.uint8),
+            ((total,), torch.int64),
+            ((B + 1,), torch.int32),
+            ((S + 1,), torch.int32),
+            ((B,), torch.int64),
+            ((B,), torch.int64),
+            ((B, 3), torch.int32),
+        ]
+    )
+    cu[0] = 0
+    torch.cumsum(lengths, 0, out=cu[1:])
+    out_lengths.copy_(lengths)
     for j, (it, keep) in enumerate(zip(items, keeps)):
         a, b = int(cu[j]), int(cu[j + 1])
         for src, dst in ((it["img"], out_img), (it["coords"], out_coords), (it["filtered"], out_background)):
@@ -226,23 +259,24 @@ def collate_packed(
             else:
                 torch.index_select(src, 0, keep, out=dst[a:b])
     per_study = torch.tensor([int(lengths[i : i + len(js)].sum()) for i, js in _starts(studies)], dtype=torch.int64)
-    cu_s = torch.zeros(len(studies) + 1, dtype=torch.int32)
-    cu_s[1:] = torch.cumsum(per_study, 0)
-    study_index = torch.repeat_interleave(
-        torch.arange(len(studies)), torch.tensor([len(js) for js in studies.values()])
-    )
+    cu_s[0] = 0
+    torch.cumsum(per_study, 0, out=cu_s[1:])
+    study_index.copy_(torch.repeat_interleave(torch.arange(S), torch.tensor([len(js) for js in studies.values()])))
+    image_index.copy_(torch.repeat_interleave(torch.arange(B), lengths))
+    for j, it in enumerate(items):
+        size[j] = _as_tensor(it["size"])
     out = {
         "img": out_img,
         "coords": out_coords,
         "filtered": out_background,
-        "image_index": torch.repeat_interleave(torch.arange(len(items)), lengths),
+        "image_index": image_index,
         "cu_seqlens": cu,
         "cu_seqlens_study": cu_s,
-        "max_seqlen": int(lengths.max()) if len(items) else 0,
-        "max_seqlen_study": int(per_study.max()) if len(studies) else 0,
-        "lengths": lengths,
+        "max_seqlen": int(lengths.max()) if B else 0,
+        "max_seqlen_study": int(per_study.max()) if S else 0,
+        "lengths": out_lengths,
         "study_index": study_index,
-        "size": torch.stack([_as_tensor(it["size"]).to(torch.int32) for it in items]),
+        "size": size,
     }
     return _metadata(items, out)
 

@@ -72,12 +72,11 @@ _MAP_CACHE_FILES = int(os.environ.get("NEUROVFM_MAP_CACHE", "32"))
 
 
 class _Entry:
-    __slots__ = ("folder", "image", "label", "mode", "name", "path", "series_uid", "sidecar", "source", "study")
+    __slots__ = ("folder", "image", "label", "mode", "path", "series_uid", "sidecar", "source", "study")
 
     def __init__(self, study: str, image: str, mode: str, path: str, label: Any, series_uid: str | None = None) -> None:
         self.study, self.image, self.mode, self.path, self.label = study, image, mode, path, label
         self.series_uid = series_uid
-        self.name = f"{study}/{image}"
         self.folder = self.source = self.sidecar = ""  # set by the dataset (absolute paths, once)
 
 
