@@ -12,6 +12,27 @@ import SimpleITK as sitk
 
 import reference as R
 
+# --- forks under the sanitizers -----------------------------------------------------------
+
+if os.environ.get("NEUROVFM_SANITIZERS") and hasattr(os, "register_at_fork"):
+    import threading
+
+    def _settle_queue_feeders() -> None:
+        """Under scripts/asan_test.sh every process allocates through the preloaded ASan
+        runtime, whose allocator (GCC 12's libasan) is not locked around fork: a child forked
+        while another thread of the parent is inside malloc inherits a locked size class and
+        hangs at its first allocation from it (one CI run hung so, in a DataLoader worker of
+        test_loader_load). The threads that allocate while a DataLoader forks its workers are
+        the multiprocessing queue feeders of the previous loader, still flushing: give each a
+        moment to finish first. glibc's malloc locks itself around fork, so the wheel stage
+        and users need nothing of the kind."""
+        me = threading.current_thread()
+        for t in threading.enumerate():
+            if t is not me and t.name == "QueueFeederThread":
+                t.join(0.05)
+
+    os.register_at_fork(before=_settle_queue_feeders)
+
 # --- the real corpus ----------------------------------------------------------------------
 
 
