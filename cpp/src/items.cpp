@@ -223,10 +223,11 @@ NEUROVFM_TARGET_AVX2 void gather_f32_avx2(const std::uint8_t* base, const std::i
 
 #ifdef NEUROVFM_ITEMS_AVX2
 // The uint8 gather with byte shuffles: a reversed row is one load, one shuffle and one
-// store (instead of two byte swaps of 8 bytes), and the H/W-swapped patch is transposed
-// two slices at a time (slice z in the low 128-bit lane, z + 1 in the high one: the
-// byte unpacks work per lane, so one pass of transpose16 transposes both). The same
-// bytes as gather_u8 (tests/test_intensity_fast_paths.py runs both).
+// store (instead of two byte swaps of 8 bytes); in the token layout two rows go out in one
+// 32-byte store; and the H/W-swapped patch is transposed two slices at a time (slice z in
+// the low 128-bit lane, z + 1 in the high one: the byte unpacks work per lane, so one
+// pass of the 16x16 transpose does both). The same bytes as gather_u8
+// (tests/test_intensity_fast_paths.py runs both).
 NEUROVFM_TARGET_AVX2 void gather_u8_avx2(const std::uint8_t* base, const std::int64_t ss[3],
                                          std::uint8_t* dst, Rows r) {
   const std::int64_t s0 = ss[0], s1 = ss[1], s2 = ss[2], dz = r.dz, dy = r.dy;
@@ -279,7 +280,7 @@ NEUROVFM_TARGET_AVX2 void gather_u8_avx2(const std::uint8_t* base, const std::in
       }
     }
   } else {
-    gather_u8(base, ss, dst, r);  // forward rows (plain copies) and the general case
+    gather_u8(base, ss, dst, r);  // forward rows of the volume layout, and the general case
   }
 }
 #endif
