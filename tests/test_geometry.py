@@ -330,3 +330,13 @@ def test_item_geometry_of_crops_swaps_and_flips_nested():
     with pytest.raises(InvalidArgumentError, match="not inside"):
         g.item((0, 0, 0), (7, 1, 1))
     assert OutputGeometry.from_dict(g.as_dict()) == g
+    d = g.as_dict()
+    del d["shape"], d["flips"]
+    d["size"] = list(g.token_grid)  # as a prepare output has it
+    assert OutputGeometry.from_dict(d) == g
+    with pytest.raises(InvalidArgumentError, match="'shape'"):
+        OutputGeometry.from_dict({k: v for k, v in d.items() if k != "size"})
+    with pytest.raises(InvalidArgumentError, match="'origin'"):
+        OutputGeometry.from_dict({k: v for k, v in d.items() if k != "origin"})
+    with pytest.raises(InvalidArgumentError, match="9 values"):
+        OutputGeometry.from_dict({**d, "direction": [1.0, 0.0, 0.0]})

@@ -158,10 +158,12 @@ class OutputGeometry:
                 raise InvalidArgumentError(f"{key!r} must hold {n} values, got {v.size}")
             return [float(x) for x in v]
 
-        try:
+        if "shape" in d:
             shape = [int(x) for x in vals("shape", 3)]
-        except InvalidArgumentError:
+        elif "size" in d:
             shape = [int(x) * t for x, t in zip(vals("size", 3), TOKEN_SHAPE)]
+        else:
+            raise InvalidArgumentError("no 'shape' (or token grid 'size') in the geometry's mapping")
         sp, org, ax = vals("spacing", 3), vals("origin", 3), [int(x) for x in vals("axes", 3)]
         fl = [bool(x) for x in vals("flips", 3)] if "flips" in d else [False, False, False]
         return cls(
