@@ -466,12 +466,7 @@ class CacheManager:
             wins = ["volume"]
         folder = self._dir(study)
         try:
-            # The token background flags are small: kept with the (cached) sidecar.
-            token_background = side.get("_token_background")
-            if token_background is None:
-                token_background = np.array(entry.open_file(folder, side, entry.TOKEN_BACKGROUND))
-                token_background.flags.writeable = False
-                side["_token_background"] = token_background
+            token_background = entry.token_background(folder, side)
             out = []
             for key in wins:
                 u8 = entry.open_file(folder, side, key)

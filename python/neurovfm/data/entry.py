@@ -116,6 +116,8 @@ __all__ = [
     "entry_status",
     "build_entry",
     "open_file",
+    "token_background",
+    "sidecar_geometry",
     "try_lock",
 ]
 
@@ -410,6 +412,19 @@ def write_entry(
     for key, value in (extra or {}).items():
         side.setdefault(key, value)
     atomic_write_bytes(sidecar_path(folder, image), json.dumps(side, indent=1).encode(), _tmp_prefix(image))
+
+
+def token_background(folder: str, side: dict[str, Any], checked: CheckedFiles | None = None) -> npt.NDArray[np.uint8]:
+    """The token background flags of a valid sidecar's entry (read-only ``[d, h, w]``): read
+    (:func:`open_file`) once, then kept with the (cached) sidecar. They are small; a rebuilt
+    entry replaces its volume files too, which their next open sees (a new stamp fails the
+    recorded CRC-32), and the sidecar is then read again, without them."""
+    flags = side.get("_token_background")
+    if flags is None:
+        flags = np.array(open_file(folder, side, TOKEN_BACKGROUND, checked))
+        flags.flags.writeable = False
+        side["_token_background"] = flags
+    return cast("npt.NDArray[np.uint8]", flags)
 
 
 def sidecar_geometry(side: dict[str, Any]) -> OutputGeometry | None:

@@ -359,14 +359,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             self._sides[i] = side
             try:
                 vol = entry.open_file(e.folder, side, key, self._checked, self._maps)
-                # The flags are small: read once per sidecar and kept with it. A rebuilt entry
-                # replaces its volume files too, which the volume's open sees (a new stamp
-                # fails the recorded CRC: the sidecar is read again, without them).
-                flags = side.get("_token_background")
-                if flags is None:
-                    flags = np.array(entry.open_file(e.folder, side, entry.TOKEN_BACKGROUND, self._checked))
-                    flags.flags.writeable = False
-                    side["_token_background"] = flags
+                flags = entry.token_background(e.folder, side, self._checked)
                 return vol, flags, entry.sidecar_geometry(side)
             except (OSError, ValueError) as err:
                 self._sides.pop(i, None)
@@ -426,12 +419,10 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         return k
 
     def _crop(
-        self, rng: random.Random, token_background: npt.NDArray[np.uint8], table: list[Any] | None = None
+        self, rng: random.Random, token_background: npt.NDArray[np.uint8], table: list[Any]
     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """A crop box by the documented draws; ``table``: :func:`_foreground_table` of the flags."""
         side = token_background.shape
-        if table is None:
-            table = _foreground_table(token_background)
         hi = [min(m, s) for m, s in zip(self.max_crop_size, side)]
         randint = rng.randint
         for _ in range(CROP_TRIES):
@@ -502,6 +493,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         window = WINDOW_NAMES[self._window(rng)] if rng is not None and ct else None
         vol, token_background, geom = self._volume(index, window or "volume")
         if rng is not None and self.random_crop:
+            # kept with the cached sidecar, as its flags (no sidecar: read from the raw scan)
             side = self._sides.get(index)
             table = side.get("_foreground_table") if side is not None else None
             if table is None:
