@@ -81,35 +81,31 @@ def _as_tensor(x: Any) -> torch.Tensor:
     return x if torch.is_tensor(x) else torch.as_tensor(x)
 
 
-def _empty(shape: Iterable[int], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor, a large one from neurovfm's buffer cache (no fresh page
-    faults) as MultiViewCollator's."""
-    from .multiview import _empty as recycled_empty
-
-    return recycled_empty(tuple(int(v) for v in shape), dtype, torch.device("cpu"))
-
-
 def _batch_tensors(specs: Sequence[tuple[Iterable[int], torch.dtype]]) -> list[torch.Tensor]:
     """Uninitialised tensors of these (shape, dtype). In a DataLoader worker they are views
     of one block of shared memory (each at a 64-byte boundary), so that sending the batch
     to the main process copies nothing (as torch's default_collate) and costs one segment
-    to create, map and free, not one per tensor; elsewhere as :func:`_empty`."""
+    to create, map and free, not one per tensor; elsewhere large ones come from neurovfm's
+    buffer cache (no fresh page faults), as MultiViewCollator's."""
     shapes = [tuple(int(v) for v in shape) for shape, _ in specs]
-    if torch.utils.data.get_worker_info() is None:
-        return [_empty(shape, dtype) for shape, (_, dtype) in zip(shapes, specs)]
-    offsets, total = [], 0
-    for shape, (_, dtype) in zip(shapes, specs):
-        total = -(-total // 64) * 64
-        offsets.append(total)
-        total += math.prod(shape) * dtype.itemsize
-    try:  # torch's stubs: _new_shared is private and unannotated; set_ has no overload without a stride
-        storage = torch.UntypedStorage._new_shared(max(total, 1))  # type: ignore[no-untyped-call]
-    except (AttributeError, RuntimeError):  # pragma: no cover - older torch: moved to shared memory when sent
-        return [_empty(shape, dtype) for shape, (_, dtype) in zip(shapes, specs)]
-    return [
-        torch.empty(0, dtype=dtype).set_(storage, off // dtype.itemsize, shape)  # type: ignore[call-overload]
-        for shape, off, (_, dtype) in zip(shapes, offsets, specs)
-    ]
+    dtypes = [dtype for _, dtype in specs]
+    if torch.utils.data.get_worker_info() is not None:
+        offsets, total = [], 0
+        for shape, dtype in zip(shapes, dtypes):
+            total = -(-total // 64) * 64
+            offsets.append(total)
+            total += math.prod(shape) * dtype.itemsize
+        try:  # torch's stubs: _new_shared is private and unannotated; set_ has no overload without a stride
+            storage = torch.UntypedStorage._new_shared(max(total, 1))  # type: ignore[no-untyped-call]
+            return [
+                torch.empty(0, dtype=dtype).set_(storage, off // dtype.itemsize, shape)  # type: ignore[call-overload]
+                for shape, off, dtype in zip(shapes, offsets, dtypes)
+            ]
+        except (AttributeError, RuntimeError):  # pragma: no cover - older torch: moved to shared memory when sent
+            pass
+    from .multiview import _empty
+
+    return [_empty(shape, dtype, torch.device("cpu")) for shape, dtype in zip(shapes, dtypes)]
 
 
 def collate_padded(batch: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:

@@ -80,8 +80,10 @@ class ScanDataset(Dataset[dict[str, Any]]):
         for m in r.mode_warnings:
             warnings.warn(ModeMismatchWarning(f"{j.path}: {m}"), stacklevel=2)
         c = CT_WINDOWS.index(self.window) if mode == "ct" else 0
+        # one CT window is copied out so that the other two are freed; an MRI's only one is not
+        tokens = r.tokens[c].copy() if r.tokens.shape[0] > 1 else r.tokens[c]
         return {
-            "img": torch.from_numpy(r.tokens[c].copy()),
+            "img": torch.from_numpy(tokens),
             "coords": torch.from_numpy(r.coords),
             "filtered": torch.from_numpy(r.filtered),
             "size": torch.from_numpy(r.size),
