@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Many scans to token files: ``prepare_many`` (``neurovfm prepare INPUT... -o OUT_DIR -j N``)
+"""Many scans to token files: ``prepare_many`` (``neurovfm prepare INPUT... -o OUT_DIR -w N``)
 against the reference loop over the same scans.
 
 The scans: every usable series of the corpus' ``ct/`` and ``mr/`` folders (found with
@@ -15,7 +15,7 @@ neurovfm's time goes (per-stage sums over the scans of the last run: read, mode 
 resample, prepare, tokenize, save, and the rest: discovery, summary, waiting). Run it
 from the repository root:
 
-    PYTHONPATH=python python bench/bench_batch.py                  # ~16 scans, -j 2
+    PYTHONPATH=python python bench/bench_batch.py                  # ~16 scans, -w 2
     PYTHONPATH=python python bench/bench_batch.py --scans 12 --workers 4 --no-reference
 """
 
@@ -84,7 +84,7 @@ def run_reference(picked: list[tuple[str, str, str | None]], out: Path) -> float
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scans", type=int, default=16)
-    ap.add_argument("--workers", "-j", type=int, default=2)
+    ap.add_argument("--workers", "-w", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3, help="interleaved runs of each; the medians are compared")
     ap.add_argument("--no-reference", action="store_true")
     args = ap.parse_args()
@@ -135,14 +135,14 @@ def main() -> None:
             bad = [r for r in s.rows if r.status != "ok"]
             for r in bad:
                 print(f"  {r.status} {r.input}: {r.reason}")
-            line = f"run {run + 1}: neurovfm prepare_many -j {args.workers} {ours_t[-1]:.2f} s ({s.ok} ok)"
+            line = f"run {run + 1}: neurovfm prepare_many -w {args.workers} {ours_t[-1]:.2f} s ({s.ok} ok)"
             if not args.no_reference:
                 ref_t.append(run_reference(picked, root / f"ref{run}"))
                 line += f", reference loop {ref_t[-1]:.2f} s"
             print(line, flush=True)
         ours = statistics.median(ours_t)
         total = sum(stages.values())
-        print(f"neurovfm prepare_many -j {args.workers}: {ours:.2f} s (median of {args.runs})")
+        print(f"neurovfm prepare_many -w {args.workers}: {ours:.2f} s (median of {args.runs})")
         print("  where the time goes (last run; sum over scans, per worker thread):")
         for k, v in stages.items():
             print(f"    {k:<11} {v:7.2f} s  {100 * v / max(total, 1e-9):5.1f}%")

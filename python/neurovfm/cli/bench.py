@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._common import PROG, Formatter, UsageError
+from ._common import PROG, Formatter, UsageError, positive_int
 
 #: The benchmark scripts ``bench`` runs, in order: (name, file, quick arguments, what).
 BENCHMARKS = (
@@ -33,7 +33,8 @@ beside the checkout); cases whose data is missing are skipped."""
 _EPILOG = """\
 examples:
   neurovfm bench                               all quick benchmarks (a few minutes)
-  neurovfm bench --only prepare -j 4           file to tokens only, 4 threads
+  neurovfm bench --only prepare -j 4           file to tokens only, 4 kernel threads
+  neurovfm bench --only cache -w 4             cache build with 4 images at once
   neurovfm bench --full                        the full runs (5 repeats, peak RSS, ...)
   neurovfm bench --list                        show what would run
   neurovfm bench --bench-dir ~/src/neurovfm/bench
@@ -57,6 +58,13 @@ def add_bench(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--full", action="store_true", help="the full runs instead of the quick ones")
     p.add_argument("--bench-dir", type=Path, metavar="DIR", help="folder holding bench_prepare.py")
+    p.add_argument(
+        "-w",
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="images at once in the cache benchmark (-j: kernel threads of the prepare benchmark)",
+    )
     p.add_argument("--list", action="store_true", help="print the commands and exit")
     p.set_defaults(func=cmd_bench)
 
@@ -103,9 +111,10 @@ def _commands(args: argparse.Namespace, bench_dir: Path, wanted: list[str]) -> l
             print(f"{PROG} bench: {fn} not present in {bench_dir}, skipped", flush=True)
             continue
         cmd = [sys.executable, str(script)] + ([] if args.full else list(quick))
-        if args.threads is not None:
-            cmd += ["--threads", str(args.threads)] if name == "prepare" else []
-            cmd += ["--workers", str(args.threads)] if name == "cache" else []
+        if args.threads is not None and name == "prepare":
+            cmd += ["--threads", str(args.threads)]
+        if args.workers is not None and name == "cache":
+            cmd += ["--workers", str(args.workers)]
         runs.append((name, what, cmd))
     return runs
 

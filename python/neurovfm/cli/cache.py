@@ -21,13 +21,16 @@ other than ct/mri, are skipped with a warning naming them.
 
 _CACHE_EPILOG = """\
 examples:
-  neurovfm cache build /data/ds -j 16                  # all images, 16 at once
-  neurovfm cache build /data/ds -j 8 --shard 3/10      # this machine's tenth
+  neurovfm cache build /data/ds -w 16                  # all images, 16 at once
+  neurovfm cache build /data/ds -w 4 -j 2              # 4 images at once, 2 kernel threads each
+  neurovfm cache build /data/ds -w 8 --shard 3/10      # this machine's tenth
   neurovfm cache build /data/ds --force --study s001   # rebuild one study
   neurovfm cache stats /data/ds
   neurovfm cache verify /data/ds                       # CRC-check every file
   neurovfm cache import /data/ds                       # convert a published NeuroVFM cache
 
+-w/--workers is images at once, -j/--threads kernel threads per image (default:
+1 with several workers, else the CPUs), as in 'neurovfm prepare'.
 Under a SLURM job array or torchrun, --shard defaults to the task's share
 (SLURM_ARRAY_TASK_ID/COUNT, RANK/WORLD_SIZE). Several builders may work on one
 folder at once.
@@ -82,7 +85,8 @@ def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
         "--workers",
         type=positive_int,
         metavar="N",
-        help="images processed at once (default: the CPUs this process may use)",
+        help="images built at once (default: the CPUs this process may use); "
+        "-j sets the kernel threads of each (default 1 with several workers)",
     )
     b.add_argument("--force", action="store_true", help="rebuild images already cached")
     b.add_argument("--shard", type=shard, metavar="I/N", help="build only shard I of N")
@@ -146,7 +150,7 @@ def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
 def cmd_metadata(args: argparse.Namespace) -> int:
     import warnings
 
-    from ..data.metadata import DatasetMetadata
+    from ..data import DatasetMetadata
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -167,7 +171,7 @@ def cmd_metadata(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_build(args: argparse.Namespace) -> int:
-    from ..data.cache import CacheManager
+    from ..data import CacheManager
 
     cm = CacheManager(args.data_dir)
     summary = cm.build_cache(
@@ -176,6 +180,7 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
         study_names=args.study,
         shard=args.shard,
         progress=not args.no_progress,
+        threads_per_image=args.threads,
     )
     if args.no_progress:
         print(summary)
@@ -185,7 +190,7 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
 def cmd_cache_stats(args: argparse.Namespace) -> int:
     import json
 
-    from ..data.cache import CacheManager
+    from ..data import CacheManager
 
     stats = CacheManager(args.data_dir).get_cache_stats()
     if args.json:
@@ -201,7 +206,7 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_verify(args: argparse.Namespace) -> int:
-    from ..data.cache import CacheManager
+    from ..data import CacheManager
 
     problems = CacheManager(args.data_dir).verify()
     for key, status in sorted(problems.items()):
@@ -216,7 +221,7 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_import(args: argparse.Namespace) -> int:
-    from ..data.cache import CacheManager
+    from ..data import CacheManager
 
     cm = CacheManager(args.data_dir)
     try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._common import PROG, VIEW_NAMES, Formatter, UsageError, check_output_folder, one_line
 from ._common import mode as mode_arg
-from ._common import shard
+from ._common import positive_int, shard
 
 if TYPE_CHECKING:
     pass
@@ -41,14 +41,15 @@ examples:
   neurovfm prepare --mode ct --phantom-dir phantoms/    keep the phantom files
   neurovfm prepare head_ct.nii.gz --mode ct
   neurovfm prepare study/series_dir --mode mri --series-uid 1.2.840.113619.2.55.3
-  neurovfm prepare head_ct.nii.gz --mode ct -j 4 -o tokens.npz
+  neurovfm prepare head_ct.nii.gz --mode ct -j 4 -o tokens.npz   4 kernel threads
   neurovfm prepare t1.nii.gz --mode mri -o tokens.pt    (needs PyTorch)
-  neurovfm prepare studies/ --mode mri -o out/ -j 4      batch: every usable series
+  neurovfm prepare studies/ --mode mri -o out/ -w 4      batch: every usable series, 4 at once
   neurovfm prepare 'scans/*.nii.gz' --mode ct -o out/ --shard 0/4
   neurovfm prepare --manifest scans.csv -o out/          CSV: path,mode[,id]
 
 batch mode (several inputs, -o naming a folder, --output-dir or --manifest): one
-output per series in OUT_DIR, -j N scans at once (each with CPUs/N kernel threads),
+output per series in OUT_DIR, -w N scans at once (each with -j kernel threads,
+default CPUs/N; before 0.3, -j N meant scans at once here),
 series already done are skipped (--force remakes them), outputs are written under
 a temporary name then renamed (a killed run leaves no half file; rerun to finish),
 and OUT_DIR/summary.csv has a row per series (input, series_uid, output, status
@@ -105,6 +106,13 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--manifest", type=Path, metavar="CSV", help="batch mode: scans from a CSV (path, mode[, id])")
     b.add_argument(
         "--format", choices=["npz", "pt", "nifti"], default="npz", help="batch mode: output format (default npz)"
+    )
+    b.add_argument(
+        "-w",
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="batch mode: scans prepared at once (default 1; each with -j kernel threads, default CPUs/N)",
     )
     b.add_argument("--force", action="store_true", help="batch mode: remake outputs that exist")
     b.add_argument(
@@ -309,8 +317,9 @@ def _batch_mode(args: argparse.Namespace) -> bool:
 def cmd_prepare(args: argparse.Namespace) -> int:
     if _batch_mode(args):
         return _prepare_batch(args)
-    if args.format != "npz" or args.force or args.shard is not None or args.no_progress:
-        raise UsageError("--format, --force, --shard and --no-progress are for batch mode (-o OUT_DIR)")
+    batch_only = args.format != "npz" or args.force or args.shard is not None or args.no_progress
+    if batch_only or args.workers is not None:
+        raise UsageError("--format, --force, --shard, -w/--workers and --no-progress are for batch mode (-o OUT_DIR)")
     args.path = args.path[0] if args.path else None
     _check_output(args.output)
     if args.path is None:
@@ -353,11 +362,11 @@ def _prepare_batch(args: argparse.Namespace) -> int:
         args.mode,
         manifest=args.manifest,
         format=args.format,
-        workers=workers,
+        workers=args.workers or 1,
         force=args.force,
         shard=args.shard,
         progress=not args.no_progress,
-        threads=None,
+        threads=args.threads,
     )
     print(summary, flush=True)
     if args.no_progress:  # else prepare_many said it as it happened
