@@ -355,7 +355,6 @@ def _prepare_batch(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output folder {str(out)!r} is a file")
     check_output_folder(out)
-    workers = args.threads or 1
     summary = prepare_many(
         args.path,
         out,
