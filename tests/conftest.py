@@ -60,6 +60,26 @@ def package_env(*first: str, **variables: str) -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), **variables}
 
 
+def copy_series(src: Path, dst: Path, number: int, description: str, keep=None, **attrs) -> str:
+    """A copy of the DICOM series in ``src`` as a new series (new UIDs) in ``dst``: slices
+    ``keep`` (indices of the files sorted by name; all by default), ``attrs`` set on every
+    file (e.g. ``ImageType=["DERIVED", "SECONDARY"]``). Returns the new SeriesInstanceUID."""
+    import pydicom
+
+    dst.mkdir(parents=True)
+    uid = pydicom.uid.generate_uid()
+    for i, f in enumerate(sorted(src.iterdir())):
+        if keep is not None and i not in keep:
+            continue
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, pydicom.uid.generate_uid()
+        ds.SeriesNumber, ds.SeriesDescription = number, description
+        for k, v in attrs.items():
+            setattr(ds, k, v)
+        ds.save_as(dst / f.name)
+    return uid
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     d = corpus_dir()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import reference as R
-from conftest import package_env
+from conftest import copy_series, package_env
 from neurovfm.data import load_image
 from neurovfm.data.cache import PIPELINE_VERSION, CacheManager, shard_from_env
 from neurovfm.data.metadata import DatasetMetadata, load_mode_mapping
@@ -28,7 +28,12 @@ STUDIES = {
     "mr_stroke": ("mri", ["mr/stroke/T1.nii.gz", "mr/stroke/FLAIR.nii.gz"]),
     "mr_thick": ("mri", ["mr/sag_t1_2d_thick"]),
     "bad_4d": ("mri", ["edge/nifti/example4d.nii.gz"]),
+    # a study whose only series says ImageType DERIVED\SECONDARY (as conversion and
+    # anonymisation tools write): a copy of a real series, made by _make_dataset
+    "mr_derived": ("mri", ["mr/sag_t1_2d_thick"]),
 }
+#: Studies whose series _make_dataset copies as derived/secondary instead of linking.
+DERIVED_STUDIES = {"mr_derived"}
 
 
 def _make_dataset(root, corpus, studies=STUDIES, extra_unmapped=True):
@@ -38,7 +43,10 @@ def _make_dataset(root, corpus, studies=STUDIES, extra_unmapped=True):
         d.mkdir(parents=True)
         for p in paths:
             src = corpus / p
-            os.symlink(src, d / os.path.basename(p))
+            if study in DERIVED_STUDIES:
+                copy_series(src, d / os.path.basename(p), 7, "t1 derived", ImageType=["DERIVED", "SECONDARY"])
+            else:
+                os.symlink(src, d / os.path.basename(p))
     if extra_unmapped:
         (raw / "not_in_mapping").mkdir()
         os.symlink(corpus / "ct/body_small.nii.gz", raw / "not_in_mapping" / "x.nii.gz")
@@ -63,6 +71,10 @@ def dataset(tmp_path, data_dir):
 def test_metadata_scan_and_round_trip(dataset):
     root, meta = dataset
     assert len(meta) == len(STUDIES)
+    # the derived-only study is used under the default policy, and its record says why
+    (im,) = meta.get_study("mr_derived").images
+    assert im.name == "sag_t1_2d_thick" and "no usable acquisition" in im.note and "derived='auto'" in im.note
+    assert meta.derived == "auto" and not meta.skipped_series
     assert {s.name for s in meta.get_studies_by_mode("ct")} == {"ct_head", "ct_body"}
     st = meta.get_study("mr_stroke")
     assert [im.name for im in st.images] == ["FLAIR", "T1"]

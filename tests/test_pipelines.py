@@ -219,5 +219,5 @@ def test_errors(tmp_path: Path) -> None:
         pre.load_study(bad, "mri")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ImageReadError, match="no NIfTI files or readable DICOM series"):
+    with pytest.raises(ImageReadError, match="no usable NIfTI file or DICOM series in this study folder$"):
         pre.load_study(empty, "mri")

@@ -23,6 +23,7 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 import reference as R  # noqa: E402
+from conftest import copy_series as _copy_series  # noqa: E402
 from conftest import package_env  # noqa: E402
 from neurovfm.data import DatasetMetadata, SeriesRecord, find_series  # noqa: E402
 from neurovfm.data.cache import CacheManager  # noqa: E402
@@ -44,22 +45,6 @@ NOT_USABLE = {  # name -> words of the reason
     "2_BRAIN_SEQ_4_8_H31s": "colour",
     "12_report": "non-image",
 }
-
-
-def _copy_series(src: Path, dst: Path, number: int, description: str, keep=None, **attrs) -> None:
-    """A copy of the series in ``src`` as a new series (new UIDs), slices ``keep``."""
-    dst.mkdir(parents=True)
-    uid = pydicom.uid.generate_uid()
-    files = sorted(src.iterdir())
-    for i, f in enumerate(files):
-        if keep is not None and i not in keep:
-            continue
-        ds = pydicom.dcmread(f)
-        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, pydicom.uid.generate_uid()
-        ds.SeriesNumber, ds.SeriesDescription = number, description
-        for k, v in attrs.items():
-            setattr(ds, k, v)
-        ds.save_as(dst / f.name)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ __all__ = [
     "MissingFileError",
     "MetadataError",
     "EmptyDatasetError",
+    "EmptyStudyError",
     "MetadataNotFoundError",
     "NotInDatasetError",
     "StudyNotFoundError",
@@ -128,6 +129,12 @@ class MetadataError(NeuroVFMError, ValueError):
 class EmptyDatasetError(MetadataError):
     """The mode mapping and ``raw/`` (or the dataset's filters) leave no image: the
     dataset would be empty."""
+
+
+class EmptyStudyError(MetadataError):
+    """A study of the mode mapping is left with no image (every series of its folder is a
+    localizer, derived under the ``derived`` policy, colour, ...): it would vanish from
+    the dataset. The message names the study and what would include it."""
 
 
 class MetadataNotFoundError(MissingFileError):

@@ -70,3 +70,15 @@ def one_line(err: BaseException) -> str:
     else:
         text = str(err) or type(err).__name__
     return " ".join(text.split())
+
+
+def add_derived(p: argparse.ArgumentParser) -> None:
+    """``--derived {auto,include,skip}``: the one policy for derived/secondary series."""
+    p.add_argument(
+        "--derived",
+        choices=("auto", "include", "skip"),
+        default="auto",
+        help="derived/secondary series (ImageType DERIVED\\SECONDARY: reformats, maps, screenshots, "
+        "and every series of many research exports): auto (default) uses them only when the folder "
+        "holds no usable acquisition; include always; skip never",
+    )

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import PROG, Formatter, UsageError, positive_int, shard
+from ._common import PROG, Formatter, UsageError, add_derived, positive_int, shard
 
 _METADATA_EPILOG = """\
 examples:
@@ -63,6 +63,7 @@ def add_metadata(sub: Any, common: argparse.ArgumentParser) -> None:
         "--modes", required=True, metavar="FILE", help="study -> mode mapping: CSV (study,mode) or JSON object"
     )
     p.add_argument("-o", "--output", metavar="FILE", help="where to write (default DATA_DIR/metadata.json)")
+    add_derived(p)
     p.set_defaults(func=cmd_metadata)
 
 
@@ -92,6 +93,14 @@ def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
     b.add_argument("--shard", type=shard, metavar="I/N", help="build only shard I of N")
     b.add_argument("--study", action="append", metavar="NAME", help="only this study (repeatable)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument(
+        "--derived",
+        choices=("auto", "include", "skip"),
+        default=None,
+        help="first describe raw/ again under this policy for derived/secondary series (as 'neurovfm "
+        "metadata --derived', with the modes of metadata.json; cached images stay cached), then build "
+        "(default: metadata.json as it is)",
+    )
     b.set_defaults(func=cmd_cache_build)
     st = csub.add_parser(
         "stats",
@@ -154,12 +163,11 @@ def cmd_metadata(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        meta = DatasetMetadata.from_directory(args.data_dir, args.modes)
+        meta = DatasetMetadata.from_directory(args.data_dir, args.modes, derived=args.derived)
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=sys.stderr)
     path = meta.save(args.output)
-    for study, rec in meta.skipped_series:
-        print(f"{PROG}: {study}: series {rec.name} not used ({rec.path}): {rec.reason}", file=sys.stderr)
+    _print_series_notes(meta)
     by_mode = {m: len(meta.get_studies_by_mode(m)) for m in ("ct", "mri")}
     n_skipped = len(meta.skipped_series)
     print(
@@ -170,9 +178,45 @@ def cmd_metadata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_series_notes(meta: Any) -> None:
+    """The series each study did not use, and the derived ones it did, with the policy."""
+    used = [(s.name, im) for s in meta for im in s.images if im.note]
+    if not meta.skipped_series and not used:
+        return
+    print(f"series by study (derived series: {meta.derived}):")
+    for study, im in used:
+        print(f"  {study}: used {im.name} ({im.path}): {im.note}")
+    for study, rec in meta.skipped_series:
+        print(f"  {study}: not used {rec.name} ({rec.path}): {rec.reason}")
+
+
+def _rescan(data_dir: str, derived: str) -> None:
+    """``metadata.json`` made again from raw/ under ``derived`` (modes and processed flags kept)."""
+    import warnings
+
+    from ..data import DatasetMetadata
+
+    old = DatasetMetadata.from_file(f"{data_dir}/metadata.json")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta = DatasetMetadata.from_directory(data_dir, {s.name: s.mode for s in old}, derived=derived)
+    for w in caught:
+        print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+    done = {(s.name, im.name, im.path) for s in old for im in s.images if im.processed}
+    for s in meta:
+        for im in s.images:
+            im.processed = (s.name, im.name, im.path) in done
+    meta.published = old.published
+    meta.save()
+    _print_series_notes(meta)
+
+
 def cmd_cache_build(args: argparse.Namespace) -> int:
     from ..data import CacheManager
 
+    if args.derived is not None:
+        CacheManager(args.data_dir)  # the missing-metadata error, as without --derived
+        _rescan(args.data_dir, args.derived)
     cm = CacheManager(args.data_dir)
     summary = cm.build_cache(
         num_workers=args.workers,

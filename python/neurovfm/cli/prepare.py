@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._common import PROG, VIEW_NAMES, Formatter, UsageError, check_output_folder, one_line
+from ._common import PROG, VIEW_NAMES, Formatter, UsageError, add_derived, check_output_folder, one_line
 from ._common import mode as mode_arg
 from ._common import positive_int, shard
 
@@ -122,6 +122,7 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
         help="batch mode: only shard I of N (default: from SLURM array / torchrun variables)",
     )
     b.add_argument("--no-progress", action="store_true", help="batch mode: no progress bar")
+    add_derived(b)
     p.add_argument(
         "--phantom-dir",
         type=Path,
@@ -192,18 +193,31 @@ def run_scan(
     series_uid: str | None = None,
     name: str = "",
     keep_arrays: bool = False,
+    derived: str = "auto",
 ) -> ScanResult:
     """File to tokens on one scan, timed per stage (:func:`neurovfm.data.batch.prepare_scan`;
-    a DICOM Modality or values that contradict ``mode`` are a ``ModeMismatchWarning``)."""
+    a DICOM Modality or values that contradict ``mode`` are a ``ModeMismatchWarning``).
+    A folder without ``series_uid`` gives its first usable series by
+    :func:`~neurovfm.data.find_series` (most slices) under the ``derived`` policy."""
     import warnings
 
     from ..data.batch import prepare_scan
+    from ..data.series import SeriesRecord, find_series
     from ..errors import ModeMismatchWarning
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file or directory")
-    r = prepare_scan(path, mode, series_uid)
+    src: str | SeriesRecord = path
+    if os.path.isdir(path) and series_uid is None:
+        records = find_series(path, derived=derived)
+        usable = [rec for rec in records if rec.usable]
+        if not usable:
+            why = "; ".join(f"{rec.name}: {rec.reason}" for rec in records[:3]) or "no image files"
+            hint = "; --derived include would use its derived series" if "derived/secondary" in why else ""
+            raise UsageError(f"{path}: no usable series ({why}){hint}")
+        src = usable[0]
+    r = prepare_scan(src, mode, series_uid)
     for conflict in r.mode_warnings:
         warnings.warn(ModeMismatchWarning(f"{path}: {conflict}"), stacklevel=2)
     header = _header(r.input_shape, r.input_spacing, r.input_dtype, r.input_direction)
@@ -330,7 +344,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise UsageError("--phantom-dir is for the built-in phantoms, without PATH")
     if args.mode is None:
         raise UsageError("--mode is required with a PATH (--mode ct or --mode mri)")
-    r = run_scan(args.path, args.mode, args.series_uid, keep_arrays=args.output is not None)
+    r = run_scan(args.path, args.mode, args.series_uid, keep_arrays=args.output is not None, derived=args.derived)
     print(format_result(r), flush=True)
     if args.output is not None:
         save_result(r, args.output)
@@ -366,6 +380,7 @@ def _prepare_batch(args: argparse.Namespace) -> int:
         shard=args.shard,
         progress=not args.no_progress,
         threads=args.threads,
+        derived=args.derived,
     )
     print(summary, flush=True)
     if args.no_progress:  # else prepare_many said it as it happened

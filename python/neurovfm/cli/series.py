@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from ._common import Formatter, positive_int
+from ._common import Formatter, add_derived, positive_int
 
 _DESCRIPTION = """\
 List every series under DIR (searched recursively; DICOM files need no extension,
@@ -23,6 +23,7 @@ examples:
   neurovfm series /exports/study_0042
   neurovfm series /exports/study_0042 --json > series.json
   neurovfm series scan.nii.gz --min-slices 16
+  neurovfm series /exports/study_0042 --derived include   # use derived/secondary series too
 """
 
 
@@ -44,6 +45,7 @@ def add_series(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="N",
         help="fewer slices than N is not a volume (default 8)",
     )
+    add_derived(p)
     p.set_defaults(func=cmd_series)
 
 
@@ -54,7 +56,7 @@ def _spacing(v: Any) -> str:
 def cmd_series(args: argparse.Namespace) -> int:
     from ..data.series import MIN_SLICES, find_series, series_image_names
 
-    records = find_series(args.path, min_slices=args.min_slices or MIN_SLICES)
+    records = find_series(args.path, min_slices=args.min_slices or MIN_SLICES, derived=args.derived)
     if args.json:
         json.dump([r.as_dict() for r in records], sys.stdout, indent=1)
         print()
@@ -77,5 +79,8 @@ def cmd_series(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     usable = sum(r.usable for r in records)
-    print(f"{len(records)} series under {args.path}: {usable} usable, {len(records) - usable} not")
+    print(
+        f"{len(records)} series under {args.path}: {usable} usable, {len(records) - usable} not "
+        f"(derived series: {args.derived})"
+    )
     return 0

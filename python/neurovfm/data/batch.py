@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,9 @@ from .._threads import available_cpus, thread_limit
 from ..errors import ImageTooSmallError, InvalidArgumentError, ModeMismatchWarning, UsageError
 from ._files import TMP_TAG, atomic_write, remove_temporaries
 from .geometry import OutputGeometry, output_geometry
+
+if TYPE_CHECKING:
+    from .series import SeriesRecord
 
 __all__ = [
     "BatchRow",
@@ -158,17 +161,20 @@ class PreparedScan:
         }
 
 
-def prepare_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None = None) -> PreparedScan:
-    """Read, check the mode (header and values), preprocess, prepare and tokenize one scan.
+def prepare_scan(path: str | os.PathLike[str] | SeriesRecord, mode: str, series_uid: str | None = None) -> PreparedScan:
+    """Read, check the mode (header and values), preprocess, prepare and tokenize one scan
+    (a path, or a series :func:`~neurovfm.data.find_series` found).
 
     The mode conflicts are returned in ``mode_warnings`` (not warned: the caller warns,
     from the thread it wants)."""
     from .io import preprocess_volume, read_volume
     from .preprocess import prepare_for_inference, tokenize
+    from .series import SeriesRecord as _Record
 
-    path = os.fspath(path)
+    src = path
+    path = path.path if isinstance(path, _Record) else os.fspath(path)
     t0 = time.perf_counter()
-    vol = read_volume(path, series_uid=series_uid)
+    vol = read_volume(src, series_uid=series_uid)
     t1 = time.perf_counter()
     conflicts = mode_conflicts(vol.modality, vol.array, mode)
     t2 = time.perf_counter()
@@ -295,9 +301,13 @@ def discover_scans(
     inputs: Iterable[str | os.PathLike[str]],
     mode: str | None = None,
     manifest: str | os.PathLike[str] | None = None,
+    derived: str = "auto",
 ) -> list[ScanJob]:
-    """The series to prepare, in a stable order, each with a unique output name."""
-    from .series import find_series, series_image_names
+    """The series to prepare, in a stable order, each with a unique output name (a folder's
+    series by :func:`~neurovfm.data.find_series` under the ``derived`` policy)."""
+    from .series import check_derived, find_series, series_image_names
+
+    derived = check_derived(derived)
 
     entries: list[tuple[str, str | None, str]] = [(os.fspath(p), mode, "") for p in inputs]
     if manifest is not None:
@@ -316,7 +326,7 @@ def discover_scans(
             if os.path.isfile(p):
                 jobs.append(ScanJob(p, p, "", m, prefix + _stem(p), ident))
                 continue
-            records = find_series(p)
+            records = find_series(p, derived=derived)
             if not records:
                 jobs.append(ScanJob(p, p, "", m, prefix + _stem(p), ident, "failed", "no image series found"))
                 continue
@@ -453,6 +463,7 @@ def prepare_many(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
     threads: int | None = None,
+    derived: str = "auto",
 ) -> BatchSummary:
     """Prepare every series of ``inputs`` (and of ``manifest``) into ``out_dir``.
 
@@ -479,6 +490,11 @@ def prepare_many(
         or torchrun variables, as ``neurovfm cache build``).
     threads
         Kernel threads per scan (default ``max(1, cpus // workers)``).
+    derived
+        Derived/secondary series of a folder (:func:`~neurovfm.data.find_series`):
+        ``'auto'`` (default: used only when the folder holds no usable acquisition),
+        ``'include'`` or ``'skip'``. One the policy leaves out is a ``skipped`` row that
+        says so and names the option that would use it.
 
     A scan that fails is a ``failed`` row with the reason; the run goes on. Mode
     conflicts are warned (:class:`~neurovfm.errors.ModeMismatchWarning`, from the calling
@@ -503,7 +519,7 @@ def prepare_many(
     out = os.fspath(out_dir)
     os.makedirs(out, exist_ok=True)
     remove_temporaries(out)  # a killed run's leftovers
-    jobs = [j for j in discover_scans(inputs, mode, manifest) if _in_shard(j, shard_)]
+    jobs = [j for j in discover_scans(inputs, mode, manifest, derived) if _in_shard(j, shard_)]
     summary_path = os.path.join(out, SUMMARY_NAME)
     summary = BatchSummary(summary_path=summary_path)
     rows: dict[int, BatchRow] = {}

@@ -139,9 +139,10 @@ def _nothing_found(p: str, files: list[str], skipped: Counter[str]) -> ImageRead
 def read_dicom(path: str | os.PathLike[str], series_uid: Optional[str] = None) -> RawVolume:
     """Read a DICOM series (a folder or a single file) as a 3D volume.
 
-    Chooses the readable series with the most slices of one geometry (logged
-    on the ``neurovfm`` logger), or the series whose SeriesInstanceUID is
-    ``series_uid``. Raises :class:`~neurovfm.errors.ImageNotFoundError` for a
+    Chooses the readable series with the most slices of one geometry, an acquisition
+    before any derived/secondary series (the ``derived='auto'`` rule of
+    :func:`~neurovfm.data.find_series`; logged on the ``neurovfm`` logger), or the
+    series whose SeriesInstanceUID is ``series_uid``. Raises :class:`~neurovfm.errors.ImageNotFoundError` for a
     missing path, :class:`~neurovfm.errors.DicomSeriesError` when no usable
     series is found or the series is inconsistent (duplicate slice positions,
     missing positions), :class:`~neurovfm.errors.UnsupportedImageError` for a
@@ -159,7 +160,8 @@ def read_dicom(path: str | os.PathLike[str], series_uid: Optional[str] = None) -
             raise DicomSeriesError(p, f"no series with SeriesInstanceUID {series_uid!r}; available: {avail}")
     else:
         cands = series
-    usable = [s for s in cands if s.usable]
+    # the derived policy's default ('auto'): an acquisition before any derived/secondary series
+    usable = sorted((s for s in cands if s.usable), key=_derived_info)
     if not usable:
         worst = cands[0]  # the largest
         if os.path.isfile(p):
@@ -195,6 +197,12 @@ def read_dicom(path: str | os.PathLike[str], series_uid: Optional[str] = None) -
     for s in bigger_bad:
         logger.warning("%s: skipped the larger series %s: %s", p, _describe(s), s.problem)
     return read_series(chosen, path=p)
+
+
+def _derived_info(s: SeriesInfo) -> bool:
+    from .series import _is_derived
+
+    return bool(s._headers) and _is_derived(str(getattr(s._headers[0], "image_type", "") or ""))
 
 
 def read_series(series: SeriesInfo, path: Optional[str] = None) -> RawVolume:

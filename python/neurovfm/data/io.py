@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,9 @@ from .._threads import get_num_threads
 from ..errors import ImageNotFoundError, ImageReadError, ImageTooSmallError
 from . import readers
 from .volume import RawVolume, check_finite
+
+if TYPE_CHECKING:
+    from .series import SeriesRecord
 
 __all__ = [
     "load_image",
@@ -311,8 +314,17 @@ def _check_exists(path: str) -> None:
     raise ImageNotFoundError(2, f"{path}: no such file or directory", path)
 
 
-def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> RawVolume:
-    """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format."""
+def read_volume(path: str | os.PathLike[str] | SeriesRecord, series_uid: str | None = None) -> RawVolume:
+    """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format; or one
+    series :func:`~neurovfm.data.find_series` found (its files, without a second walk)."""
+    from .series import SeriesRecord as _Record
+
+    if isinstance(path, _Record):
+        if path._info is not None:
+            from .dicom import read_series
+
+            return read_series(path._info)
+        return read_volume(path.path, path.series_uid or None)
     path = os.fspath(path)
     _check_exists(path)
     if not os.access(path, os.R_OK):

@@ -26,7 +26,14 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from ..errors import EmptyDatasetError, MetadataError, MetadataNotFoundError, ModeMismatchWarning, StudyNotFoundError
+from ..errors import (
+    EmptyDatasetError,
+    EmptyStudyError,
+    MetadataError,
+    MetadataNotFoundError,
+    ModeMismatchWarning,
+    StudyNotFoundError,
+)
 from ._files import read_json_object
 
 if TYPE_CHECKING:
@@ -40,6 +47,7 @@ __all__ = [
     "MODES",
     "MetadataError",
     "EmptyDatasetError",
+    "EmptyStudyError",
     "MetadataNotFoundError",
     "StudyNotFoundError",
 ]
@@ -72,6 +80,9 @@ class ImageRecord:
     processed: bool = False
     #: The series of a DICOM folder that holds several (None: the folder's one series).
     series_uid: str | None = None
+    #: Why a series that is not a plain acquisition was used (the ``derived`` policy's
+    #: rule for a derived/secondary series; '' otherwise).
+    note: str = ""
 
 
 @dataclass
@@ -127,11 +138,17 @@ def _image_dict(im: ImageRecord) -> dict[str, Any]:
     d = asdict(im)
     if d["series_uid"] is None:  # the folder's only series: files of older versions unchanged
         del d["series_uid"]
+    if not d["note"]:
+        del d["note"]
     return d
 
 
 def _scan_study(
-    data_dir: str, study_dir: str, skipped: list[tuple[str, SeriesRecord]], mode: str | None = None
+    data_dir: str,
+    study_dir: str,
+    skipped: list[tuple[str, SeriesRecord]],
+    mode: str | None = None,
+    derived: str = "auto",
 ) -> list[ImageRecord]:
     """The images of one study folder: its NIfTI files, and one image per usable DICOM
     series (found by :func:`~neurovfm.data.find_series`, in the folder and its
@@ -142,8 +159,9 @@ def _scan_study(
     A broken series (``SeriesRecord.broken``: unreadable, missing or duplicate slices) is
     kept as an image, so that the cache build reports it as failed with the reason; the
     other unusable series (localizers, derived, colour, too few slices, non-image
-    objects) are appended to ``skipped``; a series whose DICOM Modality
-    contradicts ``mode`` is kept with a :class:`~neurovfm.errors.ModeMismatchWarning`."""
+    objects, and derived series the ``derived`` policy leaves out) are appended to
+    ``skipped``; a series whose DICOM Modality contradicts ``mode`` is kept with a
+    :class:`~neurovfm.errors.ModeMismatchWarning`."""
     from .series import find_series, header_mode_conflict, series_image_names
 
     images: list[ImageRecord] = []
@@ -154,7 +172,7 @@ def _scan_study(
     # DICOM series, grouped by the study folder's entry that holds them
     groups: dict[str, list[SeriesRecord]] = {}
     study_abs = os.path.abspath(study_dir)
-    for r in find_series(study_dir):
+    for r in find_series(study_dir, derived=derived):
         if r.kind != "dicom":
             continue
         if not r.usable and not r.broken:
@@ -178,7 +196,8 @@ def _scan_study(
             else:
                 name, path, kind = "series", study_dir, "dicom_dir"
             uid = r.series_uid or None
-            images.append(ImageRecord(name, os.path.relpath(path, data_dir), kind, series_uid=uid))
+            note = r.reason if r.derived else ""
+            images.append(ImageRecord(name, os.path.relpath(path, data_dir), kind, series_uid=uid, note=note))
             continue
         for r, name in zip(recs, series_image_names(recs)):
             kind = "dicom_file" if r.path == r.files[0] and len(r.files) == 1 else "dicom_dir"
@@ -188,6 +207,7 @@ def _scan_study(
                     os.path.relpath(r.path, data_dir),
                     kind,
                     series_uid=r.series_uid or None,
+                    note=r.reason if r.derived else "",
                 )
             )
     names = [im.name for im in images]
@@ -195,6 +215,19 @@ def _scan_study(
     if dup:
         raise MetadataError(f"{study_dir}: several images share the name(s) {sorted(dup)} (e.g. a.nii and a.nii.gz)")
     return images
+
+
+def _empty_study(name: str, unused: list[SeriesRecord], derived: str) -> str:
+    """Why study ``name`` has no image, and what would give it one."""
+    if not unused:
+        return f"study {name!r} holds no NIfTI file or DICOM series (remove it from the mode mapping)"
+    why = "; ".join(f"{r.name}: {r.reason}" for r in unused[:5]) + ("; ..." if len(unused) > 5 else "")
+    fix = (
+        "derived='include' (--derived include) would use its derived series"
+        if derived != "include" and any("derived/secondary" in r.reason for r in unused)
+        else "remove it from the mode mapping to leave it out"
+    )
+    return f"study {name!r}: none of its {len(unused)} series is usable ({why}); {fix}"
 
 
 class DatasetMetadata:
@@ -210,11 +243,17 @@ class DatasetMetadata:
         #: (study, record) of each DICOM series :meth:`from_directory` did not use, and why
         #: (``record.reason``: localizer, derived, colour, too few slices, ...).
         self.skipped_series: list[tuple[str, SeriesRecord]] = []
+        #: The ``derived`` policy :meth:`from_directory` applied (None: not scanned).
+        self.derived: str | None = None
 
     # -- construction -----------------------------------------------------
     @classmethod
     def from_directory(
-        cls, data_dir: str | os.PathLike[str], mode_mapping: Mapping[str, str] | str | os.PathLike[str]
+        cls,
+        data_dir: str | os.PathLike[str],
+        mode_mapping: Mapping[str, str] | str | os.PathLike[str],
+        *,
+        derived: str = "auto",
     ) -> DatasetMetadata:
         """Scan ``data_dir/raw/<study>/`` for NIfTI files and DICOM series: one image per
         NIfTI file and per usable DICOM series (see :func:`neurovfm.data.find_series`; a
@@ -222,15 +261,24 @@ class DatasetMetadata:
         named ``<number>_<description>`` and their SeriesInstanceUID recorded). The series
         not used are listed in ``skipped_series`` with the reason, and logged. A series
         whose DICOM Modality contradicts the study's mode (``CT`` for ``'mri'``, ``MR``
-        for ``'ct'``) is kept, with a warning naming it.
+        for ``'ct'``) is kept, with a warning naming it. ``derived`` is the policy for
+        derived/secondary series (:data:`neurovfm.data.series.DERIVED_POLICIES`; the
+        study folder is the folder the rule looks at); an image made from one records
+        why in ``ImageRecord.note``.
 
         ``mode_mapping`` maps study names to ``'ct'`` or ``'mri'``: a dict, a CSV
         file (``study,mode``) or a JSON object file. A study of ``raw/`` missing
         from it, with another mode or without images is skipped with a warning that
         names it; so are the studies it names that ``raw/`` lacks (one warning).
         No usable study at all is an error (:class:`EmptyDatasetError`, naming the
-        mapping and the ``raw/`` folder): an empty dataset is never described.
+        mapping and the ``raw/`` folder): an empty dataset is never described. So is a
+        study of the mapping left with no image (:class:`EmptyStudyError`, naming each
+        such study, why its series were not used and the ``derived`` option that would
+        use them): a study is never dropped from a dataset beside a warning.
         """
+        from .series import check_derived
+
+        policy = check_derived(derived)
         data_dir = os.path.abspath(os.fspath(data_dir))
         raw = os.path.join(data_dir, "raw")
         if not os.path.isdir(raw):
@@ -245,6 +293,7 @@ class DatasetMetadata:
             e.name for e in os.scandir(raw) if e.is_dir(follow_symlinks=True) and not e.name.startswith(".")
         )
         studies = []
+        empty: list[str] = []  # why each study of the mapping has no image
         skipped_series: list[tuple[str, SeriesRecord]] = []
         skipped: list[
             tuple[str, str]
@@ -259,20 +308,16 @@ class DatasetMetadata:
                 skipped.append((name, f"study {name!r} has mode {mode!r} (expected 'ct' or 'mri'): skipped"))
                 continue
             before = len(skipped_series)
-            images = _scan_study(data_dir, os.path.join(raw, name), skipped_series, m)
+            images = _scan_study(data_dir, os.path.join(raw, name), skipped_series, m, policy)
             if not images:
-                unusable = skipped_series[before:]
-                why = (
-                    f" ({len(unusable)} series not usable: "
-                    + "; ".join(f"{r.name}: {r.reason}" for _, r in unusable[:5])
-                    + ("; ..." if len(unusable) > 5 else "")
-                    + ")"
-                    if unusable
-                    else ""
-                )
-                skipped.append((name, f"study {name!r} holds no usable NIfTI or DICOM image{why}: skipped"))
+                empty.append(_empty_study(name, [r for _, r in skipped_series[before:]], policy))
                 continue
             studies.append(StudyRecord(name, m, images))
+        if empty:
+            raise EmptyStudyError(
+                f"{len(empty)} of the studies in {raw} would have no image, which would drop "
+                f"{'it' if len(empty) == 1 else 'them'} from the dataset: " + "; ".join(empty)
+            )
         missing = set(modes) - set(folders)
         if missing:
             skipped.append(("", f"{_count(len(missing))} of {what} not in {raw}: skipped ({_names(missing)})"))
@@ -295,6 +340,7 @@ class DatasetMetadata:
             warnings.warn(w, stacklevel=2)
         meta = cls(data_dir, studies)
         meta.skipped_series = skipped_series
+        meta.derived = policy
         return meta
 
     @classmethod
@@ -329,7 +375,9 @@ class DatasetMetadata:
             data_dir = data.get("data_dir") or here
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise MetadataError(f"{path}: not a neurovfm metadata file ({type(err).__name__}: {err})") from None
-        return cls(here if os.path.basename(path) == "metadata.json" else data_dir, studies)
+        meta = cls(here if os.path.basename(path) == "metadata.json" else data_dir, studies)
+        meta.derived = data.get("derived")
+        return meta
 
     def save(self, path: str | os.PathLike[str] | None = None) -> str:
         """Write the metadata as JSON (default ``data_dir/metadata.json``), atomically.
@@ -345,6 +393,7 @@ class DatasetMetadata:
             data = {
                 "version": METADATA_VERSION,
                 "data_dir": self.data_dir,
+                **({"derived": self.derived} if self.derived else {}),
                 "studies": [
                     {"name": s.name, "mode": s.mode, "images": [_image_dict(im) for im in s.images]}
                     for s in self._studies.values()

@@ -22,13 +22,37 @@ import numpy as np
 from ..errors import ImageNotFoundError, ImageReadError
 from . import readers
 
-__all__ = ["SeriesRecord", "find_series", "header_mode_conflict", "series_image_names"]
+__all__ = [
+    "DERIVED_POLICIES",
+    "SeriesRecord",
+    "check_derived",
+    "find_series",
+    "header_mode_conflict",
+    "series_image_names",
+]
 
 log = logging.getLogger("neurovfm")
 
 #: Default of ``find_series(min_slices=...)``: fewer slices than this is not a brain volume
 #: (a scout, a single slab, a calibration), even when the files are readable.
 MIN_SLICES = 8
+
+#: The values of ``derived=`` (``--derived``): what :func:`find_series` does with a
+#: derived/secondary series (DICOM ImageType ``DERIVED\SECONDARY``: reformats, maps,
+#: screenshots, and every series of many research and anonymised exports).
+#: ``auto`` skips one when the same folder holds a usable acquisition and uses it when
+#: the folder holds none; ``include`` always uses it; ``skip`` never does.
+DERIVED_POLICIES = ("auto", "include", "skip")
+
+
+def check_derived(derived: object) -> str:
+    """``derived`` checked against :data:`DERIVED_POLICIES` (any case)."""
+    from ..errors import InvalidArgumentError
+
+    d = derived.strip().lower() if isinstance(derived, str) else None
+    if d not in DERIVED_POLICIES:
+        raise InvalidArgumentError(f"derived must be one of {', '.join(map(repr, DERIVED_POLICIES))}, got {derived!r}")
+    return d
 
 
 @dataclass(frozen=True)
@@ -46,8 +70,9 @@ class SeriesRecord:
     n_slices: int
     #: True when the pipeline should use it.
     usable: bool
-    #: Why not ('' when usable): localizer, derived/secondary, colour, too few slices,
-    #: missing slices, duplicate positions, unreadable file, ...
+    #: Why not: localizer, derived/secondary, colour, too few slices, missing slices,
+    #: duplicate positions, unreadable file, ... When usable, '' or, for a derived series
+    #: the ``derived`` policy uses, the rule that let it in.
     reason: str
     #: ``'dicom'`` or ``'nifti'``.
     kind: str
@@ -70,6 +95,13 @@ class SeriesRecord:
     broken: bool = False
     #: The files, in slice order (one file for NIfTI and multi-frame DICOM).
     files: tuple[str, ...] = field(default=(), repr=False)
+    #: True for a derived/secondary image volume (ImageType ``DERIVED\SECONDARY``), the
+    #: series the ``derived`` policy decides about. A colour image, a localizer or a
+    #: non-image object is reported as such, whatever its ImageType, and is False here.
+    derived: bool = False
+    #: The DICOM reader's own record of the series (read without a second walk:
+    #: :func:`neurovfm.data.io.read_volume` takes the record); None for NIfTI.
+    _info: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -78,7 +110,7 @@ class SeriesRecord:
 
     def as_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (``files`` as their count, ``n_files``)."""
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "_info"}
         d["n_files"] = len(d.pop("files"))
         d["name"] = self.name
         for k in ("spacing", "origin", "direction"):
@@ -139,11 +171,42 @@ def header_mode_conflict(modality: str, mode: str) -> str:
 _BROKEN_KINDS = frozenset({"unreadable file", "no positions", "duplicate positions"})
 
 
-def _derived_reason(image_type: str) -> str:
+def _is_derived(image_type: str) -> bool:
     parts = [p.strip().upper() for p in image_type.split("\\")]
-    if len(parts) >= 2 and parts[0] == "DERIVED" and parts[1] == "SECONDARY":
-        return f"derived/secondary image (ImageType {image_type}): a reformat, map or screenshot, not the acquisition"
-    return ""
+    return len(parts) >= 2 and parts[0] == "DERIVED" and parts[1] == "SECONDARY"
+
+
+def _apply_derived(records: list[SeriesRecord], derived: str) -> list[SeriesRecord]:
+    """The ``derived`` policy on the series of one folder (see :data:`DERIVED_POLICIES`).
+
+    A derived series the policy leaves out is reported as derived (not as broken or
+    short: it is not read); one the policy uses is checked like any other series, and
+    when usable its ``reason`` names the rule that let it in."""
+    acquisition = any(r.usable and not r.derived for r in records)
+    out = []
+    for r in records:
+        if not r.derived:
+            out.append(r)
+            continue
+        what = f"derived/secondary image (ImageType {r.image_type})"
+        if derived == "skip" or (derived == "auto" and acquisition):
+            why = (
+                "not used (derived='skip'; derived='include' uses it)"
+                if derived == "skip"
+                else "a reformat, map or screenshot beside the acquisition, not used "
+                "(derived='auto' skips it when the folder holds a usable acquisition; derived='include' uses it)"
+            )
+            out.append(dataclasses.replace(r, usable=False, reason=f"{what}: {why}", broken=False))
+        elif r.usable:
+            why = (
+                "used (derived='include')"
+                if derived == "include"
+                else "used: the folder holds no usable acquisition (derived='auto'; derived='skip' leaves it out)"
+            )
+            out.append(dataclasses.replace(r, reason=f"{what}: {why}"))
+        else:
+            out.append(r)
+    return out
 
 
 def _dicom_records(path: str, min_slices: int) -> tuple[list[SeriesRecord], list[str]]:
@@ -186,8 +249,7 @@ def _dicom_records(path: str, min_slices: int) -> tuple[list[SeriesRecord], list
         reason = info.problem or ""
         broken = info._kind in _BROKEN_KINDS
         image_type = str(getattr(h0, "image_type", "") or "")
-        if not reason:
-            reason = _derived_reason(image_type)
+        derived = not reason and _is_derived(image_type)
         if not reason and info.n_slices < min_slices:
             reason = f"too few slices: {info.n_slices} (fewer than {min_slices}): not a brain volume"
         if not reason and len(info._positions) >= 3:
@@ -232,6 +294,8 @@ def _dicom_records(path: str, min_slices: int) -> tuple[list[SeriesRecord], list
                 direction=direction,
                 broken=broken,
                 files=info.files,
+                derived=derived,
+                _info=info,
             )
         )
     return out, walked
@@ -268,17 +332,29 @@ def _nifti_record(path: str, min_slices: int) -> SeriesRecord:
     )
 
 
-def find_series(path: str | os.PathLike[str], *, min_slices: int = MIN_SLICES) -> list[SeriesRecord]:
+def find_series(
+    path: str | os.PathLike[str], *, min_slices: int = MIN_SLICES, derived: str = "auto"
+) -> list[SeriesRecord]:
     """Every series under ``path`` (a folder, searched recursively, or one file).
 
     DICOM files are grouped into series (by SeriesInstanceUID, split by geometry;
     files need no extension, DICOMDIR and non-image objects are skipped); every
     ``.nii``/``.nii.gz`` file is a series of its own. Each :class:`SeriesRecord` says
     whether the pipeline should use it (``usable``) and, when not, why (``reason``):
-    a localizer, a derived/secondary image (reformats, maps, screenshots), a colour
-    image, fewer than ``min_slices`` slices, missing or duplicate slices, an
-    unreadable file. Usable series come first (most slices first), then the others.
+    a localizer, a derived/secondary image (reformats, maps, screenshots) under the
+    ``derived`` policy, a colour image, fewer than ``min_slices`` slices, missing or
+    duplicate slices, an unreadable file. Usable series come first (most slices
+    first), then the others.
+
+    ``derived`` (:data:`DERIVED_POLICIES`): ``'auto'`` (default) skips a derived/secondary
+    series when ``path`` holds a usable acquisition (a series that is not derived, NIfTI
+    files included) and uses it, saying so in ``reason``, when it holds none;
+    ``'include'`` always uses it; ``'skip'`` never does. The folder given is the study
+    the rule looks at. This is the one answer to "which series" for every entry point:
+    ``neurovfm series``, :meth:`DatasetMetadata.from_directory`, :func:`prepare_many`,
+    ``ScanDataset`` and ``StudyPreprocessor.load_study``.
     """
+    policy = check_derived(derived)
     p = os.fspath(path)
     if not os.path.exists(p):
         raise ImageNotFoundError(f"{p}: no such file or directory")
@@ -295,5 +371,6 @@ def find_series(path: str | os.PathLike[str], *, min_slices: int = MIN_SLICES) -
             if readers.is_nifti(f) and not os.path.basename(f).startswith("."):
                 records.append(_nifti_record(f, min_slices))
         records.extend(dicom)
+    records = _apply_derived(records, policy)
     records.sort(key=lambda r: (not r.usable, -r.n_slices, r.path, r.series_uid))
     return records

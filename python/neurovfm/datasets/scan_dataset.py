@@ -28,6 +28,10 @@ class ScanDataset(Dataset[dict[str, Any]]):
         ``'ct'`` or ``'mri'`` for every scan (a manifest row's ``mode`` overrides it).
     window
         For CT, which window the item's ``img`` holds: ``'brain'`` (default), ``'blood'`` or ``'bone'``.
+    derived
+        Derived/secondary series of a folder (:func:`~neurovfm.data.find_series`):
+        ``'auto'`` (default: used only when the folder holds no usable acquisition),
+        ``'include'`` or ``'skip'``.
 
     Each item is a dict like :class:`ImageDataset`'s: ``img`` float32 ``[N, 1024]`` (the
     values :func:`~neurovfm.data.prepare_for_inference` gives, in [0, 1]), ``coords``
@@ -35,7 +39,7 @@ class ScanDataset(Dataset[dict[str, Any]]):
     int32 ``[3]``, ``path``, ``mode``, ``series_uid``, and ``geometry``, the
     :class:`~neurovfm.data.OutputGeometry` of the tokens' grid (token ``(d, h, w)`` to
     patient coordinates: :func:`~neurovfm.data.token_to_patient`). Series that are not usable
-    (localizers, derived images, broken series) are left out (:attr:`skipped` lists them
+    (localizers, derived images the ``derived`` policy leaves out, broken series) are left out (:attr:`skipped` lists them
     with the reason). A scan whose header or values contradict its mode gets a
     :class:`~neurovfm.errors.ModeMismatchWarning`. Works with DataLoader workers (each
     worker's kernels use one thread, by neurovfm's thread policy).
@@ -47,6 +51,7 @@ class ScanDataset(Dataset[dict[str, Any]]):
         mode: str | None = None,
         *,
         window: str = "brain",
+        derived: str = "auto",
     ) -> None:
         if mode is not None:
             mode = mode.lower()
@@ -58,11 +63,11 @@ class ScanDataset(Dataset[dict[str, Any]]):
         if isinstance(paths_or_manifest, (str, os.PathLike)):
             p = os.fspath(paths_or_manifest)
             if p.lower().endswith(".csv") and os.path.isfile(p):
-                jobs = discover_scans([], mode, manifest=p)
+                jobs = discover_scans([], mode, manifest=p, derived=derived)
             else:
-                jobs = discover_scans([p], mode)
+                jobs = discover_scans([p], mode, derived=derived)
         else:
-            jobs = discover_scans(list(paths_or_manifest), mode)
+            jobs = discover_scans(list(paths_or_manifest), mode, derived=derived)
         self.jobs: list[ScanJob] = [j for j in jobs if not j.status]
         #: (path, series_uid, reason) of the series left out.
         self.skipped: list[tuple[str, str, str]] = [(j.path, j.series_uid, j.reason) for j in jobs if j.status]

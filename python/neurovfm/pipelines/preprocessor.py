@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -38,11 +38,9 @@ import SimpleITK as sitk
 
 from .._threads import get_num_threads, thread_limit
 from ..data import load_image, prepare_for_inference, tokenize
-from ..data.io import preprocess_volume
-from ..errors import ImageReadError, ImageTooSmallError, InvalidArgumentError, InvalidTypeError
-
-if TYPE_CHECKING:
-    from ..data.dicom_series import SeriesInfo
+from ..data.io import preprocess_volume, read_volume
+from ..data.series import SeriesRecord, check_derived
+from ..errors import DicomSeriesError, ImageReadError, ImageTooSmallError, InvalidArgumentError, InvalidTypeError
 
 __all__ = ["StudyPreprocessor"]
 
@@ -65,7 +63,7 @@ class _Source:
 
     name: str  # the path the batch names it by
     path: str
-    series: SeriesInfo | None = None
+    series: SeriesRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -99,38 +97,33 @@ def _is_nifti_name(name: str) -> bool:
     return name.lower().endswith(_NIFTI_SUFFIXES)
 
 
-def _folder_sources(folder: str) -> list[_Source]:
-    """NIfTI files directly in ``folder`` and the DICOM series anywhere under it
-    (any file name, sub-folders included), sorted by name."""
-    from ..data.dicom_series import find_series
+def _folder_sources(folder: str, derived: str) -> tuple[list[_Source], list[SeriesRecord]]:
+    """The usable series :func:`~neurovfm.data.find_series` finds under ``folder`` (NIfTI
+    files and DICOM series, sub-folders included) under the ``derived`` policy, sorted
+    by name. A DICOM series is named by its folder (by its file when it is one file; by
+    ``<folder>/<UID>`` when its folder holds several)."""
+    from ..data.series import find_series
 
-    base = Path(folder)
-    found: list[tuple[str, _Source]] = []
-    for entry in sorted(os.listdir(folder)):
-        p = base / entry
-        if _is_nifti_name(entry) and p.is_file():
-            found.append((str(p), _Source(str(p), str(p))))
-    series = [s for s in find_series(folder) if not _is_nifti_name(s.files[0])]
-    for s in series:
-        if not s.usable:
-            logger.warning("%s: skipped DICOM series %s: %s", s._where(), s.uid or "(no UID)", s.problem)
-    usable = [s for s in series if s.usable]
-    per_folder: dict[str, int] = {}
-    for s in usable:
-        per_folder[s.folder] = per_folder.get(s.folder, 0) + 1
-    for s in usable:
-        if s.multiframe:
-            name = s.files[0]
-        elif per_folder[s.folder] == 1:
-            name = s.folder
-        else:  # several series in one folder: tell them apart by UID
-            name = os.path.join(s.folder, s.uid or "series")
-        found.append((name, _Source(name, s.folder, s)))
-    found.sort(key=lambda t: t[0])
-    return [src for _, src in found]
+    records = find_series(folder, derived=derived)
+    for r in records:
+        if not r.usable and not r.broken:
+            logger.warning("%s: skipped series %s: %s", r.path, r.name, r.reason)
+        elif r.reason:
+            logger.info("%s: series %s: %s", r.path, r.name, r.reason)
+    # a broken series (unreadable, missing or duplicate slices) is an error when it is read
+    usable = [r for r in records if r.usable or r.broken]
+    per_path: dict[str, int] = {}
+    for r in usable:
+        per_path[r.path] = per_path.get(r.path, 0) + 1
+    found = []
+    for r in usable:
+        name = r.path if per_path[r.path] == 1 else os.path.join(r.path, r.series_uid or "series")
+        found.append(_Source(name, r.path, r))
+    found.sort(key=lambda src: src.name)
+    return found, [r for r in records if not r.usable]
 
 
-def _sources(study_path: object) -> list[_Source]:
+def _sources(study_path: object, derived: str) -> list[_Source]:
     if isinstance(study_path, (str, os.PathLike)):
         p = Path(study_path)
         if not p.exists():
@@ -138,9 +131,10 @@ def _sources(study_path: object) -> list[_Source]:
 
             _check_exists(str(p))
         if p.is_dir():
-            srcs = _folder_sources(str(p))
+            srcs, unused = _folder_sources(str(p), derived)
             if not srcs:
-                raise ImageReadError(p, "no NIfTI files or readable DICOM series found in this study folder")
+                hint = "; derived='include' would use its derived series" if any(r.derived for r in unused) else ""
+                raise ImageReadError(p, f"no usable NIfTI file or DICOM series in this study folder{hint}")
             return srcs
         return [_Source(str(p), str(p))]
     if isinstance(study_path, (bytes, bytearray)) or not isinstance(study_path, Sequence):
@@ -158,10 +152,12 @@ def _sources(study_path: object) -> list[_Source]:
 def _load_one(src: _Source, mode: str, threads: int) -> _Loaded | None:
     with thread_limit(threads):
         try:
+            if src.series is not None and src.series.broken:
+                raise (DicomSeriesError if src.series.kind == "dicom" else ImageReadError)(
+                    src.series.path, src.series.reason
+                )
             if src.series is not None:
-                from ..data.dicom import read_series
-
-                img: sitk.Image = preprocess_volume(read_series(src.series))
+                img: sitk.Image = preprocess_volume(read_volume(src.series))
             else:
                 img = load_image(src.path, preprocess=True)
         except ImageTooSmallError as err:  # skipped, as published (its load_image gives None)
@@ -191,6 +187,9 @@ class StudyPreprocessor:
         Volumes loaded at once (threads; the kernels release the GIL). ``None``:
         up to the number of volumes, at most :func:`neurovfm.get_num_threads`.
         The kernel threads are shared among them, so the total stays the same.
+    derived
+        The policy for derived/secondary series of a study folder
+        (:func:`neurovfm.data.find_series`): ``'auto'`` (default), ``'include'`` or ``'skip'``.
 
     Raises
     ------
@@ -204,6 +203,7 @@ class StudyPreprocessor:
         target_spacing: Sequence[float] = SUPPORTED_TARGET_SPACING,
         remove_background: bool = True,
         num_workers: int | None = None,
+        derived: str = "auto",
     ) -> None:
         self.patch_size = tuple(int(v) for v in _check_triple(patch_size, SUPPORTED_PATCH_SIZE, "patch_size"))
         self.target_spacing = _check_triple(target_spacing, SUPPORTED_TARGET_SPACING, "target_spacing")
@@ -215,6 +215,7 @@ class StudyPreprocessor:
         ):
             raise InvalidArgumentError(f"num_workers must be a positive integer or None, got {num_workers!r}")
         self.num_workers = num_workers
+        self.derived = check_derived(derived)
 
     def load_study(self, study_path: StudyPath, modality: str) -> dict[str, Any]:
         """Load and tokenize every volume of a study; return the packed batch.
@@ -223,9 +224,10 @@ class StudyPreprocessor:
         ----------
         study_path
             A file (NIfTI, DICOM, any format :func:`neurovfm.data.load_image` reads),
-            a list of them (DICOM folders allowed), or a study folder: its ``.nii``/
-            ``.nii.gz`` files and every DICOM series under it (files of any name, in
-            sub-folders too), sorted by name.
+            a list of them (DICOM folders allowed), or a study folder: every usable
+            series :func:`neurovfm.data.find_series` finds under it (NIfTI files and
+            DICOM series of any file name, sub-folders included; derived/secondary
+            series by the ``derived`` policy), sorted by name.
         modality
             ``'ct'`` or ``'mri'`` (any case).
 
@@ -249,7 +251,7 @@ class StudyPreprocessor:
         import torch
 
         mode = _check_modality(modality)
-        sources = _sources(study_path)
+        sources = _sources(study_path, self.derived)
         total = get_num_threads()
         workers = min(len(sources), self.num_workers if self.num_workers is not None else total)
         per_worker = max(1, total // workers)
