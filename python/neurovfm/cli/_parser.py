@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import bench, cache, prepare, qa, series
+from . import bench, cache, demo, info, prepare, qa, series
 from ._common import PROG, Formatter, Parser, positive_int
 
 _MAIN_EPILOG = """\
@@ -20,12 +20,23 @@ examples:
   neurovfm cache import /data/ds                convert a cache built by the published code
   neurovfm qa head.nii.gz --mode ct -o qa.png   PNG montage of the preprocessed volume
   neurovfm bench                                quick benchmarks against the reference
+  neurovfm demo demo/                           a small dataset to try every command on
+  neurovfm info                                 version, build, DICOM decoders, threads, extras
 
 run 'neurovfm COMMAND --help' for the options of a command.
 """
 
 # Sub-commands, in the order --help lists them.
-_COMMANDS = [prepare.add_prepare, series.add_series, cache.add_metadata, cache.add_cache, qa.add_qa, bench.add_bench]
+_COMMANDS = [
+    prepare.add_prepare,
+    series.add_series,
+    cache.add_metadata,
+    cache.add_cache,
+    qa.add_qa,
+    demo.add_demo,
+    info.add_info,
+    bench.add_bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
