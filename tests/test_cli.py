@@ -322,20 +322,31 @@ def test_header_of_a_multiframe_dicom_file_is_the_volume_read(capsys):
 
 
 def test_prepare_reads_the_input_once(inputs, monkeypatch, capsys):
-    header_reads, dicom_reads = [], []
+    """One header read of a NIfTI file; a DICOM folder walked once (find_series, which picks
+    the series under the derived policy) and its pixels read once, from that walk's record."""
+    from neurovfm.data import dicom_series
+
+    header_reads, dicom_reads, walks = [], [], []
     read_info = sitk.ImageFileReader.ReadImageInformation
-    read_dicom = dicom_reader.read_dicom
+    read_series = dicom_reader.read_series
+    scan = dicom_series._scan
 
     def counting_info(self):
         header_reads.append(self.GetFileName())
         return read_info(self)
 
-    def counting_dicom(*a, **k):
-        dicom_reads.append(a[0])
-        return read_dicom(*a, **k)
+    def counting_series(s, *a, **k):
+        dicom_reads.append(s.folder)
+        return read_series(s, *a, **k)
+
+    def counting_scan(p, *a, **k):
+        walks.append(str(p))
+        return scan(p, *a, **k)
 
     monkeypatch.setattr(sitk.ImageFileReader, "ReadImageInformation", counting_info)
-    monkeypatch.setattr(dicom_reader, "read_dicom", counting_dicom)
+    monkeypatch.setattr(dicom_reader, "read_series", counting_series)
+    monkeypatch.setattr(dicom_reader, "_scan", counting_scan)
+    monkeypatch.setattr(dicom_series, "_scan", counting_scan)
     for case in ("nifti_streamed", "nifti_gz_whole"):
         path = str(inputs[case][0])
         header_reads.clear()
@@ -343,7 +354,7 @@ def test_prepare_reads_the_input_once(inputs, monkeypatch, capsys):
         assert header_reads == [path], case
     path = str(inputs["dicom_series"][0])
     assert main(["prepare", path, "--mode", "ct"]) == 0
-    assert dicom_reads == [path]
+    assert dicom_reads == [path] and walks == [path]
     out, err = capsys.readouterr()
     assert err == "" and out.count("  input     ") == 3
 
