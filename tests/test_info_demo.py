@@ -151,3 +151,10 @@ def test_mr_dicom_values_are_checked(tmp_path):
         phantom.write_dicom_series(img, tmp_path / "x", modality="MR")
     with pytest.raises(InvalidArgumentError, match="modality"):
         phantom.write_dicom_series(img, tmp_path / "x", modality="PT")
+
+
+def test_series_shows_a_dash_for_a_nifti_modality(demo, capsys):
+    assert main(["series", str(demo.root / "raw")]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert rows["t1"][1] == "-" and rows["head"][1] == "-"  # NIfTI files
+    assert {r[1] for name, r in rows.items() if name not in ("t1", "head")} == {"CT", "MR"}

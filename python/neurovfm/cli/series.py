@@ -67,7 +67,7 @@ def cmd_series(args: argparse.Namespace) -> int:
         rows.append(
             (
                 name,
-                r.modality or r.kind,
+                r.modality or "-",  # a NIfTI file has no modality
                 str(r.n_slices),
                 _spacing(r.spacing),
                 "yes" if r.usable else "no",

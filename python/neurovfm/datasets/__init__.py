@@ -19,6 +19,14 @@ the same number of batches.
 
 from typing import TYPE_CHECKING, Any
 
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as _err:  # pragma: no cover - only without torch (tests/test_datasets_frictions.py)
+    raise ImportError(
+        "neurovfm.datasets needs PyTorch, which is not installed: pip install 'neurovfm[torch]' "
+        "(the rest of neurovfm works without it)"
+    ) from _err
+
 from .collate import collate_packed, collate_padded, labels_to_tensor
 from .dataset import ImageDataset
 from .labels import load_study_labels

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from ..data.batch import CT_WINDOWS, ScanJob, discover_scans, prepare_scan
-from ..errors import InvalidArgumentError, ModeMismatchWarning
+from ..errors import DatasetError, InvalidArgumentError, ModeMismatchWarning
+from .collate import collate_packed
 
 __all__ = ["ScanDataset"]
+
+#: What a DataLoader with a batch size and torch's default collate gets (as ImageDataset's hint).
+DEFAULT_COLLATE_HINT = (
+    "ScanDataset items have different token counts and a geometry field, which torch's default "
+    "collate cannot stack: pass DataLoader(dataset, ..., collate_fn=dataset.collate_fn) "
+    "(collate_packed; or neurovfm.datasets.collate_padded), or batch_size=None for single items"
+)
 
 
 class ScanDataset(Dataset[dict[str, Any]]):
@@ -74,9 +83,25 @@ class ScanDataset(Dataset[dict[str, Any]]):
         missing = [j.path for j in self.jobs if j.mode is None]
         if missing:
             raise InvalidArgumentError(f"no mode for {missing[0]} (give mode= or a manifest 'mode' column)")
+        #: The collate function for a DataLoader over this dataset (variable token counts):
+        #: :func:`~neurovfm.datasets.collate_packed` (each scan its own image; ``path``,
+        #: ``mode``, ``series_uid`` and ``geometry`` as lists).
+        self.collate_fn: Callable[..., dict[str, Any] | None] = collate_packed
 
     def __len__(self) -> int:
         return len(self.jobs)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Items ``indices`` (what a DataLoader with a batch size asks for). With torch's
+        default collate, which cannot stack them, raises :class:`DatasetError` saying to pass
+        ``collate_fn=dataset.collate_fn`` (before any scan is read)."""
+        try:
+            fetcher = sys._getframe(1).f_locals.get("self")
+        except (AttributeError, ValueError):  # pragma: no cover - not CPython
+            fetcher = None
+        if getattr(fetcher, "collate_fn", None) is torch.utils.data.default_collate:
+            raise DatasetError(DEFAULT_COLLATE_HINT)
+        return [self[i] for i in indices]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         j = self.jobs[index]
