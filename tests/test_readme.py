@@ -1,10 +1,15 @@
-"""Every code block of README.md is executed or checked, so the README cannot rot.
+"""Every code block of README.md and of the docs pages it links (``DOCS``) is executed or
+checked, so none of them can rot.
 
 Convention (also stated at the end of the README):
 
 - every fenced block names its language: ``python``, ``bash`` or ``text``;
-- ``python`` blocks run as scripts, ``bash`` blocks as ``bash -euo pipefail`` scripts,
-  each in a fresh copy of a workspace holding ``scan.nii.gz`` (a small CT phantom),
+- the README's blocks under a "Quick start" heading run in order, top to bottom, in one
+  empty folder (the first runs ``neurovfm demo``), as a newcomer runs them; a block that
+  fails only for want of torch or matplotlib (optional extras) is skipped where the extra
+  is not installed, and the others still run;
+- every other ``python`` block runs as a script, ``bash`` block as a ``bash -euo pipefail``
+  script, each in a fresh copy of a workspace holding ``scan.nii.gz`` (a small CT phantom),
   ``t1.nii.gz`` (an MR phantom), ``modes.csv`` and the dataset ``ds/`` (studies s001
   CT and s002 MRI, metadata written and cache built). ``python``/``python3`` are
   this interpreter, ``neurovfm`` its console script; benchmarks come from this
@@ -15,12 +20,13 @@ Convention (also stated at the end of the README):
   for want of torch is skipped where torch is not installed;
 - a block after ``<!-- readme-test: ci -->`` is README's test command: one line (a
   script in the checkout), which ``.ci/run`` runs last, after the ASan stage;
-- a ``text`` block after ``<!-- readme-test: layout -->`` lists the cache files:
-  every file of a built cache must match one line and every line some file;
+- a ``text`` block after ``<!-- readme-test: layout -->`` (in docs/cli.md) lists the cache
+  files: every file of a built cache must match one line and every line some file;
 - a ``text`` block after ``<!-- readme-test: paths -->`` lists paths of the checkout:
   each must exist.
 
-Also: the API section names every public name of the package's modules.
+Also: docs/api.md names every public name of the package's modules; the README stays a
+front door (at most 400 lines); every relative link of these pages leads to a file.
 """
 
 from __future__ import annotations
@@ -44,8 +50,16 @@ import neurovfm
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+API_DOC = REPO / "docs" / "api.md"
+#: The pages whose blocks are checked: the README and the pages it sends a reader to.
+DOCS = [
+    README,
+    REPO / "CHANGELOG.md",
+    *(REPO / "docs" / f"{n}.md" for n in ("api", "cli", "install", "performance", "fidelity", "migration")),
+]
 CI_RUN = REPO / ".ci" / "run"
 LANGS = ("python", "bash", "text")
+README_MAX_LINES = 400
 
 
 @dataclass
@@ -54,13 +68,26 @@ class Block:
     code: str
     line: int  # line of the opening fence
     marker: str | None
+    file: str = "README.md"  # relative to the checkout
+    heading: str = ""  # the nearest heading above the block
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    @property
+    def quick_start(self) -> bool:
+        return self.file == "README.md" and "quick start" in self.heading.lower()
 
 
-def parse_blocks(text: str) -> list:
+def parse_blocks(text: str, file: str = "README.md") -> list:
     blocks = []
     lines = text.splitlines()
+    heading = ""
     i = 0
     while i < len(lines):
+        if lines[i].startswith("#"):
+            heading = lines[i].lstrip("#").strip()
         m = re.match(r"^```(\S*)\s*$", lines[i])
         if not m:
             i += 1
@@ -69,7 +96,7 @@ def parse_blocks(text: str) -> list:
         j = i + 1
         while j < len(lines) and lines[j].strip() != "```":
             j += 1
-        assert j < len(lines), f"README.md:{start + 1}: unclosed code block"
+        assert j < len(lines), f"{file}:{start + 1}: unclosed code block"
         marker = None
         k = start - 1
         while k >= 0 and not lines[k].strip():
@@ -77,26 +104,44 @@ def parse_blocks(text: str) -> list:
         if k >= 0:
             mm = re.match(r"^<!--\s*readme-test:\s*(\w+)\s*-->$", lines[k].strip())
             marker = mm.group(1) if mm else None
-        blocks.append(Block(m.group(1), "\n".join(lines[start + 1 : j]) + "\n", start + 1, marker))
+        blocks.append(Block(m.group(1), "\n".join(lines[start + 1 : j]) + "\n", start + 1, marker, file, heading))
         i = j + 1
     return blocks
 
 
-BLOCKS = parse_blocks(README.read_text())
+BLOCKS = [b for page in DOCS for b in parse_blocks(page.read_text(), page.relative_to(REPO).as_posix())]
 
 
 def _ids(blocks):
-    return [f"line{b.line}-{b.lang}" + (f"-{b.marker}" if b.marker else "") for b in blocks]
+    return [f"{Path(b.file).stem}-line{b.line}-{b.lang}" + (f"-{b.marker}" if b.marker else "") for b in blocks]
 
 
 def test_every_block_is_tagged_and_covered():
-    assert BLOCKS, "no code blocks found in README.md"
+    assert any(b.file == "README.md" for b in BLOCKS), "no code blocks found in README.md"
     for b in BLOCKS:
-        assert b.lang in LANGS, f"README.md:{b.line}: code block language {b.lang!r}, use one of {LANGS}"
+        assert b.lang in LANGS, f"{b.where}: code block language {b.lang!r}, use one of {LANGS}"
         if b.lang == "text":
-            assert b.marker in ("layout", "paths"), f"README.md:{b.line}: a text block needs a readme-test marker"
+            assert b.marker in ("layout", "paths"), f"{b.where}: a text block needs a readme-test marker"
         if b.marker == "ci":
-            assert b.lang == "bash"
+            assert b.lang == "bash" and b.file == "README.md"
+
+
+def test_readme_is_a_front_door():
+    """At most README_MAX_LINES lines; the references live in docs/ and CHANGELOG.md."""
+    text = README.read_text()
+    n = len(text.splitlines())
+    assert n <= README_MAX_LINES, f"README.md has {n} lines (at most {README_MAX_LINES}): move reference text to docs/"
+    for page in ("docs/api.md", "docs/cli.md", "CHANGELOG.md"):
+        assert (REPO / page).is_file() and f"]({page}" in text, f"README.md does not link {page}"
+    assert "\n## API\n" not in text and "\n## Changelog\n" not in text
+
+
+def test_relative_links_lead_to_files():
+    for page in [*DOCS, REPO / "docs" / "README.md"]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            assert (page.parent / target).exists(), f"{page.relative_to(REPO)}: link to {target}, which does not exist"
 
 
 # --- the workspace ---------------------------------------------------------------------------
@@ -213,11 +258,26 @@ def bash_script(code: str) -> tuple:
 
 # --- running the blocks ----------------------------------------------------------------------
 
-RUNNABLE = [b for b in BLOCKS if b.lang in ("python", "bash") and b.marker is None]
+RUNNABLE = [b for b in BLOCKS if b.lang in ("python", "bash") and b.marker is None and not b.quick_start]
+QUICK_STARTS = [b for b in BLOCKS if b.lang in ("python", "bash") and b.marker is None and b.quick_start]
 
 
 @pytest.mark.parametrize("block", RUNNABLE, ids=_ids(RUNNABLE))
 def test_block_runs(block, run_dir):
+    res = _run_block(block, run_dir)
+    if res.returncode != 0 and "No module named 'torch'" in res.stderr and importlib.util.find_spec("torch") is None:
+        pytest.skip(f"{block.where}: the example needs PyTorch, which is not installed")
+    assert res.returncode == 0, _failure(block, res)
+
+
+def _failure(block, res) -> str:
+    return (
+        f"{block.where}: {block.lang} block failed (exit code {res.returncode})\n"
+        f"--- block ---\n{block.code}--- stdout ---\n{res.stdout[-4000:]}\n--- stderr ---\n{res.stderr[-4000:]}"
+    )
+
+
+def _run_block(block, run_dir: Path) -> subprocess.CompletedProcess:
     env = package_env()
     env["NEUROVFM_BENCH_DIR"] = str(REPO / "bench")
     env["NEUROVFM_TEST_DATA"] = str(run_dir / "empty_corpus")
@@ -237,13 +297,44 @@ def test_block_runs(block, run_dir):
         env["PATH"] = os.pathsep.join([str(_shims(run_dir)), env.get("PATH", "")])
         (run_dir / "readme_block.sh").write_text(script)
         cmd = ["bash", "-euo", "pipefail", "readme_block.sh"]
-    res = subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True, timeout=600, check=False)
-    if res.returncode != 0 and "No module named 'torch'" in res.stderr and importlib.util.find_spec("torch") is None:
-        pytest.skip(f"README.md:{block.line}: the example needs PyTorch, which is not installed")
-    assert res.returncode == 0, (
-        f"README.md:{block.line}: {block.lang} block failed (exit code {res.returncode})\n"
-        f"--- block ---\n{block.code}--- stdout ---\n{res.stdout[-4000:]}\n--- stderr ---\n{res.stderr[-4000:]}"
+    return subprocess.run(cmd, cwd=run_dir, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+#: Optional extras a quick start may need: (module, what a failure for want of it says).
+OPTIONAL = (("torch", "No module named 'torch'"), ("matplotlib", "neurovfm[qa]"))
+
+
+def test_quick_starts_run_top_to_bottom(tmp_path):
+    """README's quick starts, in order, in one empty folder: the first makes the demo
+    dataset, each later one uses what the earlier ones made, and each prints something."""
+    assert QUICK_STARTS, "README.md has no Quick start blocks"
+    first = QUICK_STARTS[0]
+    assert first.lang == "bash" and re.search(r"^neurovfm demo (\S+)", first.code, re.M), (
+        f"{first.where}: the first quick-start block must run `neurovfm demo DIR`"
     )
+    headings = [b.heading.lower() for b in QUICK_STARTS]
+    order = ["demo", "inference", "at scale", "cache", "training", "qa"]
+    seen = [next(i for i, h in enumerate(headings) if word in h) for word in order]
+    assert seen == sorted(seen), f"quick starts must come in the order their data is made: {order}"
+    work = tmp_path / "quickstart"
+    work.mkdir()
+    (work / "empty_corpus").mkdir()
+    skipped = []
+    for block in QUICK_STARTS:
+        res = _run_block(block, work)
+        missing = [m for m, says in OPTIONAL if importlib.util.find_spec(m) is None and says in res.stderr]
+        if res.returncode != 0 and missing:
+            skipped.append(f"{block.where} (needs {missing[0]})")
+            continue
+        assert res.returncode == 0, _failure(block, res)
+        assert res.stdout.strip(), f"{block.where}: the block prints nothing a newcomer could check"
+    assert (work / "ds" / "metadata.json").is_file() and (work / "out" / "summary.csv").is_file()
+    for m in re.finditer(r"-o (\S+\.png)", "".join(b.code for b in QUICK_STARTS)):
+        if importlib.util.find_spec("matplotlib") is not None:
+            png = work / m.group(1)
+            assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    if skipped:
+        pytest.skip("ran every quick start except " + ", ".join(skipped))
 
 
 def test_documented_outputs_exist_after_the_blocks(run_dir):
@@ -269,6 +360,8 @@ def test_documented_outputs_exist_after_the_blocks(run_dir):
 def test_pip_lines_are_checked():
     pips = [p for b in BLOCKS if b.lang == "bash" for p in bash_script(b.code)[1]]
     assert any(p == "pip install neurovfm" for p in pips)
+    readme = [p for b in BLOCKS if b.lang == "bash" and b.file == "README.md" for p in bash_script(b.code)[1]]
+    assert readme[0] == "pip install .", "README's first install line is what works from this repository"
     for p in pips:
         check_pip(p)
     with pytest.raises(AssertionError, match="no extra"):
@@ -310,7 +403,9 @@ def check_ci(readme_block: str, ci_run: str) -> str:
 
 def test_ci_block_is_what_ci_runs():
     ci = [b for b in BLOCKS if b.marker == "ci"]
-    assert len(ci) == 1, "README.md needs exactly one block marked readme-test: ci (Run the tests)"
+    assert len(ci) == 1 and ci[0].file == "README.md", (
+        "README.md needs exactly one block marked readme-test: ci (Run the tests)"
+    )
     assert check_ci(ci[0].code, CI_RUN.read_text()) == "scripts/test.sh"
 
 
@@ -373,26 +468,33 @@ def test_layout_block_matches_a_built_cache(tmp_path):
 def test_paths_block_exists():
     (block,) = [b for b in BLOCKS if b.marker == "paths"]
     paths = [line.split()[0] for line in block.code.splitlines() if line.strip()]
-    assert len(paths) >= 5, f"README.md:{block.line}: the paths block lists {paths}"
+    assert len(paths) >= 5, f"{block.where}: the paths block lists {paths}"
     for path in paths:
-        assert (REPO / path).exists(), f"README.md layout names {path}, which does not exist"
+        assert (REPO / path).exists(), f"{block.where} names {path}, which does not exist"
     assert {"python/neurovfm/", "tests/", "bench/", "scripts/"} <= set(paths)
 
 
 # --- the API section -------------------------------------------------------------------------
 
-API_MODULES = ["neurovfm", "neurovfm.data", "neurovfm.errors", "neurovfm.phantom", "neurovfm.pipelines", "neurovfm.qa"]
+API_MODULES = [
+    "neurovfm",
+    "neurovfm.data",
+    "neurovfm.demo",
+    "neurovfm.errors",
+    "neurovfm.phantom",
+    "neurovfm.pipelines",
+    "neurovfm.qa",
+]
 if importlib.util.find_spec("neurovfm.datasets") is not None:
     API_MODULES.append("neurovfm.datasets")
 
 
 @pytest.mark.parametrize("modname", API_MODULES)
 def test_api_section_names_every_public_name(modname):
-    text = README.read_text()
-    api = text[text.index("\n## API") : text.index("\n## ", text.index("\n## API") + 1)]
+    api = API_DOC.read_text()
     mod = importlib.import_module(modname)
     names = getattr(mod, "__all__", None)
     assert names, f"{modname} has no __all__"
     code = " ".join(re.findall(r"`([^`]+)`", api))
     missing = [n for n in names if not re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", code)]
-    assert not missing, f"README.md's API section does not document {modname}: {missing}"
+    assert not missing, f"docs/api.md does not document {modname}: {missing}"
