@@ -375,12 +375,12 @@ def test_too_small_to_tokenise_is_one_error_type(tmp_path):
     summary = CacheManager(tmp_path).build_cache(num_workers=1, progress=False)
     assert list(summary.failed) == ["tiny/scan"]
     assert summary.failed["tiny/scan"].startswith("ImageTooSmallError: "), summary.failed
-    assert "smaller than one 4x16x16 token" in summary.failed["tiny/scan"]
+    assert "too small for one 4x16x16 token after resampling to 1x1x4 mm" in summary.failed["tiny/scan"]
     failed = json.loads((tmp_path / "processed" / "tiny" / "scan.failed.json").read_text())
     assert failed["reason"] == summary.failed["tiny/scan"]
     from neurovfm.datasets import ImageDataset
 
-    with pytest.raises(ImageTooSmallError, match=r"scan\.nii\.gz: volume .* smaller than one 4x16x16 token"):
+    with pytest.raises(ImageTooSmallError, match=r"scan\.nii\.gz: too small for one 4x16x16 token after resampling to 1x1x4 mm \(size .*\)"):
         ImageDataset(tmp_path)[0]
 
 

@@ -30,7 +30,8 @@ from itemdata import reference_item
 from neurovfm import phantom
 from neurovfm.cli import main
 from neurovfm.data import CacheManager, DatasetMetadata, ImportSummary, entry, ptfile
-from neurovfm.data.entry import PIPELINE_VERSION, WINDOW_NAMES
+from neurovfm.data.entry import PIPELINE_VERSION
+from neurovfm.data.preprocess import CT_WINDOW_NAMES
 from neurovfm.data.metadata import ImageRecord
 from neurovfm.data.published_cache import token_flags
 
@@ -62,7 +63,7 @@ def publish(root: Path, study: str, image: str, mode: str, scan: Path) -> dict:
     assert pub_view == view
     folder = root / "processed" / study
     folder.mkdir(parents=True, exist_ok=True)
-    keys = list(WINDOW_NAMES) if mode == "ct" else ["volume"]
+    keys = list(CT_WINDOW_NAMES) if mode == "ct" else ["volume"]
     for key, u8 in zip(keys, volumes):
         arr = u8[0]  # [D, H, W], strided as the reference left it (the published code saves it so)
         payload = {
@@ -87,7 +88,7 @@ def publish(root: Path, study: str, image: str, mode: str, scan: Path) -> dict:
         "version": "1.0",
     }
     if mode == "ct":
-        side["windows"] = list(WINDOW_NAMES)
+        side["windows"] = list(CT_WINDOW_NAMES)
     (folder / f"{image}_metadata.json").write_text(json.dumps(side, indent=2))
     # The test's own reduction of the voxel mask: a token is background when any voxel is.
     d, h, w = background.shape
@@ -183,7 +184,7 @@ def test_import_converts_in_place_and_the_cache_serves_it(ds):
 
     # CacheManager.load_image: u / 255 and the token flags.
     ct = cm.load_image("ct1", "head")
-    assert [d["window"] for d in ct] == list(WINDOW_NAMES)
+    assert [d["window"] for d in ct] == list(CT_WINDOW_NAMES)
     for d in ct:
         vol = expected["ct1/head"]["volumes"][d["window"]]
         np.testing.assert_array_equal(d["data"].numpy(), vol.astype(np.float32) / np.float32(255))
@@ -560,7 +561,7 @@ def test_an_import_killed_between_the_renames_is_undone_by_the_next(ds):
     holding the new files, no sidecar."""
     root, expected = ds
     folder = root / "processed" / "ct1"
-    for key in (*WINDOW_NAMES, "mask"):
+    for key in (*CT_WINDOW_NAMES, "mask"):
         os.link(folder / f"head_{key}.pt", folder / f".head.published-{key}.pt")
     # the new file is written under another name and renamed (entry.write_entry), so the second
     # name keeps the published bytes

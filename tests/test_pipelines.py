@@ -186,7 +186,7 @@ def test_too_small_volume_is_skipped_or_refused(tmp_path: Path, caplog: pytest.L
     with caplog.at_level("WARNING", logger="neurovfm.pipelines.preprocessor"):
         batch = StudyPreprocessor().load_study([tiny, big], "mri")
     check_batch(batch, expected_series(big, "mri", True), "mri", [str(big)])
-    assert "tiny.nii.gz: smaller than one 4x16x16 token" in caplog.text
+    assert "tiny.nii.gz: too small for one 4x16x16 token after resampling to 1x1x4 mm" in caplog.text
     with pytest.raises(ImageTooSmallError, match="no volume of the study holds one 4x16x16 token"):
         StudyPreprocessor().load_study(tiny, "mri")
 

@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .data.preprocess import CT_WINDOWS, view_axes
-from .errors import ImageNotFoundError, ImageTooSmallError, InvalidArgumentError, NotInDatasetError
+from .errors import ImageNotFoundError, InvalidArgumentError, NotInDatasetError
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -130,27 +130,21 @@ def _channels(mode: str) -> list[str]:
 
 
 def load_scan(path: str | os.PathLike[str], mode: str, series_uid: str | None = None) -> QAVolume:
-    """Read and preprocess a scan (:func:`~neurovfm.data.load_image` +
-    :func:`~neurovfm.data.prepare_for_inference`) for a montage."""
-    from .data import load_image, prepare_for_inference
+    """Read and preprocess a scan for a montage (the library's one recipe,
+    :func:`neurovfm.data.scan.prepare_scan`: what the model sees)."""
+    from .data.scan import prepare_scan
 
     path = os.fspath(path)
-    img = load_image(path, series_uid=series_uid)
-    res = prepare_for_inference(img, mode)
-    if res is None:
-        raise ImageTooSmallError(
-            path, f"too small for one 4x16x16 token after resampling to 1x1x4 mm (size {img.GetSize()})"
-        )
-    arrs, mask, view = res[:3]  # no foreground asked for: three values
     m = mode.lower()
+    r = prepare_scan(path, m, series_uid, tokenize=False, check_mode=False)
     return QAVolume(
-        arrays=[a[0] for a in arrs],
+        arrays=[a[0] for a in r.arrays],
         channels=_channels(m),
-        mask=mask,
-        view=int(view),
-        spacing=tuple(float(s) for s in img.GetSpacing()),
+        mask=r.filtered,
+        view=r.view,
+        spacing=tuple(r.spacing),
         mode=m,
-        direction=tuple(float(d) for d in img.GetDirection()),
+        direction=tuple(float(d) for d in r.image.GetDirection()),
         name=os.path.basename(path.rstrip("/\\")),
         source=path,
     )

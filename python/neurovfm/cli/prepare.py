@@ -195,13 +195,13 @@ def run_scan(
     keep_arrays: bool = False,
     derived: str = "auto",
 ) -> ScanResult:
-    """File to tokens on one scan, timed per stage (:func:`neurovfm.data.batch.prepare_scan`;
+    """File to tokens on one scan, timed per stage (:func:`neurovfm.data.scan.prepare_scan`;
     a DICOM Modality or values that contradict ``mode`` are a ``ModeMismatchWarning``).
     A folder without ``series_uid`` gives its first usable series by
     :func:`~neurovfm.data.find_series` (most slices) under the ``derived`` policy."""
     import warnings
 
-    from ..data.batch import prepare_scan
+    from ..data.scan import prepare_scan
     from ..data.series import SeriesRecord, find_series
     from ..errors import ModeMismatchWarning
 
@@ -231,10 +231,10 @@ def run_scan(
         input_spacing=header.spacing,
         input_dtype=header.dtype,
         input_orientation=header.orientation,
-        output_shape=tuple(int(v) for v in r.arrays.shape[1:]),
+        output_shape=r.shape,
         output_spacing=tuple(r.image.GetSpacing()),
         view=r.view,
-        tokens=int(r.tokens.shape[1]),
+        tokens=int(r.filtered.size),
         token_grid=tuple(int(v) for v in r.size),
         fg_tokens=r.foreground,
         fg_voxels=r.foreground_voxels,

@@ -8,10 +8,8 @@ rename), so a killed run leaves no half-written file and a rerun makes only what
 missing. ``summary.csv`` gets a row per series as each one finishes (a killed run keeps
 the rows of what it did) and is rewritten, in input order, at the end.
 
-:func:`mode_value_conflict` is the value check of the mode guard: a scan whose values
-contradict its mode (air in HU given as ``'mri'``, no negative value given as ``'ct'``)
-gets a :class:`~neurovfm.errors.ModeMismatchWarning`, as does one whose DICOM Modality
-contradicts it (:func:`~neurovfm.data.series.header_mode_conflict`).
+Each scan goes through the one recipe, :func:`neurovfm.data.scan.prepare_scan`; its mode
+conflicts become :class:`~neurovfm.errors.ModeMismatchWarning` warnings, counted per row.
 """
 
 from __future__ import annotations
@@ -25,27 +23,22 @@ import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from .._threads import available_cpus, thread_limit
-from ..errors import ImageTooSmallError, InvalidArgumentError, ModeMismatchWarning, UsageError
+from ..errors import InvalidArgumentError, ModeMismatchWarning, UsageError
 from ._files import TMP_TAG, atomic_write, remove_temporaries
-from .geometry import OutputGeometry, output_geometry
-
-if TYPE_CHECKING:
-    from .series import SeriesRecord
+from .preprocess import CT_WINDOW_NAMES
+from .scan import PreparedScan, prepare_scan
 
 __all__ = [
     "BatchRow",
     "BatchSummary",
     "ScanJob",
     "discover_scans",
-    "mode_value_conflict",
     "prepare_many",
-    "prepare_scan",
     "read_manifest",
 ]
 
@@ -65,153 +58,9 @@ SUMMARY_COLUMNS = (
     "mode_warnings",
 )
 SUMMARY_NAME = "summary.csv"
+
+
 #: Temporary outputs end with this; a later run removes the ones a killed run left.
-#: Value check: share of voxels at or below -900 (air in HU) above which an 'mri' scan looks like a CT.
-AIR_HU = -900.0
-AIR_SHARE = 0.20
-CT_WINDOWS = ("brain", "blood", "bone")
-
-
-# --- the mode guard -----------------------------------------------------------------------------
-
-
-def mode_value_conflict(array: npt.ArrayLike, mode: str) -> str:
-    """Why the raw voxel values (as read, before resampling) contradict ``mode``, or ''.
-
-    ``'mri'``: more than 20% of the voxels at or below -900 (air in Hounsfield units).
-    ``'ct'``: no negative value at all in a non-constant volume (CT has air at -1000).
-    One pass over the voxels (a min, a max and a count)."""
-    a = np.asarray(array)
-    if a.size == 0:
-        return ""
-    if mode == "mri":
-        if a.dtype.kind == "u":
-            return ""
-        share = float(np.count_nonzero(a <= AIR_HU)) / a.size
-        if share > AIR_SHARE:
-            return (
-                f"{100 * share:.0f}% of the voxels are <= {AIR_HU:g} (air in CT Hounsfield units) "
-                "but the mode is 'mri' (pass --mode ct for a CT)"
-            )
-        return ""
-    if mode == "ct":
-        lo, hi = float(a.min()), float(a.max())
-        if lo >= 0 and hi > lo:
-            return (
-                f"no negative value (range {lo:g}..{hi:g}): a CT in Hounsfield units has air at -1000, "
-                "but the mode is 'ct' (pass --mode mri for an MRI)"
-            )
-    return ""
-
-
-def mode_conflicts(modality: str, array: npt.ArrayLike, mode: str) -> list[str]:
-    """The header and value reasons why a scan contradicts ``mode`` (empty when none)."""
-    from .series import header_mode_conflict
-
-    out = [header_mode_conflict(modality, mode), mode_value_conflict(array, mode)]
-    return [m for m in out if m]
-
-
-# --- one scan -----------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedScan:
-    """What :func:`prepare_scan` made of one scan."""
-
-    tokens: npt.NDArray[np.float32]  # [C, N, 1024]
-    coords: npt.NDArray[np.int32]
-    filtered: npt.NDArray[np.uint8]
-    size: npt.NDArray[np.int32]
-    arrays: npt.NDArray[np.float32]  # [C, D, H, W]
-    channels: list[str]
-    view: int
-    spacing: list[float]
-    foreground: float  # share of tokens without background
-    foreground_voxels: float  # share of voxels in the foreground mask
-    mode_warnings: list[str] = field(default_factory=list)
-    input_shape: tuple[int, ...] = ()  # as read, (z, y, x)
-    input_spacing: tuple[float, ...] = ()
-    input_dtype: str = ""
-    input_direction: tuple[float, ...] = ()
-    times: dict[str, float] = field(default_factory=dict)
-    #: The preprocessed SimpleITK image (its geometry places the outputs in patient space).
-    image: Any = field(default=None, repr=False)
-
-    @property
-    def geometry(self) -> OutputGeometry:
-        """Where the arrays (and the tokens) lie in the patient (:mod:`neurovfm.data.geometry`)."""
-        return output_geometry(self.image, self.view)
-
-    def payload(self, mode: str, source: str) -> dict[str, Any]:
-        """The dict ``neurovfm prepare -o`` saves (``.npz``/``.pt``): the tokens (every
-        token: :func:`~neurovfm.data.untokenize` gives the arrays back), their flags and
-        grid, and the arrays' geometry (:meth:`OutputGeometry.from_dict` reads it back)."""
-        geom = self.geometry.as_dict()
-        return {
-            "tokens": self.tokens,
-            "coords": self.coords,
-            "filtered": self.filtered,
-            "size": self.size,
-            "channels": self.channels,
-            "mode": mode,
-            "view": int(self.view),
-            **geom,
-            "source": source,
-        }
-
-
-def prepare_scan(path: str | os.PathLike[str] | SeriesRecord, mode: str, series_uid: str | None = None) -> PreparedScan:
-    """Read, check the mode (header and values), preprocess, prepare and tokenize one scan
-    (a path, or a series :func:`~neurovfm.data.find_series` found).
-
-    The mode conflicts are returned in ``mode_warnings`` (not warned: the caller warns,
-    from the thread it wants)."""
-    from .io import preprocess_volume, read_volume
-    from .preprocess import prepare_for_inference, tokenize
-    from .series import SeriesRecord as _Record
-
-    src = path
-    path = path.path if isinstance(path, _Record) else os.fspath(path)
-    t0 = time.perf_counter()
-    vol = read_volume(src, series_uid=series_uid)
-    t1 = time.perf_counter()
-    conflicts = mode_conflicts(vol.modality, vol.array, mode)
-    t2 = time.perf_counter()
-    img = preprocess_volume(vol)
-    t3 = time.perf_counter()
-    res = prepare_for_inference(img, mode, return_foreground=True)
-    if res is None:
-        raise ImageTooSmallError(
-            path,
-            f"too small for one 4x16x16 token after resampling to 1x1x4 mm (size {tuple(img.GetSize())} in x, y, z)",
-        )
-    arrs, mask, view, fg = res  # type: ignore[misc]  # return_foreground=True: four items
-    t4 = time.perf_counter()
-    toks = [tokenize(a, mask) for a in arrs]
-    t5 = time.perf_counter()
-    n = toks[0].img.shape[0]
-    return PreparedScan(
-        tokens=np.stack([t.img for t in toks]),
-        coords=toks[0].coords,
-        filtered=toks[0].filtered,
-        size=np.asarray(toks[0].size, np.int32),
-        arrays=np.concatenate(arrs, axis=0),
-        channels=list(CT_WINDOWS) if mode == "ct" else ["mri"],
-        view=int(view),
-        spacing=[float(s) for s in img.GetSpacing()],
-        foreground=float(1.0 - mask.mean()) if n else 0.0,
-        foreground_voxels=float(np.count_nonzero(fg) / fg.size) if fg.size else 0.0,
-        mode_warnings=conflicts,
-        input_shape=tuple(int(s) for s in vol.array.shape),
-        input_spacing=tuple(float(s) for s in vol.spacing),
-        input_dtype=np.dtype(vol.array.dtype).name,
-        input_direction=tuple(float(d) for d in vol.direction),
-        times={"read": t1 - t0, "mode check": t2 - t1, "resample": t3 - t2, "prepare": t4 - t3, "tokenize": t5 - t4},
-        image=img,
-    )
-
-
 def save_payload(payload: dict[str, Any], out: str | os.PathLike[str]) -> None:
     """Write a :meth:`PreparedScan.payload` to ``.npz`` (NumPy) or ``.pt`` (PyTorch)."""
     out = os.fspath(out)
@@ -441,8 +290,7 @@ def _write_nifti(r: PreparedScan, mode: str, prefix: str) -> list[str]:
     """The model-input volumes and the token mask of ``r`` as ``.nii.gz`` on its grid."""
     from .geometry import write_nifti_outputs
 
-    arrays = [r.arrays[c : c + 1] for c in range(r.arrays.shape[0])]
-    return [os.fspath(p) for p in write_nifti_outputs(arrays, r.filtered, r.geometry, prefix, mode)]
+    return [os.fspath(p) for p in write_nifti_outputs(r.arrays, r.filtered, r.geometry, prefix, mode)]
 
 
 def _check_shard(shard: Any) -> tuple[int, int] | None:
@@ -540,7 +388,7 @@ def prepare_many(
     def done_outputs(j: ScanJob, dest: str) -> list[str] | None:
         if format != "nifti":
             return [dest] if os.path.exists(dest) else None
-        names = [f"_{w}" for w in CT_WINDOWS] if j.mode == "ct" else [""]
+        names = [f"_{w}" for w in CT_WINDOW_NAMES] if j.mode == "ct" else [""]
         paths = [f"{dest}{n}.nii.gz" for n in [*names, "_mask"]]  # the mask is written last
         return paths if all(os.path.exists(p) for p in paths) else None
 
@@ -580,8 +428,8 @@ def prepare_many(
             ";".join(outputs),
             "ok",
             "",
-            " x ".join(str(int(s)) for s in r.arrays.shape[1:]),
-            int(r.tokens.shape[1]),
+            " x ".join(map(str, r.shape)),
+            int(r.filtered.size),
             r.foreground,
             time.perf_counter() - t,
             len(msgs),

@@ -26,7 +26,8 @@ from .. import _core
 from .._threads import available_cpus, get_num_threads, thread_limit
 from ..errors import InvalidArgumentError, NotInDatasetError
 from . import entry
-from .entry import PIPELINE_VERSION, WINDOW_NAMES
+from .entry import PIPELINE_VERSION
+from .preprocess import CT_WINDOW_NAMES
 from .metadata import DatasetMetadata, ImageRecord, MetadataNotFoundError
 from . import published_cache
 from .published_cache import ImportSummary
@@ -455,11 +456,11 @@ class CacheManager:
         mode = side["mode"]
         if mode == "ct":
             if window is None:
-                wins = list(WINDOW_NAMES)
-            elif window in WINDOW_NAMES:
+                wins = list(CT_WINDOW_NAMES)
+            elif window in CT_WINDOW_NAMES:
                 wins = [window]
             else:
-                raise InvalidArgumentError(f"window must be one of {WINDOW_NAMES} or None, got {window!r}")
+                raise InvalidArgumentError(f"window must be one of {CT_WINDOW_NAMES} or None, got {window!r}")
         else:
             if window is not None:
                 raise InvalidArgumentError(f"{study}/{image} is MRI: window must be None, got {window!r}")

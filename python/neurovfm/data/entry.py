@@ -40,12 +40,11 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
-from .._threads import thread_limit
-from ..errors import CacheEntryError, ImageTooSmallError
+from ..errors import CacheEntryError
 from . import ptfile
 from ._files import atomic_write_bytes, try_lock, unlink
 from .geometry import OutputGeometry, grid_geometry
-from .preprocess import CT_WINDOWS
+from .preprocess import CT_WINDOW_NAMES
 
 #: ``folders`` of :func:`source_matches`: folder -> ((mtime_ns, inode), its fingerprint).
 FolderWalks = dict[str, tuple[tuple[int, int], dict[str, int]]]
@@ -94,7 +93,6 @@ class MapCache:
 
 __all__ = [
     "PIPELINE_VERSION",
-    "WINDOW_NAMES",
     "TOKEN_BACKGROUND",
     "CacheEntryError",
     "Encoded",
@@ -125,7 +123,6 @@ __all__ = [
 #: neurovfm-2: quantised from the float64 values (the reference's bytes; docs/numbers.md) and
 #: one resampling order for every entry point.
 PIPELINE_VERSION = "neurovfm-2"
-WINDOW_NAMES = tuple(w[0] for w in CT_WINDOWS)
 #: Sidecar key (and file suffix) of the token background flags: ``mask`` in the published format.
 TOKEN_BACKGROUND = "mask"
 
@@ -135,7 +132,7 @@ TOKEN_BACKGROUND = "mask"
 
 def volume_keys(mode: str) -> tuple[str, ...]:
     """Keys of the volume files of an entry: the CT windows, or ``("volume",)`` for MRI."""
-    return WINDOW_NAMES if mode == "ct" else ("volume",)
+    return CT_WINDOW_NAMES if mode == "ct" else ("volume",)
 
 
 def file_names(image: str, mode: str) -> dict[str, str]:
@@ -331,29 +328,15 @@ def encode_scan(source: str, mode: str, threads: int | None = None, series_uid: 
     values (docs/numbers.md). :class:`~neurovfm.errors.ImageTooSmallError` when the volume
     holds no whole token. ``threads``: kernel threads (default: the current setting);
     ``series_uid``: the series of a DICOM folder that holds several."""
-    from .io import load_image
-    from .preprocess import prepare_for_inference
+    from .scan import prepare_scan
 
-    if threads is None:
-        img = load_image(source, series_uid=series_uid)
-        prep = prepare_for_inference(img, mode, quantize=True)
-    else:
-        with thread_limit(threads):
-            img = load_image(source, series_uid=series_uid)
-            prep = prepare_for_inference(img, mode, quantize=True)
-    if prep is None:
-        raise ImageTooSmallError(
-            source, f"volume {img.GetSize()} is smaller than one 4x16x16 token after preprocessing"
-        )
-    arrs, token_background, view = cast(  # return_foreground=False: three items
-        "tuple[list[npt.NDArray[np.uint8]], npt.NDArray[np.uint8], int]", prep
-    )
-    grid = token_grid(arrs[0].shape)
+    r = prepare_scan(source, mode, series_uid, quantize=True, tokenize=False, check_mode=False, threads=threads)
+    img = r.image
     return Encoded(
-        dict(zip(volume_keys(mode), arrs)),
-        token_background.reshape(grid),
-        int(view),
-        tuple(float(x) for x in img.GetSpacing()),
+        dict(zip(volume_keys(mode), r.arrays)),
+        r.filtered.reshape(tuple(int(v) for v in r.size)),
+        r.view,
+        tuple(r.spacing),
         tuple(float(x) for x in img.GetOrigin()),
         tuple(float(x) for x in img.GetDirection()),
     )
@@ -402,7 +385,7 @@ def write_entry(
         "shape": [int(v) for v in shape],
         "spacing": list(enc.spacing),
         **({"origin": list(enc.origin), "direction": list(enc.direction)} if enc.origin and enc.direction else {}),
-        "windows": list(WINDOW_NAMES) if mode == "ct" else None,
+        "windows": list(CT_WINDOW_NAMES) if mode == "ct" else None,
         "source": fingerprint,
         "source_path": source_path,
         "files": files,

@@ -19,6 +19,7 @@ __all__ = [
     "untokenize",
     "Tokens",
     "CT_WINDOWS",
+    "CT_WINDOW_NAMES",
     "CT_FOREGROUND_HU",
     "MRI_PERCENTILES",
     "view_axes",
@@ -26,6 +27,9 @@ __all__ = [
 
 #: CT windows as (name, width, level), in the order of ``img_arrs``.
 CT_WINDOWS = (("brain", 80.0, 40.0), ("blood", 200.0, 80.0), ("bone", 2800.0, 600.0))
+#: Their names, in that order: the one spelling of the windows everywhere (cache file
+#: suffixes ``_brain.pt``, ``window=`` arguments, channel names).
+CT_WINDOW_NAMES = tuple(w[0] for w in CT_WINDOWS)
 #: CT foreground: voxels above this value (HU).
 CT_FOREGROUND_HU = -500.0
 #: MRI: lower clip, foreground threshold, upper clip (percentiles of all voxels).

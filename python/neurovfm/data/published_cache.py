@@ -39,7 +39,7 @@ from .._threads import get_num_threads
 from ..errors import CacheEntryError, PtFormatError
 from . import entry
 from ._files import atomic_write_bytes, try_lock, unlink
-from .preprocess import CT_FOREGROUND_HU, CT_WINDOWS, MRI_PERCENTILES
+from .preprocess import CT_FOREGROUND_HU, CT_WINDOW_NAMES, CT_WINDOWS, MRI_PERCENTILES
 
 __all__ = [
     "ImportSummary",
@@ -325,7 +325,7 @@ def _check_sidecar(
     src = side.get("source_file")
     if not isinstance(src, str) or os.path.normpath(src) != os.path.normpath(source_path):
         problems.append(f"source_file {src!r}, metadata.json names {source_path!r}")
-    if mode == "ct" and "windows" in side and list(side["windows"]) != list(entry.WINDOW_NAMES):
+    if mode == "ct" and "windows" in side and list(side["windows"]) != list(CT_WINDOW_NAMES):
         problems.append(f"windows {side['windows']!r}")
     if problems:
         raise CacheEntryError(f"{path}: the published sidecar disagrees: {'; '.join(problems)}")

@@ -25,7 +25,7 @@ from .. import _core
 from .._threads import get_num_threads
 from ..data import entry
 from ..data.cache import check_study_names
-from ..data.entry import WINDOW_NAMES
+from ..data.preprocess import CT_WINDOW_NAMES
 from ..data.geometry import OutputGeometry, grid_geometry
 from ..data.metadata import DatasetMetadata, EmptyDatasetError, MetadataNotFoundError
 from ..errors import ImageNotFoundError, ImageReadError, NeuroVFMError
@@ -490,7 +490,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         e = self._entries[index]
         ct = e.mode == "ct"
         rng = self.rng(index, epoch) if ct or self.random_crop or self.augment else None  # else no draw
-        window = WINDOW_NAMES[self._window(rng)] if rng is not None and ct else None
+        window = CT_WINDOW_NAMES[self._window(rng)] if rng is not None and ct else None
         vol, token_background, geom = self._volume(index, window or "volume")
         if rng is not None and self.random_crop:
             # kept with the cached sidecar, as its flags (no sidecar: read from the raw scan)

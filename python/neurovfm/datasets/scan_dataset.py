@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..data.batch import CT_WINDOWS, ScanJob, discover_scans, prepare_scan
+from ..data.batch import ScanJob, discover_scans
+from ..data.preprocess import CT_WINDOW_NAMES, tokenize
+from ..data.scan import prepare_scan
 from ..errors import DatasetError, InvalidArgumentError, ModeMismatchWarning
 from .collate import collate_packed
 
@@ -66,8 +68,8 @@ class ScanDataset(Dataset[dict[str, Any]]):
             mode = mode.lower()
             if mode not in ("ct", "mri"):
                 raise InvalidArgumentError(f"mode must be 'ct' or 'mri', got {mode!r}")
-        if window not in CT_WINDOWS:
-            raise InvalidArgumentError(f"window must be one of {', '.join(CT_WINDOWS)}, got {window!r}")
+        if window not in CT_WINDOW_NAMES:
+            raise InvalidArgumentError(f"window must be one of {', '.join(CT_WINDOW_NAMES)}, got {window!r}")
         self.window = window
         if isinstance(paths_or_manifest, (str, os.PathLike)):
             p = os.fspath(paths_or_manifest)
@@ -106,15 +108,14 @@ class ScanDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, index: int) -> dict[str, Any]:
         j = self.jobs[index]
         mode = str(j.mode)
-        r = prepare_scan(j.path, mode, j.series_uid or None)
+        r = prepare_scan(j.path, mode, j.series_uid or None, tokenize=False)
         for m in r.mode_warnings:
             warnings.warn(ModeMismatchWarning(f"{j.path}: {m}"), stacklevel=2)
-        c = CT_WINDOWS.index(self.window) if mode == "ct" else 0
-        # one CT window is copied out so that the other two are freed; an MRI's only one is not
-        tokens = r.tokens[c].copy() if r.tokens.shape[0] > 1 else r.tokens[c]
+        # only the item's window is tokenized
+        tok = tokenize(r.arrays[CT_WINDOW_NAMES.index(self.window) if mode == "ct" else 0], r.filtered)
         return {
-            "img": torch.from_numpy(tokens),
-            "coords": torch.from_numpy(r.coords),
+            "img": torch.from_numpy(tok.img),
+            "coords": torch.from_numpy(tok.coords),
             "filtered": torch.from_numpy(r.filtered),
             "size": torch.from_numpy(r.size),
             "path": j.path,

@@ -2,8 +2,9 @@
 
 A drop-in for the published ``neurovfm.pipelines.StudyPreprocessor``: the same
 constructor, the same ``load_study(study_path, modality)`` and ``__call__``, the same
-batch keys and dtypes. The numbers come from :func:`neurovfm.data.load_image`,
-:func:`neurovfm.data.prepare_for_inference` and :func:`neurovfm.data.tokenize`.
+batch keys and dtypes. The numbers come from the library's one recipe, :func:`neurovfm.data.scan.prepare_scan`
+(:func:`~neurovfm.data.load_image` + :func:`~neurovfm.data.prepare_for_inference`), and
+:func:`neurovfm.data.tokenize`.
 
 Packing rules (one study per batch):
 
@@ -34,11 +35,10 @@ from typing import Any, Union
 
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk
 
-from .._threads import get_num_threads, thread_limit
-from ..data import load_image, prepare_for_inference, tokenize
-from ..data.io import preprocess_volume, read_volume
+from .._threads import get_num_threads
+from ..data.preprocess import CT_WINDOW_NAMES, tokenize
+from ..data.scan import prepare_scan
 from ..data.series import SeriesRecord, check_derived
 from ..errors import DicomSeriesError, ImageReadError, ImageTooSmallError, InvalidArgumentError, InvalidTypeError
 
@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 SUPPORTED_PATCH_SIZE = (4, 16, 16)
 SUPPORTED_TARGET_SPACING = (1.0, 1.0, 4.0)
 
-_WINDOW_NAMES = ("BrainWindow", "BloodWindow", "BoneWindow")
+#: Series names of the CT windows, as published: ``BrainWindow``, ``BloodWindow``, ``BoneWindow``.
+_WINDOW_NAMES = tuple(f"{name.capitalize()}Window" for name in CT_WINDOW_NAMES)
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 StudyPath = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
@@ -150,25 +151,16 @@ def _sources(study_path: object, derived: str) -> list[_Source]:
 
 
 def _load_one(src: _Source, mode: str, threads: int) -> _Loaded | None:
-    with thread_limit(threads):
-        try:
-            if src.series is not None and src.series.broken:
-                raise (DicomSeriesError if src.series.kind == "dicom" else ImageReadError)(
-                    src.series.path, src.series.reason
-                )
-            if src.series is not None:
-                img: sitk.Image = preprocess_volume(read_volume(src.series))
-            else:
-                img = load_image(src.path, preprocess=True)
-        except ImageTooSmallError as err:  # skipped, as published (its load_image gives None)
-            logger.warning("%s, skipped", err)
-            return None
-        res = prepare_for_inference(img, mode)
-    if res is None:
-        logger.warning("%s: smaller than one 4x16x16 token after preprocessing, skipped", src.name)
+    if src.series is not None and src.series.broken:  # an error, never a silently wrong volume
+        raise (DicomSeriesError if src.series.kind == "dicom" else ImageReadError)(src.series.path, src.series.reason)
+    try:
+        r = prepare_scan(
+            src.series if src.series is not None else src.path, mode, tokenize=False, check_mode=False, threads=threads
+        )
+    except ImageTooSmallError as err:  # skipped, as published (its load_image gives None)
+        logger.warning("%s, skipped", err)
         return None
-    arrays, flags = res[0], res[1]
-    return _Loaded(src.name, arrays, flags)
+    return _Loaded(src.name, r.arrays, r.filtered)
 
 
 class StudyPreprocessor:
