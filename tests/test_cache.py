@@ -380,7 +380,10 @@ def test_too_small_to_tokenise_is_one_error_type(tmp_path):
     assert failed["reason"] == summary.failed["tiny/scan"]
     from neurovfm.datasets import ImageDataset
 
-    with pytest.raises(ImageTooSmallError, match=r"scan\.nii\.gz: too small for one 4x16x16 token after resampling to 1x1x4 mm \(size .*\)"):
+    with pytest.raises(
+        ImageTooSmallError,
+        match=r"scan\.nii\.gz: too small for one 4x16x16 token after resampling to 1x1x4 mm \(size .*\)",
+    ):
         ImageDataset(tmp_path)[0]
 
 
