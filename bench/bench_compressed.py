@@ -9,7 +9,7 @@ A real CT series (ct/phantom_head_5mm, 28 slices 512x512) is transcoded with GDC
   ``ref_prepare``, ``ref_tokenize``) against neurovfm (load_image + prepare_for_inference +
   tokenize), medians of interleaved runs, and the ratio ref / ours;
 - the decode alone at 1 and 2 threads: SimpleITK's ImageSeriesReader (GDCM, one slice after
-  another) against ``neurovfm.data.dicom.read_dicom`` (header scan + parallel decode), in
+  another) against ``neurovfm.data.sources.dicom.read_dicom`` (header scan + parallel decode), in
   ms per slice, and the ratio;
 - for JPEG 2000, OpenJPEG's own ``opj_decompress`` on the same codestreams (one thread;
   the decode time it prints per image), where it is installed.
@@ -37,7 +37,8 @@ from _common import corpus_dir, median_time, set_threads  # noqa: E402  (paths: 
 import reference as R  # noqa: E402
 
 from neurovfm import _core  # noqa: E402
-from neurovfm.data import dicom, load_image, prepare_for_inference, tokenize  # noqa: E402
+from neurovfm.data import load_image, prepare_for_inference, tokenize  # noqa: E402
+from neurovfm.data.sources import dicom  # noqa: E402
 
 SYNTAXES = [  # (label, gdcmconv flags; None: the uncompressed series itself)
     ("uncompressed", None),
@@ -108,7 +109,7 @@ def main() -> None:
     phantom = corpus_dir() / "ct/phantom_head_5mm"
     if not phantom.is_dir():
         raise SystemExit(f"{phantom} missing: set NEUROVFM_TEST_DATA")
-    files = list(dicom.find_series(phantom)[0].files)
+    files = list(dicom.scan_series(phantom)[0].files)
     n = len(files)
     rows = []
     with tempfile.TemporaryDirectory() as td:

@@ -29,9 +29,9 @@ from neurovfm.data import (
     tokenize,
     untokenize,
 )
-from neurovfm.data import dicom as dicom_reader
+from neurovfm.data.sources import dicom as dicom_reader
 from neurovfm.data import io as data_io
-from neurovfm.data import readers
+from neurovfm.data.sources import nifti as readers
 from neurovfm.errors import ImageTooSmallError, NeuroVFMError
 
 
@@ -324,7 +324,8 @@ def test_header_of_a_multiframe_dicom_file_is_the_volume_read(capsys):
 def test_prepare_reads_the_input_once(inputs, monkeypatch, capsys):
     """One header read of a NIfTI file; a DICOM folder walked once (find_series, which picks
     the series under the derived policy) and its pixels read once, from that walk's record."""
-    from neurovfm.data import dicom_series
+    from neurovfm.data.sources.dicom import read as dicom_read
+    from neurovfm.data.sources.dicom import series as dicom_series
 
     header_reads, dicom_reads, walks = [], [], []
     read_info = sitk.ImageFileReader.ReadImageInformation
@@ -345,7 +346,7 @@ def test_prepare_reads_the_input_once(inputs, monkeypatch, capsys):
 
     monkeypatch.setattr(sitk.ImageFileReader, "ReadImageInformation", counting_info)
     monkeypatch.setattr(dicom_reader, "read_series", counting_series)
-    monkeypatch.setattr(dicom_reader, "_scan", counting_scan)
+    monkeypatch.setattr(dicom_read, "_scan", counting_scan)
     monkeypatch.setattr(dicom_series, "_scan", counting_scan)
     for case in ("nifti_streamed", "nifti_gz_whole"):
         path = str(inputs[case][0])

@@ -29,7 +29,7 @@ from test_dicom import gdcm_files, rand_slices, sitk_series, write_series
 
 from conftest import corpus_dir
 from neurovfm import _core, set_num_threads
-from neurovfm.data import dicom
+from neurovfm.data.sources import dicom
 from neurovfm.data.io import load_image
 from neurovfm.errors import ImageReadError
 
@@ -95,7 +95,7 @@ def transcode(phantom, tmp_path_factory):
             pytest.skip("gdcmconv not installed (apt-get install libgdcm-tools)")
         if name not in made:
             out = tmp_path_factory.mktemp(name)
-            files = dicom.find_series(phantom)[0].files
+            files = dicom.scan_series(phantom)[0].files
             procs = [subprocess.Popen([exe, *(flags or GDCMCONV[name][0]), f, str(out / Path(f).name)]) for f in files]
             assert all(p.wait() == 0 for p in procs), f"gdcmconv {name} failed"
             made[name] = out
@@ -110,7 +110,7 @@ def test_transcoded_series_matches_simpleitk_and_uncompressed(name, transcode, p
     _need_codec(ts)
     folder = transcode(name)
     assert _core.read_dicom_header(str(next(folder.iterdir()))).transfer_syntax == ts
-    (s,) = dicom.find_series(folder)
+    (s,) = dicom.scan_series(folder)
     assert s.fast_path
     vol = dicom.read_dicom(folder)
     assert vol.reader == "fast"
@@ -518,7 +518,7 @@ def test_truncated_deflated_file_refused(transcode, tmp_path, cut):
     bad.write_bytes(data[: int(len(data) * cut)])
     assert "deflated dataset is truncated" in _core.read_dicom_header(str(bad)).error
     # an unreadable header: the file is left out of the series (as any unreadable file)
-    assert all(str(bad) not in s.files for s in dicom.find_series(tmp_path))
+    assert all(str(bad) not in s.files for s in dicom.scan_series(tmp_path))
 
 
 # --- fuzz: any mutation of a valid frame decodes or raises ImageReadError ----------------------

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from neurovfm import _core
 from neurovfm._threads import set_num_threads
-from neurovfm.data import dicom
+from neurovfm.data.sources.dicom import read as dicom
+from neurovfm.data.sources.dicom.series import scan_series
 from neurovfm.errors import (
     DicomSeriesError,
     ImageNotFoundError,
@@ -183,7 +184,7 @@ CORPUS_SERIES = [
 def test_corpus_series_match_simpleitk(corpus, rel, reader, dtype, n):
     folder = corpus / rel
     vol = dicom.read_dicom(folder)
-    (series,) = [s for s in dicom.find_series(folder) if s.usable]
+    (series,) = [s for s in scan_series(folder) if s.usable]
     assert vol.reader == reader
     assert series.fast_path == (reader == "fast")
     assert vol.array.dtype == np.dtype(dtype)
@@ -212,13 +213,13 @@ def test_corpus_enhanced_multiframe(corpus):
     assert vol.reader == "simpleitk"
     assert vol.array.shape == (96, 128, 128)
     assert_matches_sitk(vol, img)
-    (s,) = dicom.find_series(path)
+    (s,) = scan_series(path)
     assert s.multiframe and s.n_slices == 96 and not s.fast_path
 
 
 def test_corpus_phantom_skips_directory_record(corpus):
     folder = corpus / "ct/phantom_head_5mm"
-    (s,) = dicom.find_series(folder)
+    (s,) = scan_series(folder)
     assert len(s.files) == 28
     assert not any(f.endswith("DIRFILE") for f in s.files)
     assert s.fast_path and s.modality == "CT" and (s.rows, s.cols) == (512, 512)
@@ -234,7 +235,7 @@ def test_corpus_dicomdir_choice_is_logged(corpus, caplog):
 
 
 def test_corpus_dicomdir_discovery(corpus):
-    series = dicom.find_series(corpus / DICOMDIR_REL)
+    series = scan_series(corpus / DICOMDIR_REL)
     files = [f for s in series for f in s.files]
     assert not any("DICOMDIR" in os.path.basename(f) for f in files)
     assert not any("TINY_ALPHA" in f for f in files)  # records without pixel data
@@ -343,7 +344,7 @@ def test_shuffled_extensionless_with_junk(tmp_path):
     vol = dicom.read_dicom(tmp_path)
     assert vol.reader == "fast"
     assert np.array_equal(vol.array, np.stack(arrays))
-    (s,) = dicom.find_series(tmp_path)
+    (s,) = scan_series(tmp_path)
     assert list(s.files) == gdcm_files(tmp_path)
     assert_matches_sitk(vol, sitk_series(s.files))
 
@@ -435,7 +436,7 @@ def test_orientations(tmp_path, iop, caplog):
         names=[f"{k}" for k in range(5)],
     )
     vol = dicom.read_dicom(tmp_path)
-    (s,) = dicom.find_series(tmp_path)
+    (s,) = scan_series(tmp_path)
     assert list(s.files) == gdcm_files(tmp_path)
     assert np.array_equal(vol.array, np.stack(arrays[::-1]))  # ascending along the normal
     assert_matches_sitk(vol, sitk_series(s.files))
@@ -558,7 +559,7 @@ def test_truncated_pixel_data(tmp_path):
 def test_truncated_after_headers_were_read(tmp_path):
     # The file shrinks between the header scan and the pixel read.
     paths = write_series(tmp_path, rand_slices(3, shape=(16, 16)))
-    (s,) = dicom.find_series(tmp_path)
+    (s,) = scan_series(tmp_path)
     paths[1].write_bytes(paths[1].read_bytes()[:-10])
     with pytest.raises(ImageReadError, match=r"s001\.dcm: file is truncated"):
         dicom.read_series(s)
@@ -610,7 +611,7 @@ def test_choice_between_series_and_series_uid(tmp_path, caplog):
         vol = dicom.read_dicom(tmp_path)
     assert vol.series_uid == "1.2.3.200" and vol.array.shape[0] == 5
     assert any("1.2.3.200" in r.getMessage() for r in caplog.records)
-    assert [s.uid for s in dicom.find_series(tmp_path)] == ["1.2.3.200", "1.2.3.100"]
+    assert [s.uid for s in scan_series(tmp_path)] == ["1.2.3.200", "1.2.3.100"]
     vol = dicom.read_dicom(tmp_path, series_uid="1.2.3.100")
     assert vol.array.shape[0] == 3
     with pytest.raises(DicomSeriesError, match=r"1\.2\.3\.100.*1\.2\.3\.200"):
@@ -628,7 +629,7 @@ def test_tie_is_warned(tmp_path, caplog):
 def test_blank_uids_group_by_folder(tmp_path):
     write_series(tmp_path / "x", rand_slices(3), uid="")
     write_series(tmp_path / "y", rand_slices(4), uid="")
-    series = dicom.find_series(tmp_path)
+    series = scan_series(tmp_path)
     assert [(s.uid, s.n_slices) for s in series] == [("", 4), ("", 3)]
     assert dicom.read_dicom(tmp_path).array.shape[0] == 4
 
@@ -638,7 +639,7 @@ def test_geometry_split(tmp_path):
     write_series(tmp_path / "ax", rand_slices(4), uid=uid)
     write_series(tmp_path / "sag", rand_slices(3), uid=uid, iop=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
     write_series(tmp_path / "big", rand_slices(2, shape=(8, 8)), uid=uid)
-    series = dicom.find_series(tmp_path)
+    series = scan_series(tmp_path)
     assert sorted(s.n_slices for s in series) == [2, 3, 4]
     vol = dicom.read_dicom(tmp_path)
     assert vol.array.shape == (4, 6, 5)
@@ -648,7 +649,7 @@ def test_geometry_split(tmp_path):
 def test_symlink_loop_terminates(tmp_path):
     write_series(tmp_path / "s", rand_slices(3))
     os.symlink(tmp_path, tmp_path / "s" / "loop")
-    (series,) = dicom.find_series(tmp_path)
+    (series,) = scan_series(tmp_path)
     assert series.n_slices == 3
 
 

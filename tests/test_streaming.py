@@ -13,7 +13,8 @@ import SimpleITK as sitk
 
 import neurovfm
 from neurovfm import _core
-from neurovfm.data import io, load_image, readers
+from neurovfm.data import io, load_image
+from neurovfm.data.sources import nifti as readers
 
 
 def _signed_permutations():

@@ -7,7 +7,6 @@ kernel reads the decoded buffer through a permuted/flipped strided view.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from collections.abc import Sequence
@@ -20,9 +19,10 @@ import SimpleITK as sitk
 
 from .. import _core
 from .._threads import get_num_threads
-from ..errors import ImageNotFoundError, ImageReadError, ImageTooSmallError
-from . import readers
-from .volume import RawVolume, check_finite
+from ..errors import ImageReadError, ImageTooSmallError
+from . import sources
+from .sources import nifti
+from .volume import SUPPORTED_PIXEL_IDS, RawVolume, check_finite
 
 if TYPE_CHECKING:
     from .series import SeriesRecord
@@ -230,7 +230,7 @@ _SLAB_BYTES = 4 << 20
 _StreamPlan = tuple[_Plan, tuple[int, ...], int, bool]
 
 
-def _stream_plan(layout: readers.NiftiLayout) -> _StreamPlan | None:
+def _stream_plan(layout: nifti.NiftiLayout) -> _StreamPlan | None:
     """(plan, reoriented shape, stream axis, flipped) when the file can be streamed: its
     storage axis is the last of the kernel's pass order (docs/numbers.md, "Resampling
     order"), so resampling the other two axes slab by slab gives the whole-volume bytes;
@@ -245,7 +245,7 @@ def _stream_plan(layout: readers.NiftiLayout) -> _StreamPlan | None:
     return plan, rshape, stream_axis, flipped
 
 
-def _preprocess_nifti_streaming(layout: readers.NiftiLayout, stream: _StreamPlan) -> sitk.Image:
+def _preprocess_nifti_streaming(layout: nifti.NiftiLayout, stream: _StreamPlan) -> sitk.Image:
     """Decode a NIfTI file slab by slab while a background thread resamples the
     two other axes of the slabs already decoded; the file's storage axis is
     resampled last. Never holds the whole decoded volume."""
@@ -263,14 +263,14 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout, stream: _StreamPlan
     # One thread decodes (here), the rest resample slabs as they arrive.
     push_threads = max(1, threads - 1)
     try:
-        with readers.open_voxels(layout) as f:
+        with nifti.open_voxels(layout) as f:
             for i, k0 in enumerate(range(0, nz, per)):
                 kn = min(per, nz - k0)
                 r = i % len(ring)
                 if threads > 1:
                     sr.wait(tickets[r])
                 buf = ring[r][:kn]
-                readers.read_exactly(f, buf.data.cast("B"), path, layout.nbytes)
+                nifti.read_exactly(f, buf.data.cast("B"), path, layout.nbytes)
                 if dtype.kind == "f":
                     check_finite(buf, path)
                 view = _reoriented_view(buf, o)
@@ -282,7 +282,7 @@ def _preprocess_nifti_streaming(layout: readers.NiftiLayout, stream: _StreamPlan
                 else:
                     sr.push(view, i0, 1)
             if layout.gz:
-                readers.check_trailer(f, path)
+                nifti.check_trailer(f, path)
         out = sr.finish(threads)
     except (OSError, EOFError) as err:
         raise ImageReadError(path, f"corrupt or truncated file: {err}") from None
@@ -297,49 +297,15 @@ def preprocess_image(img: sitk.Image) -> sitk.Image:
         raise ImageReadError("<in-memory image>", "colour or multi-component image; a scalar volume is required")
     if img.GetDimension() != 3:
         raise ImageReadError("<in-memory image>", f"expected a 3D image, got {img.GetDimension()}D")
-    if img.GetPixelID() not in readers.SUPPORTED_PIXEL_IDS:
+    if img.GetPixelID() not in SUPPORTED_PIXEL_IDS:
         raise ImageReadError("<in-memory image>", f"pixel type {img.GetPixelIDTypeAsString()} is not supported")
     return preprocess_volume(RawVolume.from_image(img))
 
 
-def _check_exists(path: str) -> None:
-    """ImageNotFoundError for a missing path; ImageReadError for a symbolic link loop."""
-    if os.path.exists(path):
-        return
-    try:
-        os.stat(path)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise ImageReadError(path, "symbolic link loop (too many levels of symbolic links)") from None
-    raise ImageNotFoundError(2, f"{path}: no such file or directory", path)
-
-
 def read_volume(path: str | os.PathLike[str] | SeriesRecord, series_uid: str | None = None) -> RawVolume:
     """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format; or one
-    series :func:`~neurovfm.data.find_series` found (its files, without a second walk)."""
-    from .series import SeriesRecord as _Record
-
-    if isinstance(path, _Record):
-        if path._info is not None:
-            from .dicom import read_series
-
-            return read_series(path._info)
-        return read_volume(path.path, path.series_uid or None)
-    path = os.fspath(path)
-    _check_exists(path)
-    if not os.access(path, os.R_OK):
-        raise ImageReadError(path, "permission denied")
-    if readers.is_nifti(path) and os.path.isfile(path):
-        return readers.read_nifti(path)
-    from . import dicom
-
-    if os.path.isdir(path):
-        return dicom.read_dicom(path, series_uid=series_uid)
-    if dicom.is_dicom_file(path):
-        return dicom.read_dicom(path, series_uid=series_uid)
-    if os.path.getsize(path) == 0:
-        raise ImageReadError(path, "empty file (0 bytes)")
-    return readers.read_with_sitk(path)
+    series :func:`~neurovfm.data.find_series` found (:func:`neurovfm.data.sources.read`)."""
+    return sources.read(path, series_uid)
 
 
 def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid: str | None = None) -> sitk.Image:
@@ -376,12 +342,12 @@ def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid
     # resampling), else decoded whole: the same bytes either way (docs/numbers.md,
     # "Resampling order"). Any other input is read whole, then resampled.
     path = os.fspath(path)
-    if readers.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
-        layout = readers.nifti_layout(path)
+    if nifti.is_nifti(path) and os.path.isfile(path) and os.access(path, os.R_OK):
+        layout = nifti.nifti_layout(path)
         stream = _stream_plan(layout) if layout.direct else None
         if stream is not None:
             return _preprocess_nifti_streaming(layout, stream)
-        vol = readers.read_nifti(path, layout)
+        vol = nifti.read_nifti(path, layout)
     else:
         vol = read_volume(path, series_uid=series_uid)
     return preprocess_volume(vol)

@@ -453,7 +453,7 @@ def _published_kind(full: str, filename: str) -> str:
     ``.nii``/``.nii.gz`` is NIfTI, a folder a DICOM series, ``.dcm``/``.dicom`` (or a
     file with the DICOM preamble) a DICOM file; anything else (a file missing from
     ``raw/``, say) is ``"other"`` (a read of it fails naming the path)."""
-    from .dicom import is_dicom_file
+    from .sources.dicom import is_dicom_file
 
     if _is_nifti(filename):
         return "nifti"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageNotFoundError, ImageReadError
-from . import readers
+from .sources import nifti
 
 __all__ = [
     "DERIVED_POLICIES",
@@ -171,11 +171,6 @@ def header_mode_conflict(modality: str, mode: str) -> str:
 _BROKEN_KINDS = frozenset({"unreadable file", "no positions", "duplicate positions"})
 
 
-def _is_derived(image_type: str) -> bool:
-    parts = [p.strip().upper() for p in image_type.split("\\")]
-    return len(parts) >= 2 and parts[0] == "DERIVED" and parts[1] == "SECONDARY"
-
-
 def _apply_derived(records: list[SeriesRecord], derived: str) -> list[SeriesRecord]:
     """The ``derived`` policy on the series of one folder (see :data:`DERIVED_POLICIES`).
 
@@ -211,8 +206,8 @@ def _apply_derived(records: list[SeriesRecord], derived: str) -> list[SeriesReco
 
 def _dicom_records(path: str, min_slices: int) -> tuple[list[SeriesRecord], list[str]]:
     """The DICOM series under ``path`` and every regular file the walk found."""
-    from .dicom import _direction
-    from .dicom_series import SeriesInfo, _make_series, _missing_slices, _scan
+    from .sources.dicom.read import _direction
+    from .sources.dicom.series import SeriesInfo, _make_series, _missing_slices, _scan, is_derived
 
     others: list[tuple[str, Any, str]] = []
     _p, walked, infos, _skipped = _scan(path, others=others)
@@ -249,7 +244,7 @@ def _dicom_records(path: str, min_slices: int) -> tuple[list[SeriesRecord], list
         reason = info.problem or ""
         broken = info._kind in _BROKEN_KINDS
         image_type = str(getattr(h0, "image_type", "") or "")
-        derived = not reason and _is_derived(image_type)
+        derived = not reason and is_derived(image_type)
         if not reason and info.n_slices < min_slices:
             reason = f"too few slices: {info.n_slices} (fewer than {min_slices}): not a brain volume"
         if not reason and len(info._positions) >= 3:
@@ -305,7 +300,7 @@ def _nifti_record(path: str, min_slices: int) -> SeriesRecord:
     base = os.path.basename(path)
     stem = base[: -len(".nii.gz")] if base.lower().endswith(".nii.gz") else base[: -len(".nii")]
     try:
-        lay = readers.nifti_layout(path)
+        lay = nifti.nifti_layout(path)
     except ImageReadError as e:
         return SeriesRecord(path, "", stem, "", 0, False, e.reason, "nifti", broken=True, files=(path,))
     size = tuple(int(v) for v in reversed(lay.shape[-3:]))  # (x, y, z)
@@ -359,7 +354,7 @@ def find_series(
     if not os.path.exists(p):
         raise ImageNotFoundError(f"{p}: no such file or directory")
     records: list[SeriesRecord] = []
-    if os.path.isfile(p) and readers.is_nifti(p):
+    if os.path.isfile(p) and nifti.is_nifti(p):
         records.append(_nifti_record(p, min_slices))
     else:
         try:
@@ -368,7 +363,7 @@ def find_series(
             log.debug("%s: no DICOM series (%s)", p, e)
             dicom, files = [], []
         for f in files:
-            if readers.is_nifti(f) and not os.path.basename(f).startswith("."):
+            if nifti.is_nifti(f) and not os.path.basename(f).startswith("."):
                 records.append(_nifti_record(f, min_slices))
         records.extend(dicom)
     records = _apply_derived(records, policy)

@@ -1,7 +1,8 @@
-"""RawVolume: voxels plus geometry, the currency between readers and kernels."""
+"""RawVolume: voxels plus geometry, the currency between the sources (:mod:`neurovfm.data.sources`) and the kernels."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,9 +10,9 @@ import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 
-from ..errors import ImageReadError
+from ..errors import ImageReadError, UnsupportedImageError
 
-__all__ = ["RawVolume", "check_finite"]
+__all__ = ["RawVolume", "SUPPORTED_PIXEL_IDS", "check_finite", "check_scalar_3d", "squeeze_4d"]
 
 
 @dataclass
@@ -69,3 +70,47 @@ def check_finite(arr: npt.NDArray[Any], path: str) -> None:
         raise ImageReadError(
             path, f"{n} non-finite (NaN or Inf) voxels: resampled and normalised values would be undefined"
         )
+
+
+# SimpleITK pixel ids the kernels accept, with their numpy dtype.
+SUPPORTED_PIXEL_IDS: dict[int, np.dtype[Any]] = {
+    sitk.sitkUInt8: np.dtype("u1"),
+    sitk.sitkInt8: np.dtype("i1"),
+    sitk.sitkUInt16: np.dtype("u2"),
+    sitk.sitkInt16: np.dtype("i2"),
+    sitk.sitkUInt32: np.dtype("u4"),
+    sitk.sitkInt32: np.dtype("i4"),
+    sitk.sitkFloat32: np.dtype("f4"),
+    sitk.sitkFloat64: np.dtype("f8"),
+}
+
+
+def check_scalar_3d(path: str, dimension: int, size: Sequence[int], components: int, pixel_id: int) -> None:
+    """Raise the library's error unless this describes a 3D scalar volume."""
+    if components != 1:
+        raise UnsupportedImageError(
+            path, f"colour or multi-component image ({components} components per voxel); a scalar volume is required"
+        )
+    size = tuple(int(s) for s in size)
+    if dimension == 4 and size[3] == 1:
+        size = size[:3]
+    elif dimension == 4:
+        raise UnsupportedImageError(path, f"true 4D image of size {size}; a single 3D volume is required")
+    elif dimension > 4:
+        raise UnsupportedImageError(path, f"{dimension}D image; a 3D volume is required")
+    if dimension == 2:
+        raise UnsupportedImageError(path, f"2D image of size {size}; a 3D volume is required")
+    if any(s == 1 for s in size):
+        raise UnsupportedImageError(path, f"single slice (size {size}); a 3D volume is required")
+    if any(s == 0 for s in size):
+        raise UnsupportedImageError(path, f"empty image (size {size})")
+    if pixel_id not in SUPPORTED_PIXEL_IDS:
+        raise UnsupportedImageError(path, f"pixel type {sitk.GetPixelIDValueAsString(pixel_id)} is not supported")
+
+
+def squeeze_4d(img: sitk.Image) -> sitk.Image:
+    if img.GetDimension() == 4:
+        size = list(img.GetSize())
+        size[3] = 0
+        img = sitk.Extract(img, size, [0, 0, 0, 0], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+    return img

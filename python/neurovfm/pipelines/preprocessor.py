@@ -128,9 +128,9 @@ def _sources(study_path: object, derived: str) -> list[_Source]:
     if isinstance(study_path, (str, os.PathLike)):
         p = Path(study_path)
         if not p.exists():
-            from ..data.io import _check_exists
+            from ..data.sources import check_exists
 
-            _check_exists(str(p))
+            check_exists(str(p))
         if p.is_dir():
             srcs, unused = _folder_sources(str(p), derived)
             if not srcs:

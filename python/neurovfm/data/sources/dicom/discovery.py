@@ -4,7 +4,7 @@ A folder is walked recursively (symbolic links followed, loops not) and every
 file's header is parsed by the compiled parser (pydicom when that parser gives
 up before the pixel data). Non-DICOM files, DICOMDIR / directory records,
 non-image objects and localizers are skipped and counted; what is left is
-grouped into series by :mod:`neurovfm.data.dicom_series`.
+grouped into series by :mod:`.series`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from neurovfm import _core
+from .... import _core
 
 if TYPE_CHECKING:
     import numpy as np

@@ -21,10 +21,9 @@ Nothing is ever picked or stacked silently when that would be wrong: a single
 slice, colour images, slices stacked at the same position or a series whose
 files cannot be read raise the library's exceptions naming the path and reason.
 
-Finding the files and reading their headers is :mod:`neurovfm.data.dicom_discovery`;
-grouping, ordering and checking the series is :mod:`neurovfm.data.dicom_series`
-(:class:`SeriesInfo` and :func:`find_series` are re-exported here). This module
-chooses a series and reads it.
+Finding the files and reading their headers is :mod:`.discovery`; grouping, ordering
+and checking the series is :mod:`.series`. This module chooses a series and reads it.
+Which series of a study count, and why not, is :func:`neurovfm.data.find_series`.
 """
 
 from __future__ import annotations
@@ -38,18 +37,17 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, cast
 
 import numpy as np
 
-from neurovfm import _core
-from neurovfm.data.volume import RawVolume
-from neurovfm._threads import get_num_threads
-from neurovfm.data.dicom_discovery import _LOOPS
-from neurovfm.data.dicom_discovery import DICOMDIR_SOP_CLASS as DICOMDIR_SOP_CLASS
-from neurovfm.data.dicom_series import SeriesInfo, _check_geometry, _scan, find_series
-from neurovfm.errors import (
+from .... import _core
+from ...._threads import get_num_threads
+from ....errors import (
     DicomSeriesError,
     StackedSliceError,
     ImageReadError,
     UnsupportedImageError,
 )
+from ...volume import RawVolume
+from .discovery import _LOOPS
+from .series import SeriesInfo, _check_geometry, _scan, is_derived
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -58,7 +56,6 @@ __all__ = [
     "RawVolume",
     "SeriesInfo",
     "StackedSliceError",
-    "find_series",
     "is_dicom_file",
     "read_dicom",
     "read_series",
@@ -200,13 +197,11 @@ def read_dicom(path: str | os.PathLike[str], series_uid: Optional[str] = None) -
 
 
 def _derived_info(s: SeriesInfo) -> bool:
-    from .series import _is_derived
-
-    return bool(s._headers) and _is_derived(str(getattr(s._headers[0], "image_type", "") or ""))
+    return bool(s._headers) and is_derived(str(getattr(s._headers[0], "image_type", "") or ""))
 
 
 def read_series(series: SeriesInfo, path: Optional[str] = None) -> RawVolume:
-    """Read one :class:`SeriesInfo` from :func:`find_series` as a 3D volume."""
+    """Read one :class:`SeriesInfo` from :func:`~.series.scan_series` (or a :class:`~neurovfm.data.SeriesRecord`) as a 3D volume."""
     where = path if path is not None else series._where()
     if not series.usable:
         series._raise(series._where())

@@ -1,6 +1,6 @@
 """Grouping DICOM files into series, ordering their slices, and checking them.
 
-The headers from :mod:`neurovfm.data.dicom_discovery` are grouped by
+The headers from :mod:`.discovery` are grouped by
 SeriesInstanceUID (by folder when the UID is blank), each group is split by
 geometry (orientation, rows, columns, pixel spacing), and the slices of each
 group are ordered along the slice normal as GDCM/SimpleITK order them. A
@@ -23,10 +23,9 @@ from typing import Any, NoReturn, Optional
 import numpy as np
 import numpy.typing as npt
 
-from neurovfm import _core
-from neurovfm._threads import get_num_threads
-from neurovfm.data.dicom_discovery import _LOOPS, Header, _common_folder, _scan_files, _walk
-from neurovfm.errors import (
+from .... import _core
+from ...._threads import get_num_threads
+from ....errors import (
     DicomSeriesError,
     StackedSliceError,
     ImageNotFoundError,
@@ -34,7 +33,9 @@ from neurovfm.errors import (
     UnsupportedImageError,
 )
 
-__all__ = ["SeriesInfo", "find_series"]
+from .discovery import _LOOPS, Header, _common_folder, _scan_files, _walk
+
+__all__ = ["SeriesInfo", "is_derived", "scan_series"]
 
 logger = logging.getLogger("neurovfm")
 
@@ -50,7 +51,7 @@ _TILT_TOL_DEG = 0.5
 
 @dataclass(frozen=True)
 class SeriesInfo:
-    """One series of one geometry found by :func:`find_series`."""
+    """One series of one geometry found by :func:`scan_series`."""
 
     #: SeriesInstanceUID ('' when the files have none).
     uid: str
@@ -318,8 +319,16 @@ def _scan(
     return p, files, series, skipped
 
 
-def find_series(path: str | os.PathLike[str]) -> list[SeriesInfo]:
-    """The DICOM image series under ``path`` (a folder, walked recursively, or a file).
+def is_derived(image_type: str) -> bool:
+    """True for a derived/secondary image: DICOM ImageType ``DERIVED\\SECONDARY[\\...]``
+    (reformats, maps, screenshots; also every series of many research exports)."""
+    parts = [p.strip().upper() for p in image_type.split("\\")]
+    return len(parts) >= 2 and parts[0] == "DERIVED" and parts[1] == "SECONDARY"
+
+
+def scan_series(path: str | os.PathLike[str]) -> list[SeriesInfo]:
+    """The DICOM reader's groups under ``path`` (a folder, walked recursively, or a file),
+    before the pipeline's choice of which to use (that is :func:`neurovfm.data.find_series`).
 
     DICOMDIR files and other directory records, non-image objects, localizers
     and non-DICOM files are skipped. Files are grouped by SeriesInstanceUID (by

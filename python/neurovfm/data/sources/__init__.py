@@ -1,0 +1,54 @@
+"""Where a scan's voxels come from, up to a :class:`~neurovfm.data.volume.RawVolume`
+(voxels + geometry): :mod:`.nifti` (NIfTI-1, gzip by :mod:`.gzip`), :mod:`.dicom`
+(files, series, the compiled and SimpleITK readers) and :mod:`.other` (anything else
+SimpleITK reads). :func:`read` is the one dispatch from a path (or a series
+:func:`~neurovfm.data.find_series` found) to the reader that owns it."""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import TYPE_CHECKING
+
+from ...errors import ImageNotFoundError, ImageReadError
+from ..volume import RawVolume
+from . import dicom, nifti, other
+
+if TYPE_CHECKING:
+    from ..series import SeriesRecord
+
+__all__ = ["check_exists", "read"]
+
+
+def check_exists(path: str) -> None:
+    """ImageNotFoundError for a missing path; ImageReadError for a symbolic link loop."""
+    if os.path.exists(path):
+        return
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ImageReadError(path, "symbolic link loop (too many levels of symbolic links)") from None
+    raise ImageNotFoundError(2, f"{path}: no such file or directory", path)
+
+
+def read(source: str | os.PathLike[str] | SeriesRecord, series_uid: str | None = None) -> RawVolume:
+    """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format; or one
+    series :func:`~neurovfm.data.find_series` found (its files, without a second walk)."""
+    from ..series import SeriesRecord as _Record
+
+    if isinstance(source, _Record):
+        if source._info is not None:
+            return dicom.read_series(source._info)
+        return read(source.path, source.series_uid or None)
+    path = os.fspath(source)
+    check_exists(path)
+    if not os.access(path, os.R_OK):
+        raise ImageReadError(path, "permission denied")
+    if nifti.is_nifti(path) and os.path.isfile(path):
+        return nifti.read_nifti(path)
+    if os.path.isdir(path) or dicom.is_dicom_file(path):
+        return dicom.read_dicom(path, series_uid=series_uid)
+    if os.path.getsize(path) == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    return other.read_with_sitk(path)
