@@ -53,7 +53,7 @@ from corpus import DATASET_BENCH  # noqa: E402  (tests/corpus.py: the corpus lis
 
 from neurovfm import _core  # noqa: E402
 from neurovfm.data.cache import CacheManager
-from neurovfm.data.entry import MapCache  # noqa: E402
+from neurovfm.data.cache.entry import MapCache  # noqa: E402
 from neurovfm.data.metadata import DatasetMetadata  # noqa: E402
 from neurovfm.datasets import ImageDataset, collate_packed  # noqa: E402
 

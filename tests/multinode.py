@@ -56,7 +56,7 @@ def shards(keys: list[str], n: int) -> list[list[str]]:
 
 _SUMMARY = re.compile(
     r"cache build: (\d+) built(?: \(\d+ of them were corrupt\))?, (\d+) already cached, "
-    r"(\d+) failed, (\d+) left to other builders"
+    r"(\d+) failed(?:, (\d+) skipped \(another builder is building them\))?"
 )
 
 
@@ -64,7 +64,7 @@ def build_summary(text: str, where: str) -> dict[str, int]:
     """The counts of the one build summary in a builder's output."""
     found = _SUMMARY.findall(text)
     assert len(found) == 1, f"{where}: expected one build summary, found {len(found)}:\n{text[-3000:]}"
-    built, skipped, failed, busy = (int(v) for v in found[0])
+    built, skipped, failed, busy = (int(v or 0) for v in found[0])
     return {"built": built, "skipped": skipped, "failed": failed, "busy": busy}
 
 

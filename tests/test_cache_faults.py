@@ -28,7 +28,7 @@ import pytest
 from cachefaults import check_never_corrupt, expected_u8, leftovers, make_dataset
 from conftest import package_env
 from neurovfm.data.cache import CacheManager
-from neurovfm.data.entry import unlink as _unlink
+from neurovfm.data.cache.entry import unlink as _unlink
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -316,7 +316,7 @@ def test_ptfile_records_contiguous_strides_for_size_one_axes(tmp_path, make):
     """numpy may report any stride for an axis of size 1 (``a[None]``: 0); the file must
     carry the row-major strides torch and the reader expect."""
     import torch
-    from neurovfm.data import ptfile
+    from neurovfm.data.cache import ptfile
 
     arr = make(np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4))
     path = str(tmp_path / "a.pt")
@@ -328,7 +328,7 @@ def test_ptfile_records_contiguous_strides_for_size_one_axes(tmp_path, make):
 
 
 def test_map_cache_reuses_unchanged_files_and_remaps_replaced_ones(tmp_path):
-    from neurovfm.data import entry, ptfile
+    from neurovfm.data.cache import entry, ptfile
 
     paths = []
     for k in range(4):

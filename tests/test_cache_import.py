@@ -29,11 +29,12 @@ from conftest import corpus_dir, package_env
 from itemdata import reference_item
 from neurovfm import phantom
 from neurovfm.cli import main
-from neurovfm.data import CacheManager, DatasetMetadata, ImportSummary, entry, ptfile
-from neurovfm.data.entry import PIPELINE_VERSION
+from neurovfm.data import CacheManager, DatasetMetadata, ImportSummary
+from neurovfm.data.cache import entry, ptfile
+from neurovfm.data.cache.entry import PIPELINE_VERSION
 from neurovfm.data.preprocess import CT_WINDOW_NAMES
 from neurovfm.data.metadata import ImageRecord
-from neurovfm.data.published_cache import token_flags
+from neurovfm.data.cache.published import token_flags
 
 torch = pytest.importorskip("torch")
 

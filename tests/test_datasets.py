@@ -431,7 +431,7 @@ def test_changed_source_is_a_cache_miss_for_the_dataset(ds_root, tmp_path):
 def test_dataset_errors_are_the_library_family(ds_root):
     from neurovfm.data.metadata import EmptyDatasetError
     from neurovfm.errors import NotInDatasetError
-    from neurovfm.data.ptfile import PtFormatError
+    from neurovfm.data.cache.ptfile import PtFormatError
     from neurovfm.errors import DatasetError, InvalidTypeError, MissingLabelError
     from neurovfm.errors import NeuroVFMError
 
@@ -490,4 +490,4 @@ def test_datasets_import_under_OO_and_never_read_the_format_themselves():
     for fn in sorted(os.listdir(folder)):
         if fn.endswith(".py"):
             with open(os.path.join(folder, fn)) as f:
-                assert "ptfile" not in f.read(), f"{fn}: the cache format is neurovfm.data.entry's"
+                assert "ptfile" not in f.read(), f"{fn}: the cache format is neurovfm.data.cache.entry's"

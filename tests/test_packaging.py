@@ -44,7 +44,7 @@ def test_cache_files_are_written_without_torch_and_load_with_it(tmp_path):
     pytest.importorskip("torch")
     res = _run(
         "import sys, numpy as np\n"
-        "from neurovfm.data import ptfile\n"
+        "from neurovfm.data.cache import ptfile\n"
         f"ptfile.write_tensor({str(tmp_path / 'a.pt')!r}, np.zeros((2, 3), np.uint8))\n"
         "assert 'torch' not in sys.modules  # writing the cache format does not need torch\n"
         "import torch\n"

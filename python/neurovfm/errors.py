@@ -44,6 +44,8 @@ __all__ = [
     "PtFormatError",
     # warnings
     "ModeMismatchWarning",
+    # messages
+    "one_line",
 ]
 
 
@@ -185,3 +187,18 @@ class PtFormatError(CacheEntryError):
 class ModeMismatchWarning(UserWarning):
     """A scan given as ``'ct'`` that looks like an MRI, or the reverse: its DICOM Modality
     or its values contradict the mode. The scan is still processed as asked."""
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` as one line: an OSError's reason with its file name, else its message
+    (a failed row of ``prepare_many``'s summary, the command line's ``error:`` line)."""
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+        if err.filename and str(err.filename) not in text:
+            text = f"{err.filename}: {text}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..errors import UsageError as UsageError
+from ..errors import one_line as one_line
 
 PROG = "neurovfm"
 #: Names of the views ``prepare_for_inference`` reports (the slice axis of [D, H, W]).
@@ -59,17 +60,6 @@ def check_output_folder(out: Path) -> None:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"output folder {str(parent)!r} does not exist")
-
-
-def one_line(err: BaseException) -> str:
-    """``err`` as one line: an OSError's reason with its file name, else its message."""
-    if isinstance(err, OSError) and err.strerror:
-        text = err.strerror
-        if err.filename and str(err.filename) not in text:
-            text = f"{err.filename}: {text}"
-    else:
-        text = str(err) or type(err).__name__
-    return " ".join(text.split())
 
 
 def add_derived(p: argparse.ArgumentParser) -> None:

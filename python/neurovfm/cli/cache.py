@@ -118,7 +118,7 @@ def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="check every cached file (sizes and CRC-32)",
         description="Check every cache entry: sidecar, source fingerprint, pipeline version, sizes and CRC-32.\n"
-        "Prints the images that are not cached and valid; exit code 1 when there are any.",
+        "Prints the images whose entry is missing, stale or corrupt; exit code 1 when there are any.",
         epilog="examples:\n  neurovfm cache verify /data/ds\n  neurovfm cache verify /data/ds || neurovfm cache build /data/ds\n",
         formatter_class=Formatter,
     )
@@ -252,10 +252,18 @@ def cmd_cache_stats(args: argparse.Namespace) -> int:
 def cmd_cache_verify(args: argparse.Namespace) -> int:
     from ..data import CacheManager
 
-    problems = CacheManager(args.data_dir).verify()
+    cm = CacheManager(args.data_dir)
+    problems = cm.verify()
     for key, status in sorted(problems.items()):
         print(f"{key}: {status}")
-    print(f"{len(problems)} image(s) not cached and valid")
+    total = cm.metadata.num_images()
+    if not problems:
+        print(f"{total} of {total} images are cached and valid")
+    else:
+        counts = ", ".join(
+            f"{n} {s}" for s in ("missing", "stale", "corrupt") if (n := sum(v == s for v in problems.values()))
+        )
+        print(f"{len(problems)} of {total} images need `neurovfm cache build {args.data_dir}` ({counts})")
     if "stale" in problems.values():
         print(
             "stale: the source file changed, or the entry was built by an older pipeline version; "

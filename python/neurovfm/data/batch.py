@@ -15,21 +15,21 @@ conflicts become :class:`~neurovfm.errors.ModeMismatchWarning` warnings, counted
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import os
-import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .._threads import available_cpus, thread_limit
-from ..errors import InvalidArgumentError, ModeMismatchWarning, UsageError
+from ..errors import InvalidArgumentError, ModeMismatchWarning, UsageError, one_line
 from ._files import TMP_TAG, atomic_write, remove_temporaries
+from .runner import Progress, SummaryFile, in_shard, resolve_shard, run_jobs
 from .preprocess import CT_WINDOW_NAMES
 from .scan import PreparedScan, prepare_scan
 
@@ -193,15 +193,6 @@ def discover_scans(
     return jobs
 
 
-def _in_shard(job: ScanJob, shard: tuple[int, int] | None) -> bool:
-    import zlib
-
-    if shard is None:
-        return True
-    i, n = shard
-    return zlib.crc32(f"{job.name}".encode()) % n == i
-
-
 # --- the run ------------------------------------------------------------------------------------
 
 
@@ -275,28 +266,11 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def _write_summary(path: str, rows: Sequence[BatchRow]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(SUMMARY_COLUMNS)
-            for r in rows:
-                w.writerow(r.as_row())
-
-    atomic_write(path, write)
-
-
 def _write_nifti(r: PreparedScan, mode: str, prefix: str) -> list[str]:
     """The model-input volumes and the token mask of ``r`` as ``.nii.gz`` on its grid."""
     from .geometry import write_nifti_outputs
 
     return [os.fspath(p) for p in write_nifti_outputs(r.arrays, r.filtered, r.geometry, prefix, mode)]
-
-
-def _check_shard(shard: Any) -> tuple[int, int] | None:
-    from .cache import resolve_shard
-
-    return resolve_shard(shard)
 
 
 def prepare_many(
@@ -356,115 +330,149 @@ def prepare_many(
         mode = mode.lower()
         if mode not in ("ct", "mri"):
             raise InvalidArgumentError(f"mode must be 'ct' or 'mri', got {mode!r}")
-    nifti = _write_nifti if format == "nifti" else None
     if format == "pt":
         import importlib.util
 
         if importlib.util.find_spec("torch") is None:
             raise UsageError("--format pt needs PyTorch (pip install torch); use npz")
-    shard_ = _check_shard(shard)
+    shard_ = resolve_shard(shard)
     per_scan = threads or max(1, available_cpus() // workers)
     out = os.fspath(out_dir)
     os.makedirs(out, exist_ok=True)
     remove_temporaries(out)  # a killed run's leftovers
-    jobs = [j for j in discover_scans(inputs, mode, manifest, derived) if _in_shard(j, shard_)]
+    jobs = [j for j in discover_scans(inputs, mode, manifest, derived) if in_shard(j.name, shard_)]
     summary_path = os.path.join(out, SUMMARY_NAME)
     summary = BatchSummary(summary_path=summary_path)
+    previous = _previous_rows(summary_path)  # the rows of outputs already done, kept
     rows: dict[int, BatchRow] = {}
+    index = {id(j): k for k, j in enumerate(jobs)}
     t0 = time.perf_counter()
-    live = open(summary_path, "w", newline="")  # a row per finished series: a killed run keeps them
-    writer = csv.writer(live)
-    writer.writerow(SUMMARY_COLUMNS)
-    live.flush()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    live = SummaryFile(summary_path, SUMMARY_COLUMNS, BatchRow.as_row)
+    bar = Progress(len(jobs), "neurovfm prepare", "scan", enabled=progress)
 
-        bar = tqdm(total=len(jobs), desc="neurovfm prepare", unit="scan", file=sys.stderr)
-
-    def target(j: ScanJob) -> str:
-        return os.path.join(out, f"{j.name}.{format}") if format != "nifti" else os.path.join(out, j.name)
-
-    def done_outputs(j: ScanJob, dest: str) -> list[str] | None:
-        if format != "nifti":
-            return [dest] if os.path.exists(dest) else None
-        names = [f"_{w}" for w in CT_WINDOW_NAMES] if j.mode == "ct" else [""]
-        paths = [f"{dest}{n}.nii.gz" for n in [*names, "_mask"]]  # the mask is written last
-        return paths if all(os.path.exists(p) for p in paths) else None
-
-    def work(j: ScanJob) -> tuple[BatchRow, list[str]]:
-        t = time.perf_counter()
-        base = BatchRow(j.input, j.series_uid, "", j.status)
-        if j.status:
-            base.reason = j.reason
-            return base, []
-        if j.mode is None:
-            base.status, base.reason = "failed", "no mode (give --mode or a manifest 'mode' column)"
-            return base, []
-        dest = target(j)
-        done = None if force else done_outputs(j, dest)
-        if done is not None:
-            base.status, base.reason, base.output = "ok", "already done", ";".join(done)
-            return base, []
-        try:
-            with thread_limit(per_scan):
-                r = prepare_scan(j.path, j.mode, j.series_uid or None)
-                if nifti is not None:
-                    outputs = nifti(r, j.mode, dest)
-                else:
-                    _atomic_save(r.payload(j.mode, j.path), dest)
-                    outputs = [dest]
-        except Exception as err:  # noqa: BLE001 - one failed scan is a row; the run goes on
-            from ..cli._common import one_line
-
-            base.status, base.reason = "failed", one_line(err)
-            base.seconds = time.perf_counter() - t
-            return base, []
-        label = f"{j.path}" + (f" (series {j.series_uid})" if j.series_uid else "")
-        msgs = [f"{label}: {m}" for m in r.mode_warnings]
-        row = BatchRow(
-            j.input,
-            j.series_uid,
-            ";".join(outputs),
-            "ok",
-            "",
-            " x ".join(map(str, r.shape)),
-            int(r.filtered.size),
-            r.foreground,
-            time.perf_counter() - t,
-            len(msgs),
-        )
-        return row, msgs
-
-    def record(k: int, res: tuple[BatchRow, list[str]]) -> None:
+    def record(j: ScanJob, res: tuple[BatchRow, list[str]]) -> dict[str, int]:
         row, msgs = res
-        rows[k] = row
+        rows[index[id(j)]] = row
         for m in msgs:
-            warnings.warn(ModeMismatchWarning(m), stacklevel=3)
+            warnings.warn(ModeMismatchWarning(m), stacklevel=4)  # the caller of prepare_many
         if row.status == "failed" and progress:
-            print(
-                f"neurovfm prepare: failed {row.input} {row.series_uid}".rstrip() + f": {row.reason}", file=sys.stderr
-            )
-        writer.writerow(row.as_row())
-        live.flush()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(failed=sum(r.status == "failed" for r in rows.values()), refresh=False)
+            bar.say(f"neurovfm prepare: failed {row.input} {row.series_uid}".rstrip() + f": {row.reason}")
+        live.add(row)
+        return {"failed": sum(r.status == "failed" for r in rows.values())}
 
+    work = functools.partial(_prepare_job, out, format, force, per_scan, previous)
     try:
-        if workers == 1:
-            for k, j in enumerate(jobs):
-                record(k, work(j))
-        else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurovfm-prepare") as ex:
-                futs = {ex.submit(work, j): k for k, j in enumerate(jobs)}
-                for fut in as_completed(futs):
-                    record(futs[fut], fut.result())
+        run_jobs(jobs, work, record, workers=workers, progress=bar, name="neurovfm-prepare")
     finally:
-        if bar is not None:
-            bar.close()
-        live.close()
+        bar.close()
         summary.rows = [rows[k] for k in sorted(rows)]
         summary.seconds = time.perf_counter() - t0
-        _write_summary(summary_path, summary.rows)
+        live.close(summary.rows)
     return summary
+
+
+def _target(out: str, format: str, j: ScanJob) -> str:
+    return os.path.join(out, f"{j.name}.{format}") if format != "nifti" else os.path.join(out, j.name)
+
+
+def _done_outputs(format: str, j: ScanJob, dest: str) -> list[str] | None:
+    """The outputs of ``j`` when they are all there (a rerun skips it), else None."""
+    if format != "nifti":
+        return [dest] if os.path.exists(dest) else None
+    names = [f"_{w}" for w in CT_WINDOW_NAMES] if j.mode == "ct" else [""]
+    paths = [f"{dest}{n}.nii.gz" for n in [*names, "_mask"]]  # the mask is written last
+    return paths if all(os.path.exists(p) for p in paths) else None
+
+
+def _prepare_job(
+    out: str, format: str, force: bool, per_scan: int, previous: dict[str, list[str]], j: ScanJob
+) -> tuple[BatchRow, list[str]]:
+    """One series of :func:`prepare_many` (a runner job: module level, picklable
+    arguments): its summary row and its mode warnings."""
+    t = time.perf_counter()
+    base = BatchRow(j.input, j.series_uid, "", j.status)
+    if j.status:
+        base.reason = j.reason
+        return base, []
+    if j.mode is None:
+        base.status, base.reason = "failed", "no mode (give --mode or a manifest 'mode' column)"
+        return base, []
+    dest = _target(out, format, j)
+    done = None if force else _done_outputs(format, j, dest)
+    if done is not None:
+        base.status, base.reason, base.output = "ok", "already done", ";".join(done)
+        _fill_done(base, done, previous)
+        return base, []
+    try:
+        with thread_limit(per_scan):
+            r = prepare_scan(j.path, j.mode, j.series_uid or None)
+            if format == "nifti":
+                outputs = _write_nifti(r, j.mode, dest)
+            else:
+                _atomic_save(r.payload(j.mode, j.path), dest)
+                outputs = [dest]
+    except Exception as err:  # noqa: BLE001 - one failed scan is a row; the run goes on
+        base.status, base.reason = "failed", one_line(err)
+        base.seconds = time.perf_counter() - t
+        return base, []
+    label = f"{j.path}" + (f" (series {j.series_uid})" if j.series_uid else "")
+    msgs = [f"{label}: {m}" for m in r.mode_warnings]
+    row = BatchRow(
+        j.input,
+        j.series_uid,
+        ";".join(outputs),
+        "ok",
+        "",
+        " x ".join(map(str, r.shape)),
+        int(r.filtered.size),
+        r.foreground,
+        time.perf_counter() - t,
+        len(msgs),
+    )
+    return row, msgs
+
+
+# --- outputs already done -----------------------------------------------------------------------
+
+
+def _outputs_key(output: str) -> str:
+    """An output column, by its files' names (the folder may be given another way)."""
+    return ";".join(os.path.basename(p) for p in output.split(";") if p)
+
+
+def _previous_rows(path: str) -> dict[str, list[str]]:
+    """The ``ok`` rows with a shape of an existing ``summary.csv``, by :func:`_outputs_key`."""
+    found: dict[str, list[str]] = {}
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            if tuple(next(reader, ())) != SUMMARY_COLUMNS:
+                return found
+            for row in reader:
+                if len(row) == len(SUMMARY_COLUMNS) and row[3] == "ok" and row[5]:
+                    found[_outputs_key(row[2])] = row
+    except (OSError, UnicodeDecodeError, csv.Error):
+        pass
+    return found
+
+
+def _fill_done(row: BatchRow, outputs: list[str], previous: dict[str, list[str]]) -> None:
+    """The shape, tokens and foreground of an output already done: from the ``.npz``'s
+    ``shape`` and ``filtered`` arrays (a few kB of it are read), else from the previous
+    ``summary.csv``'s row for that output; left empty when neither has them."""
+    if outputs[0].lower().endswith(".npz"):
+        try:
+            with np.load(outputs[0]) as z:
+                flags = np.asarray(z["filtered"])
+                shape = [int(v) for v in np.asarray(z["shape"]).ravel()]
+            row.shape, row.tokens = " x ".join(map(str, shape)), int(flags.size)
+            row.foreground = float(1.0 - flags.mean()) if flags.size else 0.0
+            return
+        except Exception:  # noqa: BLE001 - an unreadable output keeps its row without them
+            pass
+    old = previous.get(_outputs_key(";".join(outputs)))
+    if old is not None:
+        try:
+            row.shape, row.tokens, row.foreground = old[5], int(old[6]), float(old[7])
+        except ValueError:
+            row.shape = ""

@@ -23,7 +23,7 @@ import torch
 
 from .. import _core
 from .._threads import get_num_threads
-from ..data import entry
+from ..data.cache import entry
 from ..data.cache import check_study_names
 from ..data.preprocess import CT_WINDOW_NAMES
 from ..data.geometry import OutputGeometry, grid_geometry
@@ -100,7 +100,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
     fallback_to_raw
         On a cache miss (no entry, or a stale one: its scan changed or an older
         pipeline built it) or a corrupt cache entry, encode the raw file as the cache
-        build does (:func:`neurovfm.data.entry.encode_scan`), so the item equals the
+        build does (:func:`neurovfm.data.cache.entry.encode_scan`), so the item equals the
         cached one. ``False``: raise :class:`~neurovfm.errors.ImageNotFoundError`
         (a miss) or :class:`~neurovfm.errors.ImageReadError` (corrupt) naming the image.
     mode_filter
@@ -300,7 +300,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
             e.sidecar = entry.sidecar_path(e.folder, e.image)
         self._entries = entries
         # Per process: parsed sidecars by index (re-read when a file fails), file stamps whose
-        # CRC-32 was checked, fingerprints of DICOM folders (see neurovfm.data.entry).
+        # CRC-32 was checked, fingerprints of DICOM folders (see neurovfm.data.cache.entry).
         self._sides: dict[int, dict[str, Any]] = {}
         self._checked: dict[str, Any] = {}
         self._folders: dict[str, Any] = {}
@@ -333,7 +333,7 @@ class ImageDataset(torch.utils.data.Dataset[Any]):
         """Set the epoch that seeds each item's draws (reaches persistent workers too)."""
         self._epoch.value = int(epoch)
 
-    # -- reading (the format is neurovfm.data.entry's) ----------------------------------------
+    # -- reading (the format is neurovfm.data.cache.entry's) ----------------------------------
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_sides"], state["_checked"], state["_folders"] = {}, {}, {}  # per process

@@ -1,6 +1,6 @@
 """One cache entry: its files, its sidecar, the rule of a valid entry, the encoding of a
 raw scan and the zero-copy open. The only module that knows the on-disk format
-(docs/cache.md); the builder (:mod:`neurovfm.data.cache`) and the dataset
+(docs/cache.md); the builder (:mod:`neurovfm.data.cache.manager`) and the dataset
 (:mod:`neurovfm.datasets`) both go through it.
 
 Layout of image ``<image>`` of a study, in ``processed/<study>/``::
@@ -31,7 +31,6 @@ import math
 import os
 import re
 import socket
-import stat
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,14 +39,13 @@ from typing import Any, NamedTuple, cast
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import CacheEntryError
+from ...errors import CacheEntryError
 from . import ptfile
-from ._files import atomic_write_bytes, try_lock, unlink
-from .geometry import OutputGeometry, grid_geometry
-from .preprocess import CT_WINDOW_NAMES
+from .fingerprint import FolderWalks, source_fingerprint, source_matches
+from .._files import atomic_write_bytes, try_lock, unlink
+from ..geometry import OutputGeometry, grid_geometry
+from ..preprocess import CT_WINDOW_NAMES
 
-#: ``folders`` of :func:`source_matches`: folder -> ((mtime_ns, inode), its fingerprint).
-FolderWalks = dict[str, tuple[tuple[int, int], dict[str, int]]]
 #: ``checked`` of :func:`open_file`: path -> (stamp, dtype, shape, count, offset).
 CheckedFiles = dict[str, tuple[tuple[Any, ...], np.dtype[Any], tuple[int, ...], int, int]]
 
@@ -105,6 +103,7 @@ __all__ = [
     "lock_path",
     "token_grid",
     "read_sidecar",
+    "FolderWalks",
     "source_fingerprint",
     "source_matches",
     "sidecar_status",
@@ -227,51 +226,6 @@ class SidecarCache:
 # --- validity (docs/cache.md, section 4) -----------------------------------------------------
 
 
-def source_fingerprint(path: str) -> dict[str, int]:
-    """Size and modification time of a file, or file count, total size and newest
-    modification time of every file under a folder (a DICOM series)."""
-    st = os.stat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return _folder_fingerprint(path)
-
-
-def _folder_fingerprint(path: str) -> dict[str, int]:
-    count, total, newest = 0, 0, 0
-    for root, _dirs, files in os.walk(path):
-        for fn in files:
-            try:
-                s = os.stat(os.path.join(root, fn))
-            except OSError:
-                continue
-            count += 1
-            total += s.st_size
-            newest = max(newest, s.st_mtime_ns)
-    return {"files": count, "size": total, "mtime_ns": newest}
-
-
-def source_matches(source: str, recorded: object, folders: FolderWalks | None = None) -> bool:
-    """Whether the scan ``source`` still has the ``recorded`` fingerprint.
-
-    A file costs one ``stat``. A folder is walked; with ``folders`` (a dict the caller
-    keeps per process) the walk is reused while the folder's own (mtime, inode) stay the
-    same, i.e. until a file is added, removed or renamed in it."""
-    try:
-        st = os.stat(source)
-    except OSError:
-        return False
-    if not stat.S_ISDIR(st.st_mode):
-        return recorded == {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if folders is None:
-        return recorded == _folder_fingerprint(source)
-    key = (st.st_mtime_ns, st.st_ino)
-    hit = folders.get(source)
-    if hit is None or hit[0] != key:
-        hit = (key, _folder_fingerprint(source))
-        folders[source] = hit
-    return recorded == hit[1]
-
-
 def sidecar_status(side: dict[str, Any] | None, source: str, folders: FolderWalks | None = None) -> str:
     """What the sidecar alone says of an entry: ``'missing'`` (no readable sidecar),
     ``'stale'`` (another pipeline version, or the scan ``source`` changed), ``'corrupt'``
@@ -328,7 +282,7 @@ def encode_scan(source: str, mode: str, threads: int | None = None, series_uid: 
     values (docs/numbers.md). :class:`~neurovfm.errors.ImageTooSmallError` when the volume
     holds no whole token. ``threads``: kernel threads (default: the current setting);
     ``series_uid``: the series of a DICOM folder that holds several."""
-    from .scan import prepare_scan
+    from ..scan import prepare_scan
 
     r = prepare_scan(source, mode, series_uid, quantize=True, tokenize=False, check_mode=False, threads=threads)
     img = r.image
@@ -505,7 +459,7 @@ def open_file(
     file and (size, mtime, inode) stamp, so that later opens of the same file cost one
     ``fstat`` and one ``mmap`` (the dataset); with ``maps`` (also per process) a recently
     read file's mapping is reused: one ``stat``. Raises :class:`CacheEntryError` or
-    :class:`~neurovfm.data.ptfile.PtFormatError` (both ``ValueError``) or ``OSError``."""
+    :class:`~neurovfm.data.cache.ptfile.PtFormatError` (both ``ValueError``) or ``OSError``."""
     try:
         info = side["files"].get(key)
         if info is None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import InvalidTypeError, PtFormatError
+from ...errors import InvalidTypeError, PtFormatError
 
 try:  # ISA-L's CRC-32 (PCLMUL folding) is ~4x faster than zlib's; same values
     from isal.isal_zlib import crc32 as _crc32
