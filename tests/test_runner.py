@@ -186,3 +186,27 @@ def test_cache_build_prints_its_summary_once_and_verify_in_plain_words(tiny_data
     assert main(["cache", "verify", root]) == 0
     assert "1 of 1 images are cached and valid" in capsys.readouterr().out
     assert CacheManager(root).verify() == {}
+
+
+def test_nothing_below_the_command_line_imports_it():
+    """data/, datasets/ and pipelines/ never import neurovfm.cli (one_line is errors')."""
+    import ast
+
+    import neurovfm
+
+    root = Path(neurovfm.__file__).parent
+    found = []
+    for sub in ("data", "datasets", "pipelines"):
+        for path in sorted((root / sub).rglob("*.py")):
+            pkg = path.relative_to(root.parent).with_suffix("").parts[:-1]
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    base = list(pkg[: len(pkg) - node.level + 1]) if node.level else []
+                    name = ".".join(base + ([node.module] if node.module else []))
+                    names = [name] + [f"{name}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                found += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[:2] == ["neurovfm", "cli"]]
+    assert not found, found
