@@ -19,10 +19,10 @@ import SimpleITK as sitk
 
 from .. import _core
 from .._threads import get_num_threads
-from ..errors import ImageReadError, ImageTooSmallError
+from ..errors import ImageReadError, ImageTooSmallError, InvalidArgumentError, InvalidTypeError
 from . import sources
 from .sources import nifti
-from .volume import SUPPORTED_PIXEL_IDS, RawVolume, check_finite
+from .volume import RawVolume, check_finite
 
 if TYPE_CHECKING:
     from .series import SeriesRecord
@@ -292,23 +292,29 @@ def _preprocess_nifti_streaming(layout: nifti.NiftiLayout, stream: _StreamPlan) 
 
 
 def preprocess_image(img: sitk.Image) -> sitk.Image:
-    """:func:`load_image`'s preprocessing applied to an in-memory SimpleITK image."""
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageReadError("<in-memory image>", "colour or multi-component image; a scalar volume is required")
-    if img.GetDimension() != 3:
-        raise ImageReadError("<in-memory image>", f"expected a 3D image, got {img.GetDimension()}D")
-    if img.GetPixelID() not in SUPPORTED_PIXEL_IDS:
-        raise ImageReadError("<in-memory image>", f"pixel type {img.GetPixelIDTypeAsString()} is not supported")
-    return preprocess_volume(RawVolume.from_image(img))
+    """:func:`load_image`'s preprocessing applied to an in-memory SimpleITK image
+    (``load_image(img)`` does the same)."""
+    if not isinstance(img, sitk.Image):
+        raise InvalidTypeError(f"expected a SimpleITK.Image, got {type(img).__name__}")
+    return preprocess_volume(sources.memory.from_sitk(img, "<in-memory image>"))
 
 
-def read_volume(path: str | os.PathLike[str] | SeriesRecord, series_uid: str | None = None) -> RawVolume:
-    """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format; or one
-    series :func:`~neurovfm.data.find_series` found (:func:`neurovfm.data.sources.read`)."""
+def read_volume(path: str | os.PathLike[str] | SeriesRecord | Any, series_uid: str | None = None) -> RawVolume:
+    """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format; one series
+    :func:`~neurovfm.data.find_series` found; or take a SimpleITK or nibabel image, or a
+    :class:`RawVolume`, as it is (:func:`neurovfm.data.sources.read`)."""
     return sources.read(path, series_uid)
 
 
-def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid: str | None = None) -> sitk.Image:
+def load_image(
+    path: str | os.PathLike[str] | npt.NDArray[Any] | sitk.Image | Any,
+    preprocess: bool = True,
+    series_uid: str | None = None,
+    *,
+    spacing: Sequence[float] | None = None,
+    origin: Sequence[float] | None = None,
+    direction: Sequence[float] | None = None,
+) -> sitk.Image:
     """Load a CT or MR scan as a SimpleITK image.
 
     Parameters
@@ -316,7 +322,12 @@ def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid
     path
         A ``.nii``/``.nii.gz`` file, a DICOM file (also multi-frame), a folder
         holding a DICOM series (searched recursively; files need no extension),
-        or any other format SimpleITK reads.
+        or any other format SimpleITK reads. Or a volume already in memory
+        (:mod:`neurovfm.data.sources.memory`): a NumPy array in SimpleITK's NumPy axis
+        order ``[z, y, x]`` (as ``SimpleITK.GetArrayFromImage`` gives it) with
+        ``spacing`` (required), ``origin`` and ``direction`` in SimpleITK's ``(x, y, z)``
+        order; a ``SimpleITK.Image``; or a nibabel NIfTI image. Each gives the bytes the
+        file it came from gives.
     preprocess
         When true (default): reorient to RPI, resample with a cubic B-spline to
         1 mm in-plane and 4 mm along the slice axis, and centre-crop to multiples
@@ -326,6 +337,11 @@ def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid
         For a DICOM folder with several series: the SeriesInstanceUID to read.
         By default the series with the most slices of one geometry is chosen
         (and the choice is logged).
+    spacing, origin, direction
+        Only with an array: mm per voxel ``(x, y, z)``, the first voxel's centre
+        ``(x, y, z)`` in LPS mm (default 0), the 3x3 direction matrix, row-major, its
+        columns the image axes (default the identity). Checked, with errors naming the
+        argument.
 
     Raises
     ------
@@ -335,8 +351,17 @@ def load_image(path: str | os.PathLike[str], preprocess: bool = True, series_uid
         (:class:`neurovfm.errors.ImageReadError` and subclasses) when the file is
         unreadable or not a 3D scalar volume; the message names the file and why.
     """
+    if isinstance(path, np.ndarray) or any(v is not None for v in (spacing, origin, direction)):
+        if not isinstance(path, np.ndarray):
+            raise InvalidArgumentError(
+                f"spacing, origin and direction are for an array; got them with a {type(path).__name__}"
+            )
+        vol = sources.memory.from_array(path, spacing, origin, direction)
+        return preprocess_volume(vol) if preprocess else vol.to_image()
     if not preprocess:
         return read_volume(path, series_uid=series_uid).to_image()
+    if not isinstance(path, (str, os.PathLike)):  # an image in memory, a series record
+        return preprocess_volume(read_volume(path, series_uid=series_uid))
     # A readable NIfTI file has its header parsed once and is streamed when its storage
     # axis is the last pass anyway (with one thread it simply alternates decoding and
     # resampling), else decoded whole: the same bytes either way (docs/numbers.md,

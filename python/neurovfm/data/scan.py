@@ -142,7 +142,7 @@ class PreparedScan:
 
 
 def prepare_scan(
-    source: str | os.PathLike[str] | SeriesRecord,
+    source: str | os.PathLike[str] | SeriesRecord | Any,
     mode: str,
     series_uid: str | None = None,
     *,
@@ -153,9 +153,11 @@ def prepare_scan(
 ) -> PreparedScan:
     """Read, check the mode, preprocess, prepare and tokenize one scan.
 
-    ``source``: a path :func:`~neurovfm.data.load_image` takes, or a series
+    ``source``: a path :func:`~neurovfm.data.load_image` takes, a series
     :func:`~neurovfm.data.find_series` found (read from its files, without a second
-    walk); ``series_uid`` picks the series of a folder that holds several.
+    walk), or a volume in memory (a ``SimpleITK.Image``, a nibabel image, a
+    :class:`~neurovfm.data.RawVolume`); ``series_uid`` picks the series of a folder that
+    holds several.
 
     - ``check_mode``: read the volume whole and compare its DICOM Modality and values
       with ``mode``; the conflicts are returned in ``mode_warnings`` (not warned: the
@@ -173,12 +175,17 @@ def prepare_scan(
     from .preprocess import tokenize as tokenize_volume
     from .series import SeriesRecord as _Record
 
-    name = source.path if isinstance(source, _Record) else os.fspath(source)
+    if isinstance(source, _Record):
+        name = source.path
+    elif isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+    else:  # a volume in memory: read whole (there is no file to stream)
+        name, check_mode = "<in-memory image>", True
     m = _check_mode(mode)
     with thread_limit(threads) if threads is not None else contextlib.nullcontext():
         t0 = time.perf_counter()
         vol = None
-        if check_mode or isinstance(source, _Record):
+        if check_mode or isinstance(source, _Record):  # in memory: check_mode is set
             vol = read_volume(source, series_uid=series_uid)
         t1 = time.perf_counter()
         conflicts = mode_conflicts(vol.modality, vol.array, m) if check_mode and vol is not None else []

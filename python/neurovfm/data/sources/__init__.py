@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ...errors import ImageNotFoundError, ImageReadError
+import numpy as np
+import SimpleITK as sitk
+
+from ...errors import ImageNotFoundError, ImageReadError, InvalidArgumentError, InvalidTypeError
 from ..volume import RawVolume
-from . import dicom, nifti, other
+from . import dicom, memory, nifti, other
 
 if TYPE_CHECKING:
     from ..series import SeriesRecord
@@ -32,15 +35,32 @@ def check_exists(path: str) -> None:
     raise ImageNotFoundError(2, f"{path}: no such file or directory", path)
 
 
-def read(source: str | os.PathLike[str] | SeriesRecord, series_uid: str | None = None) -> RawVolume:
+def read(source: str | os.PathLike[str] | SeriesRecord | Any, series_uid: str | None = None) -> RawVolume:
     """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format; or one
-    series :func:`~neurovfm.data.find_series` found (its files, without a second walk)."""
+    series :func:`~neurovfm.data.find_series` found (its files, without a second walk);
+    or take a volume already in memory (:mod:`.memory`: a ``SimpleITK.Image``, a nibabel
+    image, a :class:`RawVolume`; a NumPy array needs its geometry: ``load_image``)."""
     from ..series import SeriesRecord as _Record
 
+    if isinstance(source, RawVolume):
+        return source
+    if isinstance(source, sitk.Image):
+        return memory.from_sitk(source)
+    if memory.is_in_memory(source) and not isinstance(source, np.ndarray):
+        return memory.from_nibabel(source)
+    if isinstance(source, np.ndarray):
+        raise InvalidArgumentError(
+            "an array needs its geometry: load_image(array, spacing=(x, y, z), origin=..., direction=...)"
+        )
     if isinstance(source, _Record):
         if source._info is not None:
             return dicom.read_series(source._info)
         return read(source.path, source.series_uid or None)
+    if not isinstance(source, (str, os.PathLike)):
+        raise InvalidTypeError(
+            "expected a path, a SimpleITK or nibabel image, or a NumPy array with its geometry; "
+            f"got {type(source).__name__}"
+        )
     path = os.fspath(source)
     check_exists(path)
     if not os.access(path, os.R_OK):
