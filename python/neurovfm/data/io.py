@@ -22,7 +22,7 @@ from .._threads import get_num_threads
 from ..errors import ImageReadError, ImageTooSmallError, InvalidArgumentError, InvalidTypeError
 from . import sources
 from .sources import nifti
-from .volume import RawVolume, check_finite
+from .volume import SUPPORTED_PIXEL_IDS, RawVolume, check_finite
 
 if TYPE_CHECKING:
     from .series import SeriesRecord
@@ -292,11 +292,18 @@ def _preprocess_nifti_streaming(layout: nifti.NiftiLayout, stream: _StreamPlan) 
 
 
 def preprocess_image(img: sitk.Image) -> sitk.Image:
-    """:func:`load_image`'s preprocessing applied to an in-memory SimpleITK image
-    (``load_image(img)`` does the same)."""
+    """:func:`load_image`'s preprocessing applied to an in-memory SimpleITK image. Unlike
+    ``load_image(img)``, which refuses what it would refuse in a file (a single slice,
+    say), any 3D scalar image of a supported pixel type is resampled."""
     if not isinstance(img, sitk.Image):
         raise InvalidTypeError(f"expected a SimpleITK.Image, got {type(img).__name__}")
-    return preprocess_volume(sources.memory.from_sitk(img, "<in-memory image>"))
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError("<in-memory image>", "colour or multi-component image; a scalar volume is required")
+    if img.GetDimension() != 3:
+        raise ImageReadError("<in-memory image>", f"expected a 3D image, got {img.GetDimension()}D")
+    if img.GetPixelID() not in SUPPORTED_PIXEL_IDS:
+        raise ImageReadError("<in-memory image>", f"pixel type {img.GetPixelIDTypeAsString()} is not supported")
+    return preprocess_volume(RawVolume.from_image(img))
 
 
 def read_volume(path: str | os.PathLike[str] | SeriesRecord | Any, series_uid: str | None = None) -> RawVolume:
