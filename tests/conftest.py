@@ -88,6 +88,25 @@ def data_dir() -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def scan_dir(tmp_path_factory) -> Path:
+    """The real corpus when NEUROVFM_TEST_DATA is set, else phantom stand-ins at the same
+    relative paths (tests/phantomcorpus.py, written once per session): for tests that need
+    a scan of a kind (a CT DICOM series, an 8-bit NIfTI, ...), not one real scanner's file.
+    Tests of a property only a real file has use ``data_dir`` instead."""
+    d = corpus_dir()
+    if d is not None:
+        return d
+    from phantomcorpus import write_phantom_corpus
+
+    return write_phantom_corpus(tmp_path_factory.mktemp("phantom_corpus"))
+
+
+def is_phantom(scan_root: Path) -> bool:
+    """Whether ``scan_root`` (from ``scan_dir``) holds the phantom stand-ins, not the corpus."""
+    return corpus_dir() is None or Path(scan_root).resolve() != corpus_dir()
+
+
 @pytest.fixture(scope="module")
 def quiet_itk():
     """ITK's warnings off for a module (use with ``pytest.mark.usefixtures("quiet_itk")``)."""

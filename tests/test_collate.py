@@ -127,8 +127,8 @@ def test_collate_edge_cases():
 
 
 @pytest.fixture(scope="module")
-def ds_root(tmp_path_factory, data_dir):
-    return cached_dataset(tmp_path_factory, data_dir)
+def ds_root(tmp_path_factory, scan_dir):
+    return cached_dataset(tmp_path_factory, scan_dir)
 
 
 @pytest.mark.parametrize(

@@ -108,8 +108,8 @@ def published_layout(
 
 
 @pytest.fixture(scope="module")
-def ds_root(tmp_path_factory, data_dir) -> Path:
-    return cached_dataset(tmp_path_factory, data_dir)
+def ds_root(tmp_path_factory, scan_dir) -> Path:
+    return cached_dataset(tmp_path_factory, scan_dir)
 
 
 @pytest.fixture(scope="module")

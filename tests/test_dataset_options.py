@@ -19,8 +19,8 @@ from neurovfm.errors import DatasetError, InvalidTypeError, MissingFileError  # 
 
 
 @pytest.fixture(scope="module")
-def ds_root(tmp_path_factory, data_dir):
-    return cached_dataset(tmp_path_factory, data_dir)
+def ds_root(tmp_path_factory, scan_dir):
+    return cached_dataset(tmp_path_factory, scan_dir)
 
 
 class Frame:

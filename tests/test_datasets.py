@@ -25,8 +25,8 @@ from neurovfm.errors import ImageNotFoundError, ImageReadError
 
 
 @pytest.fixture(scope="module")
-def ds_root(tmp_path_factory, data_dir):
-    return cached_dataset(tmp_path_factory, data_dir)
+def ds_root(tmp_path_factory, scan_dir):
+    return cached_dataset(tmp_path_factory, scan_dir)
 
 
 def _cached(root, item):
@@ -311,7 +311,7 @@ def test_labels_csv_json_dict_and_missing(ds_root, tmp_path):
         ImageDataset(ds_root, study_labels={}, missing_label="drop")
 
 
-def test_cache_miss_fallback_and_errors(ds_root, tmp_path, data_dir):
+def test_cache_miss_fallback_and_errors(ds_root, tmp_path):
     root = copy_dataset(ds_root, tmp_path / "ds")
     os.unlink(root / "processed" / "mr_t1" / "T1.json")  # a cache miss
     with open(root / "processed" / "ct_body" / "body_small_brain.pt", "r+b") as f:
@@ -331,11 +331,11 @@ def test_cache_miss_fallback_and_errors(ds_root, tmp_path, data_dir):
         ImageDataset(tmp_path / "nowhere")
 
 
-def test_bad_image_raises_or_is_skipped(tmp_path, data_dir):
+def test_bad_image_raises_or_is_skipped(tmp_path, scan_dir):
     from neurovfm.datasets import collate_padded
 
     studies = {"good": ("ct", ["ct/body_small.nii.gz"]), "bad": ("mri", ["edge/nifti/example4d.nii.gz"])}
-    make_dataset(tmp_path, data_dir, studies)
+    make_dataset(tmp_path, scan_dir, studies)
     ds = ImageDataset(tmp_path, use_cache=False)
     bad = next(i for i in range(len(ds)) if ds.study_of(i) == "bad")
     with pytest.raises(ImageReadError, match="example4d"):

@@ -215,9 +215,9 @@ def test_errors():
     assert "apply_masks_internally=True" in repr(MultiViewCollator(apply_masks_internally=True))
 
 
-def test_imagedataset_items(tmp_path_factory, data_dir):
+def test_imagedataset_items(tmp_path_factory, scan_dir):
     """Real ImageDataset items (study-aware batches) carry every key the collator reads."""
-    ds = ImageDataset(cached_dataset(tmp_path_factory, data_dir), random_crop=True, study_labels=LABELS, seed=0)
+    ds = ImageDataset(cached_dataset(tmp_path_factory, scan_dir), random_crop=True, study_labels=LABELS, seed=0)
     batch = next(iter(StudyAwareBatchSampler(ds, batch_size=2, seed=1)))
     items = [ds[i] for i in batch]
     for internal in (False, True):

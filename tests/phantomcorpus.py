@@ -1,0 +1,167 @@
+"""Phantom stand-ins for the real-scan corpus, at the corpus's own relative paths.
+
+Without ``NEUROVFM_TEST_DATA`` the fixture ``scan_dir`` (conftest.py) gives a folder written
+once per session by :func:`write_phantom_corpus`, so that a test that needs *a scan of a kind*
+(a CT DICOM series, a thick sagittal MR series, an 8-bit or a scaled NIfTI, a 4D NIfTI, a
+colour DICOM file, ...) runs on it unchanged. Each stand-in is made from
+:mod:`neurovfm.phantom` and has the kind of the real file it stands for (format, modality,
+pixel type, acquisition plane, scaling), not its size nor its vendor quirks. Tests that check a
+property only the real file has (a gantry tilt, a DIRFILE record, a vendor's colour JPEG, the
+sizes the corpus README documents, parity on real anatomy) use ``data_dir`` and skip without
+the corpus.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from neurovfm.phantom import make_ct_phantom, make_mri_phantom, write_dicom_series
+
+#: The corpus paths this folder has (every other corpus path is absent from it).
+STANDINS = {
+    "ct/phantom_head_5mm": "CT DICOM series, 28 axial slices 5 mm thick, rescale intercept -1024",
+    "ct/phantom_head_1mm.nii.gz": "CT NIfTI (gzip), int16 HU, thin slices",
+    "ct/body_small.nii.gz": "CT NIfTI (gzip), int16 HU, 3 mm isotropic",
+    "ct/body_j2k": "CT DICOM series in JPEG 2000 lossless (gdcmconv; uncompressed without it)",
+    "mr/stroke/T1.nii.gz": "MR NIfTI (gzip), uint8, axial",
+    "mr/stroke/FLAIR.nii.gz": "MR NIfTI (gzip), uint8, axial, the T1's grid",
+    "mr/stroke/T2.nii.gz": "MR NIfTI (gzip), uint16 with scl_slope 0.5, the T1's grid",
+    "mr/stroke/SOURCE.md": "a text file in a study folder",
+    "mr/MR_Gd.nii.gz": "MR NIfTI (gzip), uint8 with scl_slope 6.48, oblique",
+    "mr/sag_mprage_peds": "MR DICOM series, sagittal oblique, thin slices",
+    "mr/sag_t1_2d_thick": "MR DICOM series, sagittal, 35 slices 4.8 mm thick",
+    "edge/nifti/example4d.nii.gz": "NIfTI, a true 4D image (two time points)",
+    "edge/nifti/avg152T1_LR_nifti.nii.gz": "MR NIfTI (gzip), uint8",
+    "edge/nifti/anatomical.nii": "NIfTI (uncompressed), big-endian int16",
+    "edge/dicom/color_jpeg_not_ct.dcm": "DICOM, Modality CT, an 8-bit RGB image (uncompressed)",
+    "ct/head_single_slice/693_UNCI.dcm": "one CT DICOM slice",
+}
+
+
+def _write_nifti(img: sitk.Image, path: Path, slope: float | None = None) -> None:
+    """``img`` as NIfTI (gzip when the name ends .gz), with scl_slope ``slope`` in the header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plain = path.with_name(path.name.removesuffix(".gz") + ".tmp.nii")
+    sitk.WriteImage(img, os.fspath(plain))
+    data = bytearray(plain.read_bytes())
+    plain.unlink()
+    if slope is not None:
+        struct.pack_into("<ff", data, 112, slope, 0.0)  # scl_slope, scl_inter
+    path.write_bytes(gzip.compress(bytes(data), compresslevel=1, mtime=0) if path.suffix == ".gz" else bytes(data))
+
+
+def _to_uint8(img: sitk.Image) -> sitk.Image:
+    a = sitk.GetArrayFromImage(img).astype(np.float64)
+    out = sitk.GetImageFromArray(np.round(a * (255.0 / a.max())).astype(np.uint8))
+    out.CopyInformation(img)
+    return out
+
+
+def _big_endian_nifti(img: sitk.Image, path: Path) -> None:
+    import nibabel as nib
+
+    tmp = path.with_name("_little.nii")
+    sitk.WriteImage(sitk.Cast(img, sitk.sitkInt16), os.fspath(tmp))
+    little = nib.load(tmp)
+    header = little.header.as_byteswapped(">")
+    header.set_data_dtype(">i2")
+    nib.save(nib.Nifti1Image(np.asarray(little.dataobj).astype(">i2"), None, header), path)
+    tmp.unlink()
+
+
+def _colour_dicom(path: Path) -> None:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "CT", "CT BRAIN", 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.Rows, ds.Columns = 48, 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[..., 0] = np.arange(64, dtype=np.uint8)[None, :] * 4
+    rgb[..., 1] = np.arange(48, dtype=np.uint8)[:, None] * 5
+    rgb[10:30, 20:40, 2] = 255
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _single_slice(path: Path) -> None:
+    folder = path.parent / "_one"
+    img = make_ct_phantom(shape=(64, 64, 2), spacing=(3.0, 3.0, 5.0), seed=20)
+    (first, _) = write_dicom_series(img, folder, seed=20)
+    first.rename(path)
+    shutil.rmtree(folder)
+
+
+def _transcode(src: Path, dst: Path, flag: str) -> None:
+    """The series in ``src`` transcoded by gdcmconv into ``dst``; copied as it is without gdcmconv."""
+    exe = shutil.which("gdcmconv")
+    dst.mkdir(parents=True)
+    files = sorted(src.iterdir())
+    if exe is None:
+        for f in files:
+            shutil.copy(f, dst / f.name)
+        return
+    procs = [subprocess.Popen([exe, flag, os.fspath(f), os.fspath(dst / f.name)]) for f in files]
+    assert all(p.wait() == 0 for p in procs), f"gdcmconv {flag} failed"
+
+
+def write_phantom_corpus(root: Path) -> Path:
+    """Every stand-in of :data:`STANDINS` under ``root`` (a few seconds). Returns ``root``."""
+    root = Path(root)
+    # CT: a DICOM series of thick slices; NIfTI at thin slices and at 3 mm isotropic
+    ct5 = make_ct_phantom(shape=(96, 96, 28), spacing=(2.2, 2.2, 5.0), seed=10)
+    write_dicom_series(ct5, root / "ct/phantom_head_5mm", seed=10, description="PHANTOM HEAD 5MM")
+    _write_nifti(
+        make_ct_phantom(shape=(112, 112, 96), spacing=(1.9, 1.9, 1.25), seed=11), root / "ct/phantom_head_1mm.nii.gz"
+    )
+    _write_nifti(make_ct_phantom(shape=(64, 56, 24), spacing=(3.0, 3.0, 3.0), seed=12), root / "ct/body_small.nii.gz")
+    j2k_src = root / "_body_plain"
+    write_dicom_series(make_ct_phantom(shape=(80, 80, 20), spacing=(2.5, 2.5, 5.0), seed=13), j2k_src, seed=13)
+    _transcode(j2k_src, root / "ct/body_j2k", "--j2k")
+    shutil.rmtree(j2k_src)
+    _single_slice(root / "ct/head_single_slice/693_UNCI.dcm")
+    # MR: one axial study of three co-registered series (8-bit, 8-bit, scaled 16-bit)
+    stroke = {"shape": (62, 80, 70), "spacing": (2.0, 2.0, 2.0), "orientation": "LPS", "tilt_deg": 0.0}
+    _write_nifti(_to_uint8(make_mri_phantom(seed=30, **stroke)), root / "mr/stroke/T1.nii.gz")
+    _write_nifti(_to_uint8(make_mri_phantom(seed=31, **stroke)), root / "mr/stroke/FLAIR.nii.gz")
+    _write_nifti(make_mri_phantom(seed=32, **stroke), root / "mr/stroke/T2.nii.gz", slope=0.5)
+    (root / "mr/stroke/SOURCE.md").write_text("Phantom stand-ins for the stroke study (tests/phantomcorpus.py).\n")
+    gd = make_mri_phantom(shape=(70, 76, 58), spacing=(2.2, 2.2, 2.4), orientation="LPS", tilt_deg=9.0, seed=33)
+    _write_nifti(_to_uint8(gd), root / "mr/MR_Gd.nii.gz", slope=6.48)
+    # MR DICOM: sagittal series, thin and oblique, thick and straight
+    peds = make_mri_phantom(shape=(80, 80, 64), spacing=(2.6, 2.6, 2.7), seed=34)
+    write_dicom_series(peds, root / "mr/sag_mprage_peds", seed=34, modality="MR", description="SAG MPRAGE")
+    thick = make_mri_phantom(shape=(96, 96, 35), spacing=(2.5, 2.5, 4.8), tilt_deg=0.0, seed=35)
+    write_dicom_series(thick, root / "mr/sag_t1_2d_thick", seed=35, modality="MR", description="SAG T1 2D")
+    # the edge files that a phantom can stand for
+    frames = [make_mri_phantom(shape=(32, 24, 12), spacing=(4.0, 4.0, 6.0), seed=40 + t) for t in range(2)]
+    (root / "edge/nifti").mkdir(parents=True)
+    sitk.WriteImage(sitk.JoinSeries(frames), os.fspath(root / "edge/nifti/example4d.nii.gz"))
+    avg = make_mri_phantom(shape=(46, 55, 46), spacing=(4.0, 4.0, 4.0), orientation="LPS", tilt_deg=0.0, seed=42)
+    _write_nifti(_to_uint8(avg), root / "edge/nifti/avg152T1_LR_nifti.nii.gz")
+    small = make_mri_phantom(shape=(33, 41, 25), spacing=(6.0, 6.0, 6.0), orientation="LPS", tilt_deg=0.0, seed=43)
+    _big_endian_nifti(small, root / "edge/nifti/anatomical.nii")
+    _colour_dicom(root / "edge/dicom/color_jpeg_not_ct.dcm")
+    (root / "README.md").write_text(__doc__ or "")
+    missing = [p for p in STANDINS if not (root / p).exists()]
+    assert not missing, missing
+    return root
