@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..errors import UsageError as UsageError
 from ..errors import one_line as one_line
@@ -72,3 +72,45 @@ def add_derived(p: argparse.ArgumentParser) -> None:
         "and every series of many research exports): auto (default) uses them only when the folder "
         "holds no usable acquisition; include always; skip never",
     )
+
+
+def storage_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (``--storage-option``): VALUE as JSON when it parses (``true``, ``3``,
+    ``{"endpoint_url": ...}``), else the string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def add_storage_options(p: Any) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable): options of the fsspec filesystem of URL
+    inputs and outputs."""
+    p.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        type=storage_option,
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="for s3://, gs://, ... paths: an option of their fsspec filesystem (repeatable; "
+        "e.g. endpoint_url=http://127.0.0.1:9000, anon=true); default: the backend's standard "
+        "environment (for S3 the AWS variables, AWS_ENDPOINT_URL included)",
+    )
+
+
+def storage_options_of(args: argparse.Namespace) -> dict[str, Any] | None:
+    pairs = getattr(args, "storage_options", None)
+    return dict(pairs) if pairs else None
+
+
+def out_path(text: str) -> Path | str:
+    """``-o``: a local path, or a URL kept as it is (``Path`` would fold its ``//``)."""
+    from ..data.sources.remote import is_url
+
+    return text if is_url(text) else Path(text)

@@ -7,7 +7,16 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import PROG, Formatter, UsageError, add_derived, positive_int, shard
+from ._common import (
+    PROG,
+    Formatter,
+    UsageError,
+    add_derived,
+    add_storage_options,
+    positive_int,
+    shard,
+    storage_options_of,
+)
 
 _METADATA_EPILOG = """\
 examples:
@@ -64,6 +73,7 @@ def add_metadata(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-o", "--output", metavar="FILE", help="where to write (default DATA_DIR/metadata.json)")
     add_derived(p)
+    add_storage_options(p)
     p.set_defaults(func=cmd_metadata)
 
 
@@ -163,7 +173,9 @@ def cmd_metadata(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        meta = DatasetMetadata.from_directory(args.data_dir, args.modes, derived=args.derived)
+        meta = DatasetMetadata.from_directory(
+            args.data_dir, args.modes, derived=args.derived, storage_options=storage_options_of(args)
+        )
     for w in caught:
         print(f"{PROG}: warning: {w.message}", file=sys.stderr)
     path = meta.save(args.output)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._common import PROG, VIEW_NAMES, Formatter, UsageError, add_derived, check_output_folder, one_line
 from ._common import mode as mode_arg
-from ._common import positive_int, shard
+from ._common import add_storage_options, out_path, positive_int, shard, storage_options_of
 
 if TYPE_CHECKING:
     pass
@@ -97,12 +97,17 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=out_path,
         metavar="OUT",
         help="save tokens, coords, filtered and the geometry to OUT.npz (NumPy) or OUT.pt (PyTorch)",
     )
     b = p.add_argument_group("batch mode (several inputs, -o naming a folder, --output-dir or --manifest)")
-    b.add_argument("--output-dir", type=Path, metavar="DIR", help="batch mode: write one output per series here")
+    b.add_argument(
+        "--output-dir",
+        type=out_path,
+        metavar="DIR",
+        help="batch mode: write one output per series here (a folder, or a URL prefix: s3://bucket/out/)",
+    )
     b.add_argument("--manifest", type=Path, metavar="CSV", help="batch mode: scans from a CSV (path, mode[, id])")
     b.add_argument(
         "--format", choices=["npz", "pt", "nifti"], default="npz", help="batch mode: output format (default npz)"
@@ -123,6 +128,7 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--no-progress", action="store_true", help="batch mode: no progress bar")
     add_derived(b)
+    add_storage_options(p)
     p.add_argument(
         "--phantom-dir",
         type=Path,
@@ -194,6 +200,7 @@ def run_scan(
     name: str = "",
     keep_arrays: bool = False,
     derived: str = "auto",
+    storage_options: dict[str, Any] | None = None,
 ) -> ScanResult:
     """File to tokens on one scan, timed per stage (:func:`neurovfm.data.scan.prepare_scan`;
     a DICOM Modality or values that contradict ``mode`` are a ``ModeMismatchWarning``).
@@ -203,21 +210,24 @@ def run_scan(
 
     from ..data.scan import prepare_scan
     from ..data.series import SeriesRecord, find_series
+    from ..data.sources import remote
     from ..errors import ModeMismatchWarning
 
     path = os.fspath(path)
-    if not os.path.exists(path):
+    url = remote.is_url(path)
+    if not url and not os.path.exists(path):
         raise UsageError(f"{path}: no such file or directory")
     src: str | SeriesRecord = path
-    if os.path.isdir(path) and series_uid is None:
-        records = find_series(path, derived=derived)
+    is_folder = not path.lower().endswith((".nii", ".nii.gz", ".dcm")) if url else os.path.isdir(path)
+    if is_folder and series_uid is None:
+        records = find_series(path, derived=derived, storage_options=storage_options)
         usable = [rec for rec in records if rec.usable]
         if not usable:
             why = "; ".join(f"{rec.name}: {rec.reason}" for rec in records[:3]) or "no image files"
             hint = "; --derived include would use its derived series" if "derived/secondary" in why else ""
             raise UsageError(f"{path}: no usable series ({why}){hint}")
         src = usable[0]
-    r = prepare_scan(src, mode, series_uid)
+    r = prepare_scan(src, mode, series_uid, storage_options=storage_options)
     for conflict in r.mode_warnings:
         warnings.warn(ModeMismatchWarning(f"{path}: {conflict}"), stacklevel=2)
     header = _header(r.input_shape, r.input_spacing, r.input_dtype, r.input_direction)
@@ -324,7 +334,9 @@ def _output_for(out: Path | None, name: str, several: bool) -> Path | None:
 
 def _batch_mode(args: argparse.Namespace) -> bool:
     out = args.output
-    folder_out = out is not None and (out.is_dir() or str(out).endswith(("/", os.sep)) or not out.suffix)
+    folder_out = isinstance(out, str) or (
+        out is not None and (out.is_dir() or str(out).endswith(("/", os.sep)) or not out.suffix)
+    )
     return len(args.path) > 1 or args.output_dir is not None or args.manifest is not None or folder_out
 
 
@@ -344,7 +356,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         raise UsageError("--phantom-dir is for the built-in phantoms, without PATH")
     if args.mode is None:
         raise UsageError("--mode is required with a PATH (--mode ct or --mode mri)")
-    r = run_scan(args.path, args.mode, args.series_uid, keep_arrays=args.output is not None, derived=args.derived)
+    r = run_scan(
+        args.path,
+        args.mode,
+        args.series_uid,
+        keep_arrays=args.output is not None,
+        derived=args.derived,
+        storage_options=storage_options_of(args),
+    )
     print(format_result(r), flush=True)
     if args.output is not None:
         save_result(r, args.output)
@@ -366,9 +385,10 @@ def _prepare_batch(args: argparse.Namespace) -> int:
         raise UsageError("batch mode needs INPUT... or --manifest CSV")
     if args.mode is None and args.manifest is None:
         raise UsageError("--mode is required (--mode ct or --mode mri), or a --manifest with a mode column")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output folder {str(out)!r} is a file")
-    check_output_folder(out)
+    if isinstance(out, Path):  # a URL prefix is made by its first object
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"output folder {str(out)!r} is a file")
+        check_output_folder(out)
     summary = prepare_many(
         args.path,
         out,
@@ -381,6 +401,7 @@ def _prepare_batch(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         threads=args.threads,
         derived=args.derived,
+        storage_options=storage_options_of(args),
     )
     print(summary, flush=True)
     if args.no_progress:  # else prepare_many said it as it happened

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from ._common import Formatter, add_derived, positive_int
+from ._common import Formatter, add_derived, add_storage_options, positive_int, storage_options_of
 
 _DESCRIPTION = """\
 List every series under DIR (searched recursively; DICOM files need no extension,
@@ -46,6 +46,7 @@ def add_series(sub: Any, common: argparse.ArgumentParser) -> None:
         help="fewer slices than N is not a volume (default 8)",
     )
     add_derived(p)
+    add_storage_options(p)
     p.set_defaults(func=cmd_series)
 
 
@@ -56,7 +57,12 @@ def _spacing(v: Any) -> str:
 def cmd_series(args: argparse.Namespace) -> int:
     from ..data.series import MIN_SLICES, find_series, series_image_names
 
-    records = find_series(args.path, min_slices=args.min_slices or MIN_SLICES, derived=args.derived)
+    records = find_series(
+        args.path,
+        min_slices=args.min_slices or MIN_SLICES,
+        derived=args.derived,
+        storage_options=storage_options_of(args),
+    )
     if args.json:
         json.dump([r.as_dict() for r in records], sys.stdout, indent=1)
         print()

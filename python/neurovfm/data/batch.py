@@ -18,20 +18,26 @@ import csv
 import functools
 import glob
 import os
+import tempfile
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._threads import available_cpus, thread_limit
 from ..errors import InvalidArgumentError, ModeMismatchWarning, UsageError, one_line
-from ._files import TMP_TAG, atomic_write, remove_temporaries
+from ._files import TMP_TAG
 from .runner import Progress, SummaryFile, in_shard, resolve_shard, run_jobs
 from .preprocess import CT_WINDOW_NAMES
+from .outputs import OutputDir
 from .scan import PreparedScan, prepare_scan
+from .sources import remote
+
+if TYPE_CHECKING:
+    from .series import SeriesRecord
 
 __all__ = [
     "BatchRow",
@@ -80,11 +86,6 @@ def save_payload(payload: dict[str, Any], out: str | os.PathLike[str]) -> None:
             np.savez(f, **arrays)
 
 
-def _atomic_save(payload: dict[str, Any], out: str) -> None:
-    ext = ".pt" if out.lower().endswith(".pt") else ".npz"
-    atomic_write(out, lambda tmp: save_payload(payload, tmp), ext + TMP_TAG)
-
-
 # --- what to prepare ----------------------------------------------------------------------------
 
 
@@ -100,6 +101,9 @@ class ScanJob:
     id: str = ""
     status: str = ""  # '' = to do; 'skipped' or 'failed' known before reading
     reason: str = ""
+    #: A series of a URL prefix: its record (the URLs of its files: read without listing
+    #: the prefix again); None for local inputs.
+    record: SeriesRecord | None = None
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[tuple[str, str | None, str]]:
@@ -123,7 +127,8 @@ def read_manifest(path: str | os.PathLike[str]) -> list[tuple[str, str | None, s
             m = row.get("mode", "").lower() or None
             if m is not None and m not in ("ct", "mri"):
                 raise UsageError(f"manifest {path!r} line {i}: invalid mode {m!r} (choose ct or mri)")
-            rows.append((p if os.path.isabs(p) else os.path.join(base, p), m, row.get("id", "")))
+            local = os.path.isabs(p) or remote.is_url(p)
+            rows.append((p if local else os.path.join(base, p), m, row.get("id", "")))
     return rows
 
 
@@ -141,9 +146,33 @@ def _stem(path: str) -> str:
 
 
 def _expand(item: str) -> list[str]:
-    if os.path.exists(item) or not glob.has_magic(item):
+    if remote.is_url(item) or os.path.exists(item) or not glob.has_magic(item):
         return [item]
     return sorted(glob.glob(item))
+
+
+def _url_jobs(
+    url: str, mode: str | None, ident: str, prefix: str, derived: str, storage_options: Mapping[str, Any] | None
+) -> list[ScanJob]:
+    """The jobs of one URL input: one for an object whose name says NIfTI or DICOM (no
+    listing now), else one per series ``find_series`` finds under the prefix."""
+    from .series import find_series, series_image_names
+
+    stem = prefix + _stem(url.rstrip("/"))
+    if url.lower().endswith((".nii", ".nii.gz", ".dcm")):
+        return [ScanJob(url, url, "", mode, stem, ident)]
+    try:
+        records = find_series(url, derived=derived, storage_options=storage_options)
+    except (OSError, ValueError) as err:  # the library's read errors: a failed row
+        return [ScanJob(url, url, "", mode, stem, ident, "failed", one_line(err))]
+    if not records:
+        return [ScanJob(url, url, "", mode, stem, ident, "failed", "no image series found")]
+    jobs = []
+    for r, sname in zip(records, series_image_names(records)):
+        status = "" if r.usable else ("failed" if r.broken else "skipped")
+        name = stem + ("" if len(records) == 1 else f"__{sname}")
+        jobs.append(ScanJob(url, r.path, r.series_uid, mode, name, ident, status, r.reason if status else "", r))
+    return jobs
 
 
 def discover_scans(
@@ -151,9 +180,12 @@ def discover_scans(
     mode: str | None = None,
     manifest: str | os.PathLike[str] | None = None,
     derived: str = "auto",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[ScanJob]:
     """The series to prepare, in a stable order, each with a unique output name (a folder's
-    series by :func:`~neurovfm.data.find_series` under the ``derived`` policy)."""
+    series by :func:`~neurovfm.data.find_series` under the ``derived`` policy). A URL that
+    names one object is one job (read when it is prepared); a URL prefix is listed once by
+    ``find_series`` and its series become jobs that carry their files' URLs."""
     from .series import check_derived, find_series, series_image_names
 
     derived = check_derived(derived)
@@ -169,6 +201,9 @@ def discover_scans(
             continue
         for p in matches:
             prefix = f"{ident}_" if ident else ""
+            if remote.is_url(p):
+                jobs.extend(_url_jobs(p, m, ident, prefix, derived, storage_options))
+                continue
             if not os.path.exists(p):
                 jobs.append(ScanJob(p, p, "", m, prefix + _stem(p), ident, "failed", f"{p}: no such file or directory"))
                 continue
@@ -286,15 +321,20 @@ def prepare_many(
     progress: bool = True,
     threads: int | None = None,
     derived: str = "auto",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> BatchSummary:
     """Prepare every series of ``inputs`` (and of ``manifest``) into ``out_dir``.
 
     Parameters
     ----------
     inputs
-        Files, folders (every series :func:`~neurovfm.data.find_series` finds) or glob patterns.
+        Files, folders (every series :func:`~neurovfm.data.find_series` finds), glob
+        patterns, or URLs (``s3://``, ``gs://``, ...: an object, or a prefix holding
+        series; :mod:`neurovfm.data.sources.remote`).
     out_dir
-        Where the outputs and ``summary.csv`` go (created if missing).
+        Where the outputs and ``summary.csv`` go (created if missing): a folder, or a URL
+        prefix (each output uploaded whole once made, ``summary.csv`` last;
+        :mod:`neurovfm.data.outputs`).
     mode
         ``'ct'`` or ``'mri'``; a manifest row's ``mode`` overrides it.
     manifest
@@ -317,6 +357,10 @@ def prepare_many(
         ``'auto'`` (default: used only when the folder holds no usable acquisition),
         ``'include'`` or ``'skip'``. One the policy leaves out is a ``skipped`` row that
         says so and names the option that would use it.
+    storage_options
+        Options of the fsspec filesystem of URL inputs and outputs (credentials,
+        endpoint); default: the backend's standard environment (for S3 the AWS
+        variables, ``AWS_ENDPOINT_URL`` included).
 
     A scan that fails is a ``failed`` row with the reason; the run goes on. Mode
     conflicts are warned (:class:`~neurovfm.errors.ModeMismatchWarning`, from the calling
@@ -337,12 +381,14 @@ def prepare_many(
             raise UsageError("--format pt needs PyTorch (pip install torch); use npz")
     shard_ = resolve_shard(shard)
     per_scan = threads or max(1, available_cpus() // workers)
-    out = os.fspath(out_dir)
-    os.makedirs(out, exist_ok=True)
-    remove_temporaries(out)  # a killed run's leftovers
-    jobs = [j for j in discover_scans(inputs, mode, manifest, derived) if in_shard(j.name, shard_)]
-    summary_path = os.path.join(out, SUMMARY_NAME)
-    summary = BatchSummary(summary_path=summary_path)
+    out = OutputDir(out_dir, storage_options)
+    jobs = [j for j in discover_scans(inputs, mode, manifest, derived, storage_options) if in_shard(j.name, shard_)]
+    staging = tempfile.TemporaryDirectory(prefix="neurovfm-summary-") if out.remote else None
+    # the live summary: in the folder, or (remote) a local file uploaded when the run ends
+    summary_path = out.path(SUMMARY_NAME) if staging is None else os.path.join(staging.name, SUMMARY_NAME)
+    if staging is not None:
+        out.fetch(SUMMARY_NAME, summary_path)
+    summary = BatchSummary(summary_path=out.path(SUMMARY_NAME))
     previous = _previous_rows(summary_path)  # the rows of outputs already done, kept
     rows: dict[int, BatchRow] = {}
     index = {id(j): k for k, j in enumerate(jobs)}
@@ -368,24 +414,30 @@ def prepare_many(
         summary.rows = [rows[k] for k in sorted(rows)]
         summary.seconds = time.perf_counter() - t0
         live.close(summary.rows)
+        if staging is not None:
+            try:
+                out.upload(summary_path, SUMMARY_NAME)  # last: the run is over
+            finally:
+                staging.cleanup()
     return summary
 
 
-def _target(out: str, format: str, j: ScanJob) -> str:
-    return os.path.join(out, f"{j.name}.{format}") if format != "nifti" else os.path.join(out, j.name)
-
-
-def _done_outputs(format: str, j: ScanJob, dest: str) -> list[str] | None:
-    """The outputs of ``j`` when they are all there (a rerun skips it), else None."""
+def _output_names(format: str, j: ScanJob) -> list[str]:
+    """The names of ``j``'s outputs in the output folder (for NIfTI, the mask last)."""
     if format != "nifti":
-        return [dest] if os.path.exists(dest) else None
+        return [f"{j.name}.{format}"]
     names = [f"_{w}" for w in CT_WINDOW_NAMES] if j.mode == "ct" else [""]
-    paths = [f"{dest}{n}.nii.gz" for n in [*names, "_mask"]]  # the mask is written last
-    return paths if all(os.path.exists(p) for p in paths) else None
+    return [f"{j.name}{n}.nii.gz" for n in [*names, "_mask"]]  # the mask is written last
+
+
+def _done_outputs(out: OutputDir, format: str, j: ScanJob) -> list[str] | None:
+    """The outputs of ``j`` when they are all there (a rerun skips it), else None."""
+    names = _output_names(format, j)
+    return [out.path(n) for n in names] if all(out.exists(n) for n in names) else None
 
 
 def _prepare_job(
-    out: str, format: str, force: bool, per_scan: int, previous: dict[str, list[str]], j: ScanJob
+    out: OutputDir, format: str, force: bool, per_scan: int, previous: dict[str, list[str]], j: ScanJob
 ) -> tuple[BatchRow, list[str]]:
     """One series of :func:`prepare_many` (a runner job: module level, picklable
     arguments): its summary row and its mode warnings."""
@@ -397,20 +449,19 @@ def _prepare_job(
     if j.mode is None:
         base.status, base.reason = "failed", "no mode (give --mode or a manifest 'mode' column)"
         return base, []
-    dest = _target(out, format, j)
-    done = None if force else _done_outputs(format, j, dest)
+    done = None if force else _done_outputs(out, format, j)
     if done is not None:
         base.status, base.reason, base.output = "ok", "already done", ";".join(done)
         _fill_done(base, done, previous)
         return base, []
     try:
         with thread_limit(per_scan):
-            r = prepare_scan(j.path, j.mode, j.series_uid or None)
+            r = prepare_scan(j.record or j.path, j.mode, j.series_uid or None, storage_options=out.storage_options)
             if format == "nifti":
-                outputs = _write_nifti(r, j.mode, dest)
+                outputs = out.save_many(lambda folder: _write_nifti(r, str(j.mode), os.path.join(folder, j.name)))
             else:
-                _atomic_save(r.payload(j.mode, j.path), dest)
-                outputs = [dest]
+                payload = r.payload(j.mode, j.path)
+                outputs = [out.save(f"{j.name}.{format}", lambda tmp: save_payload(payload, tmp), f".{format}")]
     except Exception as err:  # noqa: BLE001 - one failed scan is a row; the run goes on
         base.status, base.reason = "failed", one_line(err)
         base.seconds = time.perf_counter() - t

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -321,6 +321,7 @@ def load_image(
     spacing: Sequence[float] | None = None,
     origin: Sequence[float] | None = None,
     direction: Sequence[float] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> sitk.Image:
     """Load a CT or MR scan as a SimpleITK image.
 
@@ -329,7 +330,10 @@ def load_image(
     path
         A ``.nii``/``.nii.gz`` file, a DICOM file (also multi-frame), a folder
         holding a DICOM series (searched recursively; files need no extension),
-        or any other format SimpleITK reads. Or a volume already in memory
+        or any other format SimpleITK reads; or the URL of one of these
+        (``s3://``, ``gs://``, ``https://``, any fsspec URL: a file, or a prefix holding
+        a DICOM series; :mod:`neurovfm.data.sources.remote`), staged and read as the
+        local file, with its bytes. Or a volume already in memory
         (:mod:`neurovfm.data.sources.memory`): a NumPy array in SimpleITK's NumPy axis
         order ``[z, y, x]`` (as ``SimpleITK.GetArrayFromImage`` gives it) with
         ``spacing`` (required), ``origin`` and ``direction`` in SimpleITK's ``(x, y, z)``
@@ -349,6 +353,10 @@ def load_image(
         ``(x, y, z)`` in LPS mm (default 0), the 3x3 direction matrix, row-major, its
         columns the image axes (default the identity). Checked, with errors naming the
         argument.
+    storage_options
+        Only with a URL: options for its fsspec filesystem (credentials, endpoint);
+        by default the backend's standard environment (for S3 the AWS variables,
+        ``AWS_ENDPOINT_URL`` included).
 
     Raises
     ------
@@ -365,6 +373,11 @@ def load_image(
             )
         vol = sources.memory.from_array(path, spacing, origin, direction)
         return preprocess_volume(vol) if preprocess else vol.to_image()
+    if sources.remote.is_url(path):
+        with sources.remote.staged(path, storage_options) as local:
+            return load_image(local, preprocess, series_uid)  # the image is in memory
+    if storage_options:
+        raise InvalidArgumentError(f"storage_options are for a URL; got them with {path!r}")
     if not preprocess:
         return read_volume(path, series_uid=series_uid).to_image()
     if not isinstance(path, (str, os.PathLike)):  # an image in memory, a series record

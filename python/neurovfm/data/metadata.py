@@ -35,6 +35,7 @@ from ..errors import (
     StudyNotFoundError,
 )
 from ._files import read_json_object
+from .sources import remote
 
 if TYPE_CHECKING:
     from .series import SeriesRecord
@@ -254,6 +255,7 @@ class DatasetMetadata:
         mode_mapping: Mapping[str, str] | str | os.PathLike[str],
         *,
         derived: str = "auto",
+        storage_options: Mapping[str, Any] | None = None,
     ) -> DatasetMetadata:
         """Scan ``data_dir/raw/<study>/`` for NIfTI files and DICOM series: one image per
         NIfTI file and per usable DICOM series (see :func:`neurovfm.data.find_series`; a
@@ -279,6 +281,10 @@ class DatasetMetadata:
         from .series import check_derived
 
         policy = check_derived(derived)
+        if remote.is_url(data_dir):
+            from .metadata_remote import from_url
+
+            return from_url(cls, data_dir, mode_mapping, policy, storage_options)
         data_dir = os.path.abspath(os.fspath(data_dir))
         raw = os.path.join(data_dir, "raw")
         if not os.path.isdir(raw):
@@ -387,6 +393,8 @@ class DatasetMetadata:
         Metadata read from a file of the published layout is written in that layout
         (its ``dataset_name``, ``version`` and ``created`` kept); otherwise in this
         library's layout."""
+        if path is None:
+            path = remote.join(self.data_dir, "metadata.json") if remote.is_url(self.data_dir) else None
         path = os.fspath(path) if path is not None else os.path.join(self.data_dir, "metadata.json")
         data: dict[str, Any]
         if self.published is not None:
@@ -403,6 +411,10 @@ class DatasetMetadata:
                     for s in self._studies.values()
                 ],
             }
+        if remote.is_url(path):  # one object, uploaded whole
+            from .metadata_remote import save_url
+
+            return save_url(path, data)
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".metadata.", suffix=".tmp", dir=folder)
         try:

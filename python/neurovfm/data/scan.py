@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +151,7 @@ def prepare_scan(
     tokenize: bool = True,
     check_mode: bool = True,
     threads: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> PreparedScan:
     """Read, check the mode, preprocess, prepare and tokenize one scan.
 
@@ -166,11 +168,13 @@ def prepare_scan(
     - ``quantize``: ``arrays`` are the cache's ``uint8(v * 255)`` of the float64 values.
     - ``tokenize``: also the ``[C, N, 1024]`` tokens and their coordinates.
     - ``threads``: kernel threads (default: the current setting).
+    - ``storage_options``: for a URL source, its fsspec filesystem's options.
 
     :class:`~neurovfm.errors.ImageTooSmallError` when the volume holds no whole
     4x16x16 token after resampling to 1x1x4 mm.
     """
-    from .io import load_image, preprocess_volume, read_volume
+    from . import sources
+    from .io import load_image, preprocess_volume
     from .preprocess import _check_mode, prepare_for_inference
     from .preprocess import tokenize as tokenize_volume
     from .series import SeriesRecord as _Record
@@ -186,11 +190,15 @@ def prepare_scan(
         t0 = time.perf_counter()
         vol = None
         if check_mode or isinstance(source, _Record):  # in memory: check_mode is set
-            vol = read_volume(source, series_uid=series_uid)
+            vol = sources.read(source, series_uid, storage_options)
         t1 = time.perf_counter()
         conflicts = mode_conflicts(vol.modality, vol.array, m) if check_mode and vol is not None else []
         t2 = time.perf_counter()
-        img = preprocess_volume(vol) if vol is not None else load_image(name, series_uid=series_uid)
+        img = (
+            preprocess_volume(vol)
+            if vol is not None
+            else load_image(name, series_uid=series_uid, storage_options=storage_options)
+        )
         t3 = time.perf_counter()
         res = prepare_for_inference(img, m, return_foreground=not quantize, quantize=quantize)
         if res is None:

@@ -13,14 +13,14 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import ImageNotFoundError, ImageReadError
-from .sources import nifti
+from .sources import nifti, remote
 
 __all__ = [
     "DERIVED_POLICIES",
@@ -328,7 +328,11 @@ def _nifti_record(path: str, min_slices: int) -> SeriesRecord:
 
 
 def find_series(
-    path: str | os.PathLike[str], *, min_slices: int = MIN_SLICES, derived: str = "auto"
+    path: str | os.PathLike[str],
+    *,
+    min_slices: int = MIN_SLICES,
+    derived: str = "auto",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[SeriesRecord]:
     """Every series under ``path`` (a folder, searched recursively, or one file).
 
@@ -348,8 +352,14 @@ def find_series(
     the rule looks at. This is the one answer to "which series" for every entry point:
     ``neurovfm series``, :meth:`DatasetMetadata.from_directory`, :func:`prepare_many`,
     ``ScanDataset`` and ``StudyPreprocessor.load_study``.
+
+    A URL (``s3://bucket/study/``, any fsspec URL: :mod:`neurovfm.data.sources.remote`,
+    ``storage_options`` for its filesystem) is listed once and staged; its records name
+    the URLs of their files.
     """
     policy = check_derived(derived)
+    if remote.is_url(path):
+        return _remote_records(str(path), min_slices, policy, storage_options)
     p = os.fspath(path)
     if not os.path.exists(p):
         raise ImageNotFoundError(f"{p}: no such file or directory")
@@ -369,3 +379,21 @@ def find_series(
     records = _apply_derived(records, policy)
     records.sort(key=lambda r: (not r.usable, -r.n_slices, r.path, r.series_uid))
     return records
+
+
+def _remote_records(
+    url: str, min_slices: int, derived: str, storage_options: Mapping[str, Any] | None
+) -> list[SeriesRecord]:
+    """:func:`find_series` of a URL: the prefix listed once and staged, its records with
+    the URLs of their files (read later from those files alone: no second listing)."""
+    with remote.staged(url, storage_options) as local:
+        records = find_series(local, min_slices=min_slices, derived=derived)
+
+        def to_url(p: str) -> str:
+            rel = os.path.relpath(p, local)
+            return url.rstrip("/") if rel == "." else remote.join(url, *rel.split(os.sep))
+
+        return [
+            dataclasses.replace(r, path=to_url(r.path), files=tuple(to_url(f) for f in r.files), _info=None)
+            for r in records
+        ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +43,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
         Derived/secondary series of a folder (:func:`~neurovfm.data.find_series`):
         ``'auto'`` (default: used only when the folder holds no usable acquisition),
         ``'include'`` or ``'skip'``.
+    storage_options
+        For URL paths (``s3://...``: an object or a prefix of series), the options of their
+        fsspec filesystem (default: the backend's standard environment).
 
     Each item is a dict like :class:`ImageDataset`'s: ``img`` float32 ``[N, 1024]`` (the
     values :func:`~neurovfm.data.prepare_for_inference` gives, in [0, 1]), ``coords``
@@ -63,6 +66,7 @@ class ScanDataset(Dataset[dict[str, Any]]):
         *,
         window: str = "brain",
         derived: str = "auto",
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if mode is not None:
             mode = mode.lower()
@@ -74,11 +78,12 @@ class ScanDataset(Dataset[dict[str, Any]]):
         if isinstance(paths_or_manifest, (str, os.PathLike)):
             p = os.fspath(paths_or_manifest)
             if p.lower().endswith(".csv") and os.path.isfile(p):
-                jobs = discover_scans([], mode, manifest=p, derived=derived)
+                jobs = discover_scans([], mode, manifest=p, derived=derived, storage_options=storage_options)
             else:
-                jobs = discover_scans([p], mode, derived=derived)
+                jobs = discover_scans([p], mode, derived=derived, storage_options=storage_options)
         else:
-            jobs = discover_scans(list(paths_or_manifest), mode, derived=derived)
+            jobs = discover_scans(list(paths_or_manifest), mode, derived=derived, storage_options=storage_options)
+        self.storage_options = dict(storage_options or {})
         self.jobs: list[ScanJob] = [j for j in jobs if not j.status]
         #: (path, series_uid, reason) of the series left out.
         self.skipped: list[tuple[str, str, str]] = [(j.path, j.series_uid, j.reason) for j in jobs if j.status]
@@ -108,7 +113,9 @@ class ScanDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, index: int) -> dict[str, Any]:
         j = self.jobs[index]
         mode = str(j.mode)
-        r = prepare_scan(j.path, mode, j.series_uid or None, tokenize=False)
+        r = prepare_scan(
+            j.record or j.path, mode, j.series_uid or None, tokenize=False, storage_options=self.storage_options
+        )
         for m in r.mode_warnings:
             warnings.warn(ModeMismatchWarning(f"{j.path}: {m}"), stacklevel=2)
         # only the item's window is tokenized

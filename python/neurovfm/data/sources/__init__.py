@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import SimpleITK as sitk
 
 from ...errors import ImageNotFoundError, ImageReadError, InvalidArgumentError, InvalidTypeError
 from ..volume import RawVolume
-from . import dicom, memory, nifti, other
+from . import dicom, memory, nifti, other, remote
 
 if TYPE_CHECKING:
     from ..series import SeriesRecord
@@ -35,11 +36,17 @@ def check_exists(path: str) -> None:
     raise ImageNotFoundError(2, f"{path}: no such file or directory", path)
 
 
-def read(source: str | os.PathLike[str] | SeriesRecord | Any, series_uid: str | None = None) -> RawVolume:
-    """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format; or one
-    series :func:`~neurovfm.data.find_series` found (its files, without a second walk);
-    or take a volume already in memory (:mod:`.memory`: a ``SimpleITK.Image``, a nibabel
-    image, a :class:`RawVolume`; a NumPy array needs its geometry: ``load_image``)."""
+def read(
+    source: str | os.PathLike[str] | SeriesRecord | Any,
+    series_uid: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> RawVolume:
+    """Read a NIfTI file, DICOM file or series folder, or any SimpleITK format; one series
+    :func:`~neurovfm.data.find_series` found (its files, without a second walk); a URL
+    (:mod:`.remote`: staged, then read as the local file; ``storage_options`` for its
+    filesystem); or take a volume already in memory (:mod:`.memory`: a
+    ``SimpleITK.Image``, a nibabel image, a :class:`RawVolume`; a NumPy array needs its
+    geometry: ``load_image``)."""
     from ..series import SeriesRecord as _Record
 
     if isinstance(source, RawVolume):
@@ -55,7 +62,17 @@ def read(source: str | os.PathLike[str] | SeriesRecord | Any, series_uid: str | 
     if isinstance(source, _Record):
         if source._info is not None:
             return dicom.read_series(source._info)
+        if remote.is_url(source.path):  # a remote series: its own files, no listing
+            with remote.staged(source.path, storage_options, files=source.files or None) as local:
+                vol = read(local, source.series_uid or None)
+            vol.path = source.path
+            return vol
         return read(source.path, source.series_uid or None)
+    if remote.is_url(source):
+        with remote.staged(source, storage_options) as local:
+            vol = read(local, series_uid)
+        vol.path = source
+        return vol
     if not isinstance(source, (str, os.PathLike)):
         raise InvalidTypeError(
             "expected a path, a SimpleITK or nibabel image, or a NumPy array with its geometry; "
