@@ -27,7 +27,8 @@ from neurovfm.phantom import make_ct_phantom, make_mri_phantom, write_dicom_seri
 
 #: The corpus paths this folder has (every other corpus path is absent from it).
 STANDINS = {
-    "ct/phantom_head_5mm": "CT DICOM series, 28 axial slices 5 mm thick, rescale intercept -1024",
+    "ct/phantom_head_5mm": "CT DICOM series, 28 axial slices 5 mm thick, rescale intercept -1024, files named "
+    "I10, I20, ... (no extension) and a non-image DICOM file (DIRFILE)",
     "ct/phantom_head_1mm.nii.gz": "CT NIfTI (gzip), int16 HU, thin slices",
     "ct/body_small.nii.gz": "CT NIfTI (gzip), int16 HU, 3 mm isotropic",
     "ct/body_j2k": "CT DICOM series in JPEG 2000 lossless (gdcmconv; uncompressed without it)",
@@ -103,6 +104,22 @@ def _colour_dicom(path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def _directory_record(path: Path) -> None:
+    """A DICOM file without pixel data (a Media Storage Directory), as a series folder may hold."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
+
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.FileSetID = "PHANTOM"
+    ds.DirectoryRecordSequence = []
+    ds.save_as(path, enforce_file_format=True)
+
+
 def _single_slice(path: Path) -> None:
     folder = path.parent / "_one"
     img = make_ct_phantom(shape=(64, 64, 2), spacing=(3.0, 3.0, 5.0), seed=20)
@@ -129,7 +146,10 @@ def write_phantom_corpus(root: Path) -> Path:
     root = Path(root)
     # CT: a DICOM series of thick slices; NIfTI at thin slices and at 3 mm isotropic
     ct5 = make_ct_phantom(shape=(96, 96, 28), spacing=(2.2, 2.2, 5.0), seed=10)
-    write_dicom_series(ct5, root / "ct/phantom_head_5mm", seed=10, description="PHANTOM HEAD 5MM")
+    head5 = root / "ct/phantom_head_5mm"
+    for k, f in enumerate(write_dicom_series(ct5, head5, seed=10, description="PHANTOM HEAD 5MM")):
+        f.rename(head5 / f"I{10 * (k + 1)}")  # extension-less, as the real series' files
+    _directory_record(head5 / "DIRFILE")
     _write_nifti(
         make_ct_phantom(shape=(112, 112, 96), spacing=(1.9, 1.9, 1.25), seed=11), root / "ct/phantom_head_1mm.nii.gz"
     )

@@ -42,15 +42,15 @@ def _link_dir(src: Path, dst: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def studies(data_dir, tmp_path_factory) -> Path:
+def studies(scan_dir, tmp_path_factory) -> Path:
     """Two studies: (a) a sagittal T1 DICOM series, its localizer (one slice, ImageType
     LOCALIZER, its own SeriesInstanceUID) and a NIfTI T1; (b) two NIfTI MR series."""
     root = tmp_path_factory.mktemp("studies")
     a = root / "study_a"
-    _link_dir(data_dir / "mr" / "sag_t1_2d_thick", a / "t1_dicom")
+    _link_dir(scan_dir / "mr" / "sag_t1_2d_thick", a / "t1_dicom")
     loc = a / "localizer"
     loc.mkdir()
-    first = sorted((data_dir / "mr" / "sag_t1_2d_thick").iterdir())[0]
+    first = sorted((scan_dir / "mr" / "sag_t1_2d_thick").iterdir())[0]
     ds = pydicom.dcmread(first)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     ds.SeriesInstanceUID = generate_uid()
@@ -59,11 +59,11 @@ def studies(data_dir, tmp_path_factory) -> Path:
     ds.SeriesDescription = "localizer"
     ds.SeriesNumber = 99
     ds.save_as(loc / "loc.dcm")
-    (a / "T1.nii.gz").symlink_to(data_dir / "mr" / "stroke" / "T1.nii.gz")
+    (a / "T1.nii.gz").symlink_to(scan_dir / "mr" / "stroke" / "T1.nii.gz")
     b = root / "study_b"
     b.mkdir()
-    (b / "FLAIR.nii.gz").symlink_to(data_dir / "mr" / "stroke" / "FLAIR.nii.gz")
-    (b / "T2.nii.gz").symlink_to(data_dir / "mr" / "stroke" / "T2.nii.gz")
+    (b / "FLAIR.nii.gz").symlink_to(scan_dir / "mr" / "stroke" / "FLAIR.nii.gz")
+    (b / "T2.nii.gz").symlink_to(scan_dir / "mr" / "stroke" / "T2.nii.gz")
     return root
 
 
@@ -187,9 +187,9 @@ def test_kill_halfway_then_rerun(full_run, studies, tmp_path):
     assert {n: (out / n).stat().st_mtime_ns for n in first} == first
 
 
-def test_failing_scan_is_a_row_and_exit_1(studies, data_dir, tmp_path, capsys):
+def test_failing_scan_is_a_row_and_exit_1(studies, scan_dir, tmp_path, capsys):
     bad = tmp_path / "bad.nii.gz"
-    raw = (data_dir / "mr" / "stroke" / "T2.nii.gz").read_bytes()
+    raw = (scan_dir / "mr" / "stroke" / "T2.nii.gz").read_bytes()
     bad.write_bytes(raw[: len(raw) // 2])
     out = tmp_path / "out"
     rc = main(["prepare", str(bad), str(studies / "study_b"), "--mode", "mri", "-o", str(out), "--no-progress"])
@@ -219,13 +219,13 @@ def test_shards_partition(studies, tmp_path):
     assert names == {n for n in all_jobs if "localizer" not in n and "99" not in n}
 
 
-def test_manifest_with_per_row_modes_and_mode_warnings(data_dir, tmp_path, capsys):
+def test_manifest_with_per_row_modes_and_mode_warnings(scan_dir, tmp_path, capsys):
     man = tmp_path / "scans.csv"
     man.write_text(
         "path,mode,id\n"
-        f"{data_dir / 'ct' / 'body_small.nii.gz'},ct,p1\n"
-        f"{data_dir / 'mr' / 'stroke' / 'T1.nii.gz'},mri,p1\n"
-        f"{data_dir / 'ct' / 'body_small.nii.gz'},mri,p2\n"
+        f"{scan_dir / 'ct' / 'body_small.nii.gz'},ct,p1\n"
+        f"{scan_dir / 'mr' / 'stroke' / 'T1.nii.gz'},mri,p1\n"
+        f"{scan_dir / 'ct' / 'body_small.nii.gz'},mri,p2\n"
     )
     out = tmp_path / "out"
     with pytest.warns(ModeMismatchWarning, match="body_small"):
@@ -250,9 +250,9 @@ def test_mode_value_conflict():
     assert mode_value_conflict(np.zeros((4, 4, 4)), "ct") == ""
 
 
-def test_single_scan_prepare_warns_on_mode(data_dir, capsys):
+def test_single_scan_prepare_warns_on_mode(scan_dir, capsys):
     with pytest.warns(ModeMismatchWarning, match="no negative"):
-        assert main(["prepare", str(data_dir / "mr" / "stroke" / "T1.nii.gz"), "--mode", "ct"]) == 0
+        assert main(["prepare", str(scan_dir / "mr" / "stroke" / "T1.nii.gz"), "--mode", "ct"]) == 0
     capsys.readouterr()
 
 
@@ -279,7 +279,7 @@ def test_scan_dataset_with_workers(studies, full_run):
         assert it["geometry"] == geom and geom.token_grid == tuple(it["size"].tolist())
 
 
-def test_nifti_format_overlays_the_scan(data_dir, tmp_path):
+def test_nifti_format_overlays_the_scan(scan_dir, tmp_path):
     """--format nifti: each CT window and the token mask as .nii.gz on the resampled grid;
     the files hold the reference formula's values and SimpleITK's resampling of the original
     onto their grid is the pipeline's own volume (the parity rule: one grey level where
@@ -287,8 +287,8 @@ def test_nifti_format_overlays_the_scan(data_dir, tmp_path):
     import SimpleITK as sitk
     from neurovfm.data.geometry import output_geometry
 
-    ct = data_dir / "ct" / "body_small.nii.gz"
-    mr = data_dir / "mr" / "stroke" / "T1.nii.gz"
+    ct = scan_dir / "ct" / "body_small.nii.gz"
+    mr = scan_dir / "mr" / "stroke" / "T1.nii.gz"
     out = tmp_path / "out"
     s_ct = prepare_many([ct], out, "ct", format="nifti", progress=False)
     s_mr = prepare_many([mr], out / "mr", "mri", format="nifti", progress=False)
@@ -324,7 +324,7 @@ def test_nifti_format_overlays_the_scan(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["npz", "nifti"])
-def test_a_killed_runs_temporary_files_are_removed(data_dir, tmp_path, fmt):
+def test_a_killed_runs_temporary_files_are_removed(scan_dir, tmp_path, fmt):
     """The temporary files of outputs a killed run was writing (hidden, in OUT_DIR) are
     removed by the next run, whatever the format; finished outputs stay."""
     out = tmp_path / "out"
@@ -334,7 +334,7 @@ def test_a_killed_runs_temporary_files_are_removed(data_dir, tmp_path, fmt):
         p.write_bytes(b"half written")
     keep = out / ".hidden_user_file"
     keep.write_text("not ours")
-    s = prepare_many([data_dir / "mr" / "stroke" / "T1.nii.gz"], out, "mri", format=fmt, progress=False)
+    s = prepare_many([scan_dir / "mr" / "stroke" / "T1.nii.gz"], out, "mri", format=fmt, progress=False)
     assert [r.status for r in s.rows] == ["ok"]
     assert not any(p.exists() for p in stale)
     assert keep.exists()

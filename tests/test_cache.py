@@ -1,4 +1,5 @@
-"""DatasetMetadata and CacheManager on a dataset made of real corpus scans."""
+"""DatasetMetadata and CacheManager on a dataset made of real corpus scans (their phantom
+stand-ins without the corpus: conftest.scan_dir)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,8 @@ def _make_dataset(root, corpus, studies=STUDIES, extra_unmapped=True):
 
 
 @pytest.fixture
-def dataset(tmp_path, data_dir):
-    modes = _make_dataset(tmp_path, data_dir)
+def dataset(tmp_path, scan_dir):
+    modes = _make_dataset(tmp_path, scan_dir)
     with pytest.warns(UserWarning) as rec:
         meta = DatasetMetadata.from_directory(tmp_path, modes)
     msgs = " ".join(str(w.message) for w in rec)
@@ -106,7 +107,7 @@ def _expected_uint8(path, mode):
     return R.ref_cache(load_image(path), mode)
 
 
-def test_build_values_layout_and_flags(dataset, data_dir):
+def test_build_values_layout_and_flags(dataset, scan_dir):
     root, meta = dataset
     cm = CacheManager(root)
     summary = cm.build_cache(num_workers=2, progress=False)
@@ -144,7 +145,7 @@ def test_build_values_layout_and_flags(dataset, data_dir):
             continue
         for p in paths:
             name = os.path.basename(p).replace(".nii.gz", "")
-            exp, mask, view = _expected_uint8(str(data_dir / p), mode)
+            exp, mask, view = _expected_uint8(str(scan_dir / p), mode)
             files = [f"{name}_{w}.pt" for w in ("brain", "blood", "bone")] if mode == "ct" else [f"{name}.pt"]
             for f, e in zip(files, exp):
                 t = torch.load(root / "processed" / study / f, weights_only=True, mmap=True)
@@ -339,11 +340,11 @@ def test_concurrent_builders(dataset):
     assert all(im["processed"] for s in flags["studies"] if s["name"] != "bad_4d" for im in s["images"])
 
 
-def test_cli_metadata_cache_build_stats_verify(tmp_path, data_dir, capsys):
+def test_cli_metadata_cache_build_stats_verify(tmp_path, scan_dir, capsys):
     from neurovfm.cli import main
 
     studies = {"ct_body": ("ct", ["ct/body_small.nii.gz"]), "mr_t1": ("mri", ["mr/stroke/T1.nii.gz"])}
-    modes = _make_dataset(tmp_path, data_dir, studies, extra_unmapped=False)
+    modes = _make_dataset(tmp_path, scan_dir, studies, extra_unmapped=False)
     (tmp_path / "modes.csv").write_text("study,mode\n" + "".join(f"{k},{v}\n" for k, v in modes.items()))
     assert main(["metadata", str(tmp_path), "--modes", str(tmp_path / "modes.csv")]) == 0
     assert "2 studies (1 CT, 1 MRI), 2 images" in capsys.readouterr().out
@@ -409,18 +410,19 @@ def test_cache_errors_are_the_library_family(dataset):
         cm.load_image("ct_body", "body_small", window="lung")
 
 
-def test_changed_dicom_folder_is_stale_for_reads_of_the_same_manager(tmp_path, data_dir):
+def test_changed_dicom_folder_is_stale_for_reads_of_the_same_manager(tmp_path, scan_dir):
     """CacheManager reads reuse a DICOM folder's walk while the folder is unchanged (one
     stat instead of one per file); a file added to the series makes the entry stale."""
     import shutil
 
     series = tmp_path / "raw" / "ct_head" / "phantom_head_5mm"
-    shutil.copytree(data_dir / "ct" / "phantom_head_5mm", series)
+    shutil.copytree(scan_dir / "ct" / "phantom_head_5mm", series)
     DatasetMetadata.from_directory(tmp_path, {"ct_head": "ct"}).save()
     cm = CacheManager(tmp_path)
     assert cm.build_cache(num_workers=1, progress=False).done == ["ct_head/phantom_head_5mm"]
     assert cm.load_image("ct_head", "phantom_head_5mm", window="brain") is not None
     assert cm.load_image("ct_head", "phantom_head_5mm", window="brain") is not None  # the walk reused
-    shutil.copy(series / "I10", series / "I10_copy")  # one more file: the folder's mtime changes
+    one = series / "I10" if (series / "I10").exists() else sorted(series.iterdir())[9]  # (a phantom's IM0010.dcm)
+    shutil.copy(one, series / f"{one.name}_copy")  # one more file: the folder's mtime changes
     assert cm.load_image("ct_head", "phantom_head_5mm", window="brain") is None
     assert cm.entry_status("ct_head", "phantom_head_5mm") == "stale"

@@ -101,8 +101,8 @@ def test_import_does_not_import_torch() -> None:
 
 
 @pytest.mark.parametrize("remove_background", [True, False])
-def test_ct_file_three_windows(data_dir: Path, remove_background: bool) -> None:
-    f = data_dir / "ct" / "phantom_head_1mm.nii.gz"
+def test_ct_file_three_windows(scan_dir: Path, remove_background: bool) -> None:
+    f = scan_dir / "ct" / "phantom_head_1mm.nii.gz"
     batch = StudyPreprocessor(remove_background=remove_background).load_study(f, "CT")
     series = expected_series(f, "ct", remove_background)
     assert len(series) == 3
@@ -114,8 +114,8 @@ def test_ct_file_three_windows(data_dir: Path, remove_background: bool) -> None:
 
 
 @pytest.mark.parametrize("remove_background", [True, False])
-def test_mri_folder(data_dir: Path, remove_background: bool) -> None:
-    folder = data_dir / "mr" / "stroke"
+def test_mri_folder(scan_dir: Path, remove_background: bool) -> None:
+    folder = scan_dir / "mr" / "stroke"
     pre = StudyPreprocessor((4, 16, 16), (1, 1, 4), remove_background)
     batch = pre(str(folder), "mri")
     files = [folder / n for n in ("FLAIR.nii.gz", "T1.nii.gz", "T2.nii.gz")]  # sorted; SOURCE.md ignored
@@ -132,12 +132,12 @@ def test_mri_folder(data_dir: Path, remove_background: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def mixed_study(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mixed_study(scan_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CT study folder: a NIfTI at the top, an extension-less DICOM series in a sub-folder."""
     study = tmp_path_factory.mktemp("study")
-    shutil.copytree(data_dir / "ct" / "phantom_head_5mm", study / "dicom" / "axial")
+    shutil.copytree(scan_dir / "ct" / "phantom_head_5mm", study / "dicom" / "axial")
     assert not any(p.suffix == ".dcm" for p in (study / "dicom" / "axial").iterdir())
-    shutil.copy(data_dir / "ct" / "body_small.nii.gz", study / "a_body.nii.gz")
+    shutil.copy(scan_dir / "ct" / "body_small.nii.gz", study / "a_body.nii.gz")
     (study / "notes.txt").write_text("not an image\n")
     return study
 
@@ -156,8 +156,8 @@ def test_dicom_subfolder_without_suffix(mixed_study: Path) -> None:
 
 @pytest.mark.usefixtures("quiet_itk")
 @pytest.mark.parametrize("remove_background", [True, False])
-def test_parallel_equals_sequential(mixed_study: Path, data_dir: Path, remove_background: bool) -> None:
-    paths = [mixed_study, data_dir / "mr" / "stroke"]
+def test_parallel_equals_sequential(mixed_study: Path, scan_dir: Path, remove_background: bool) -> None:
+    paths = [mixed_study, scan_dir / "mr" / "stroke"]
     for path, mode in zip(paths, ("ct", "mri")):
         seq = StudyPreprocessor(remove_background=remove_background, num_workers=1)(path, mode)
         par = StudyPreprocessor(remove_background=remove_background, num_workers=4)(path, mode)

@@ -50,9 +50,9 @@ def _raw(root: Path, corpus: Path) -> None:
 
 
 @pytest.fixture
-def pub_root(tmp_path, data_dir) -> Path:
+def pub_root(tmp_path, scan_dir) -> Path:
     root = tmp_path / "pub"
-    _raw(root, data_dir)
+    _raw(root, scan_dir)
     (root / "metadata.json").write_text(json.dumps(PUBLISHED, indent=2))
     return root
 
@@ -85,15 +85,15 @@ def test_published_metadata_is_saved_in_its_layout(pub_root):
     assert data == expected
 
 
-def test_our_layout_is_still_read_and_written(tmp_path, data_dir):
-    make_dataset(tmp_path, data_dir)
+def test_our_layout_is_still_read_and_written(tmp_path, scan_dir):
+    make_dataset(tmp_path, scan_dir)
     meta = DatasetMetadata.from_file(tmp_path / "metadata.json")
     assert meta.published is None and len(meta) == 4
     data = json.loads((tmp_path / "metadata.json").read_text())
     assert isinstance(data["studies"], list)
 
 
-def test_cache_and_dataset_read_a_published_file(pub_root, tmp_path, data_dir):
+def test_cache_and_dataset_read_a_published_file(pub_root, tmp_path, scan_dir):
     torch = pytest.importorskip("torch")
     from neurovfm.data.cache import CacheManager
     from neurovfm.datasets import ImageDataset
@@ -114,7 +114,7 @@ def test_cache_and_dataset_read_a_published_file(pub_root, tmp_path, data_dir):
     assert all(im["processed"] for s in data["studies"].values() for im in s["images"].values())
 
     ours = tmp_path / "ours"
-    make_dataset(ours, data_dir)
+    make_dataset(ours, scan_dir)
     # Item draws depend on the index, and the two files order a study's images differently:
     # compare the items without draws (one CT window), from the cache and from raw.
     a = ImageDataset(pub_root, seed=3, ct_window_probs=(0, 0, 1), fallback_to_raw=False)
