@@ -1,5 +1,5 @@
 """The one series policy for derived/secondary series (``derived='auto'|'include'|'skip'``),
-on study folders made from a real MR series of the corpus:
+on study folders made from a real MR series of the corpus (its phantom stand-in without it):
 
 - ``mixed``: three acquisitions (ImageType ORIGINAL\\PRIMARY) and one derived series
   (DERIVED\\SECONDARY, a reformat beside them);
@@ -39,10 +39,10 @@ POLICIES = ("auto", "include", "skip")
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory, data_dir) -> dict:
+def studies(tmp_path_factory, scan_dir) -> dict:
     """{"mixed": (folder, {uid: kind}), "derived_only": (folder, {uid: kind})}."""
     root = tmp_path_factory.mktemp("derived")
-    src = data_dir / SOURCE
+    src = scan_dir / SOURCE
     out = {}
     mixed = root / "mixed"
     uids = {}
@@ -88,20 +88,20 @@ def test_counts_and_reasons(studies):
         find_series(folder, derived="yes")
 
 
-def test_derived_only_series_reads_as_the_acquisition(studies, data_dir):
+def test_derived_only_series_reads_as_the_acquisition(studies, scan_dir):
     """The derived copy holds the acquisition's pixels: what it reads to is SimpleITK's read
     of the original series (the tests' reference)."""
     folder, _ = studies["derived_only"]
-    ref = R.ref_read(str(data_dir / SOURCE))
+    ref = R.ref_read(str(scan_dir / SOURCE))
     got = load_image(folder, preprocess=False)
     assert np.array_equal(R.sitk.GetArrayViewFromImage(got), R.sitk.GetArrayViewFromImage(ref))
 
 
-def test_colour_localizer_and_short_keep_their_reasons_under_every_policy(tmp_path, data_dir):
-    src = data_dir / SOURCE
+def test_colour_localizer_and_short_keep_their_reasons_under_every_policy(tmp_path, scan_dir):
+    src = scan_dir / SOURCE
     copy_series(src, tmp_path / "loc", 1, "loc", keep={0}, ImageType=["DERIVED", "SECONDARY", "LOCALIZER"])
     copy_series(src, tmp_path / "short", 2, "short", keep={0, 1, 2}, ImageType=DERIVED)
-    ds = pydicom.dcmread(data_dir / "edge/dicom/color_jpeg_not_ct.dcm")
+    ds = pydicom.dcmread(scan_dir / "edge/dicom/color_jpeg_not_ct.dcm")
     ds.ImageType, ds.SeriesNumber, ds.SeriesDescription = ["DERIVED", "SECONDARY"], 3, "colour"
     ds.save_as(tmp_path / "colour.dcm")
     for policy in POLICIES:
@@ -241,10 +241,10 @@ def test_cli_derived_options(studies, tmp_path):
         DatasetMetadata.from_directory(ds, {"s7T": "mri"}, derived="skip")
 
 
-def test_default_load_image_prefers_the_acquisition(tmp_path, data_dir):
+def test_default_load_image_prefers_the_acquisition(tmp_path, scan_dir):
     """A folder read as one volume (load_image) takes an acquisition before a derived series
     with more slices (the 'auto' rule); a derived-only folder reads its derived series."""
-    src = data_dir / SOURCE
+    src = scan_dir / SOURCE
     n = len(list(src.iterdir()))
     copy_series(src, tmp_path / "acq", 2, "acq", keep=set(range(n - 10)), ImageType=ACQ)
     copy_series(src, tmp_path / "mpr", 9, "mpr", ImageType=DERIVED)
