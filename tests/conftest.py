@@ -107,6 +107,15 @@ def is_phantom(scan_root: Path) -> bool:
     return corpus_dir() is None or Path(scan_root).resolve() != corpus_dir()
 
 
+def scan_path(scan_root: Path, rel: str) -> Path:
+    """``scan_root / rel``; skips, saying so, where ``scan_root`` holds the phantom stand-ins
+    and ``rel`` has none (a real file whose own properties the test needs)."""
+    path = Path(scan_root) / rel
+    if is_phantom(scan_root) and not path.exists():
+        pytest.skip(f"{rel}: a real file without a phantom stand-in; set NEUROVFM_TEST_DATA to the corpus")
+    return path
+
+
 @pytest.fixture(scope="module")
 def quiet_itk():
     """ITK's warnings off for a module (use with ``pytest.mark.usefixtures("quiet_itk")``)."""

@@ -41,14 +41,17 @@ STANDINS = {
     "mr/sag_t1_2d_thick": "MR DICOM series, sagittal, 35 slices 4.8 mm thick",
     "edge/nifti/example4d.nii.gz": "NIfTI, a true 4D image (two time points)",
     "edge/nifti/avg152T1_LR_nifti.nii.gz": "MR NIfTI (gzip), uint8",
+    "edge/nifti/avg152T1_RL_nifti.nii.gz": "the LR stand-in stored left-right flipped (same physical image)",
+    "edge/nifti/minimal.nii.gz": "MR NIfTI (gzip) with qform_code = sform_code = 0",
     "edge/nifti/anatomical.nii": "NIfTI (uncompressed), big-endian int16",
     "edge/dicom/color_jpeg_not_ct.dcm": "DICOM, Modality CT, an 8-bit RGB image (uncompressed)",
     "ct/head_single_slice/693_UNCI.dcm": "one CT DICOM slice",
 }
 
 
-def _write_nifti(img: sitk.Image, path: Path, slope: float | None = None) -> None:
-    """``img`` as NIfTI (gzip when the name ends .gz), with scl_slope ``slope`` in the header."""
+def _write_nifti(img: sitk.Image, path: Path, slope: float | None = None, no_orientation: bool = False) -> None:
+    """``img`` as NIfTI (gzip when the name ends .gz), with scl_slope ``slope`` in the header;
+    ``no_orientation``: qform_code = sform_code = 0."""
     path.parent.mkdir(parents=True, exist_ok=True)
     plain = path.with_name(path.name.removesuffix(".gz") + ".tmp.nii")
     sitk.WriteImage(img, os.fspath(plain))
@@ -56,6 +59,8 @@ def _write_nifti(img: sitk.Image, path: Path, slope: float | None = None) -> Non
     plain.unlink()
     if slope is not None:
         struct.pack_into("<ff", data, 112, slope, 0.0)  # scl_slope, scl_inter
+    if no_orientation:
+        struct.pack_into("<hh", data, 252, 0, 0)  # qform_code, sform_code
     path.write_bytes(gzip.compress(bytes(data), compresslevel=1, mtime=0) if path.suffix == ".gz" else bytes(data))
 
 
@@ -63,6 +68,17 @@ def _to_uint8(img: sitk.Image) -> sitk.Image:
     a = sitk.GetArrayFromImage(img).astype(np.float64)
     out = sitk.GetImageFromArray(np.round(a * (255.0 / a.max())).astype(np.uint8))
     out.CopyInformation(img)
+    return out
+
+
+def _flipped_storage(img: sitk.Image) -> sitk.Image:
+    """The same physical image stored with its first axis reversed (a left-right flipped file)."""
+    out = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(img)[:, :, ::-1].copy())
+    out.SetSpacing(img.GetSpacing())
+    d = np.asarray(img.GetDirection(), float).reshape(3, 3)
+    d[:, 0] *= -1
+    out.SetDirection(tuple(d.ravel()))
+    out.SetOrigin(img.TransformIndexToPhysicalPoint((img.GetSize()[0] - 1, 0, 0)))
     return out
 
 
@@ -178,6 +194,8 @@ def write_phantom_corpus(root: Path) -> Path:
     sitk.WriteImage(sitk.JoinSeries(frames), os.fspath(root / "edge/nifti/example4d.nii.gz"))
     avg = make_mri_phantom(shape=(46, 55, 46), spacing=(4.0, 4.0, 4.0), orientation="LPS", tilt_deg=0.0, seed=42)
     _write_nifti(_to_uint8(avg), root / "edge/nifti/avg152T1_LR_nifti.nii.gz")
+    _write_nifti(_flipped_storage(_to_uint8(avg)), root / "edge/nifti/avg152T1_RL_nifti.nii.gz")
+    _write_nifti(_to_uint8(avg), root / "edge/nifti/minimal.nii.gz", no_orientation=True)
     small = make_mri_phantom(shape=(33, 41, 25), spacing=(6.0, 6.0, 6.0), orientation="LPS", tilt_deg=0.0, seed=43)
     _big_endian_nifti(small, root / "edge/nifti/anatomical.nii")
     _colour_dicom(root / "edge/dicom/color_jpeg_not_ct.dcm")

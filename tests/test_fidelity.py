@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import make_image, random_volume, signed_permutations
+from conftest import make_image, random_volume, scan_path, signed_permutations
 from itemdata import reference_item
 
 import reference as R
@@ -185,20 +185,22 @@ def test_dicom_series_and_its_simpleitk_read_give_the_same_bytes(tmp_path):
     _assert_same_bytes_every_way(folder, R.ref_read(folder), "DICOM series")
 
 
-# --- the real corpus: every volume ------------------------------------------------------------------
+# --- the real corpus (or its phantom stand-ins): every volume ------------------------------------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rel,mode", VOLUMES, ids=IDS)
-def test_corpus_entry_points_and_threads_give_the_same_bytes(data_dir, rel, mode):
-    # sitk.ReadImage, or SimpleITK's series reader for a folder
-    _assert_same_bytes_every_way(data_dir / rel, R.ref_read(data_dir / rel), rel)
+def test_corpus_entry_points_and_threads_give_the_same_bytes(scan_dir, rel, mode):
+    # sitk.ReadImage, or SimpleITK's series reader for a folder (the corpus volume, or its
+    # phantom stand-in without the corpus)
+    path = scan_path(scan_dir, rel)
+    _assert_same_bytes_every_way(path, R.ref_read(path), rel)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rel,mode", VOLUMES, ids=IDS)
-def test_corpus_quantize_is_the_reference_formula(data_dir, rel, mode):
-    _assert_quantized_is_reference(load_image(data_dir / rel), mode)
+def test_corpus_quantize_is_the_reference_formula(scan_dir, rel, mode):
+    _assert_quantized_is_reference(load_image(scan_path(scan_dir, rel)), mode)
 
 
 # --- the cache and the dataset on every corpus volume --------------------------------------------------
@@ -209,25 +211,27 @@ def _study(i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def corpus_cache(tmp_path_factory, data_dir):
-    """Every corpus volume as a study of its own, cached; and each one's reference bytes."""
+def corpus_cache(tmp_path_factory, scan_dir):
+    """Every corpus volume (without the corpus: every phantom stand-in of one) as a study of
+    its own, cached; and each one's reference bytes."""
     from neurovfm.data.cache import CacheManager
     from neurovfm.data.metadata import DatasetMetadata
 
     root = tmp_path_factory.mktemp("fidelity_ds")
     modes, expected = {}, {}
-    for i, (rel, mode) in enumerate(VOLUMES):
+    volumes = [(i, rel, mode) for i, (rel, mode) in enumerate(VOLUMES) if (scan_dir / rel).exists()]
+    for i, rel, mode in volumes:
         d = root / "raw" / _study(i)
         d.mkdir(parents=True)
-        os.symlink(data_dir / rel, d / os.path.basename(rel))
+        os.symlink(scan_dir / rel, d / os.path.basename(rel))
         modes[_study(i)] = mode
     meta = DatasetMetadata.from_directory(root, modes)
     meta.save()
     summary = CacheManager(root).build_cache(num_workers=2, progress=False)
     assert not summary.failed, summary.failed
-    for i, (rel, mode) in enumerate(VOLUMES):
+    for i, rel, mode in volumes:
         (rec,) = meta.get_study(_study(i)).images
-        expected[_study(i)] = (rec.name, mode, R.ref_cache(load_image(data_dir / rel), mode))
+        expected[_study(i)] = (rec.name, mode, R.ref_cache(load_image(scan_dir / rel), mode))
     return root, expected
 
 
