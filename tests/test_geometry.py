@@ -272,8 +272,8 @@ def test_write_nifti_outputs_phantom(acq, tmp_path):
 
 
 @pytest.mark.parametrize(("rel", "mode"), [("mr/stroke/T1.nii.gz", "mri"), ("ct/phantom_head_5mm", "ct")])
-def test_write_nifti_outputs_real(data_dir, tmp_path, rel, mode):
-    path = data_dir / rel
+def test_write_nifti_outputs_real(scan_dir, tmp_path, rel, mode):
+    path = scan_dir / rel
     if not path.exists():
         pytest.skip(f"{rel} not in the corpus")
     pre = load_image(path)

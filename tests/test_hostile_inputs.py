@@ -349,8 +349,8 @@ def test_tie_between_geometries_reads_one_whole_geometry(synthetic):
     assert results[("dicom_mixed_sizes_tie", True)]["size"] == [16, 16, 2]
 
 
-def test_real_files_cut(data_dir, tmp_path):
-    cases = B.cut_corpus_files(data_dir, tmp_path)
+def test_real_files_cut(scan_dir, tmp_path):
+    cases = B.cut_corpus_files(scan_dir, tmp_path)
     results = run_cases(cases)
     for name, path in cases.items():
         for pre in (True, False):

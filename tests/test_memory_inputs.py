@@ -3,7 +3,8 @@
 
 The expected volume is always ``load_image`` of the file itself, and the array and its
 geometry are what SimpleITK's own reader (the tests' reference, ``R.ref_read``) gives
-for that file; the phantom cases run without the corpus, the real ones with it.
+for that file; the phantom cases run without the corpus, the real ones with it (and on
+their phantom stand-ins without it: conftest.scan_dir).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 import reference as R
+from conftest import scan_path
 from neurovfm import phantom
 from neurovfm.data import load_image, preprocess_image
 from neurovfm.data.scan import prepare_scan
@@ -62,14 +64,14 @@ def test_phantom_files(phantom_files):
 
 
 @pytest.mark.parametrize("rel", REAL)
-def test_real_files(data_dir, rel):
-    _check_file(data_dir / rel)
+def test_real_files(scan_dir, rel):
+    _check_file(scan_path(scan_dir, rel))
 
 
 @pytest.mark.parametrize("rel", ["ct/body_small.nii.gz", "mr/MR_Gd.nii.gz", "mr/stroke/T2.nii.gz"])
-def test_nibabel_image_is_its_file(data_dir, rel):
+def test_nibabel_image_is_its_file(scan_dir, rel):
     nib = pytest.importorskip("nibabel")
-    path = data_dir / rel
+    path = scan_dir / rel
     img = nib.load(str(path))
     _same(load_image(img), load_image(path))
     _same(load_image(img, preprocess=False), load_image(path, preprocess=False))

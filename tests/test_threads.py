@@ -113,10 +113,10 @@ def test_env_var(monkeypatch, restore_threads):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rel,mode", [("mr/stroke/T2.nii.gz", "mri"), ("ct/phantom_head_1mm.nii.gz", "ct")])
-def test_load_image_real_scan(data_dir, restore_threads, rel, mode):
+def test_load_image_real_scan(scan_dir, restore_threads, rel, mode):
     def run(th):
         neurovfm.set_num_threads(th)
-        img = load_image(data_dir / rel)
+        img = load_image(scan_dir / rel)
         arrs, token_background, view, fg = prepare_for_inference(img, mode, return_foreground=True)
         tok = tokenize(arrs[0], token_background)
         return [sitk.GetArrayFromImage(img), list(arrs), token_background, fg, list(tok)]
