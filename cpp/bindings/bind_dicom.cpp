@@ -134,6 +134,34 @@ void register_dicom(py::module_& m) {
       .def("__repr__", &header_repr);
 
   m.def(
+      "codecs",
+      [] {
+        py::dict d;
+        d["rle"] = true;
+        d["jpeg_lossless"] = true;
+        d["jpeg_ls"] = codecs::have_charls();
+        d["jpeg2000"] = codecs::have_openjpeg();
+        d["jpeg_lossy"] = codecs::have_libjpeg();
+        d["htj2k"] = codecs::have_htj2k();
+        return d;
+      },
+      "{codec: True when this build decodes its compressed DICOM frames itself} (rle, "
+      "jpeg_lossless, jpeg_ls, jpeg2000, jpeg_lossy, htj2k); a missing one falls back to "
+      "SimpleITK.");
+  m.def(
+      "codec_libraries",
+      [] {
+        py::dict d;
+        d["rle"] = "neurovfm";
+        d["jpeg_lossless"] = "neurovfm";
+        d["jpeg_ls"] = codecs::have_charls() ? "CharLS" : "";
+        d["jpeg2000"] = codecs::have_openjpeg() ? "OpenJPEG" : "";
+        d["jpeg_lossy"] = codecs::have_libjpeg() ? "libjpeg" : "";
+        d["htj2k"] = codecs::htj2k_library();
+        return d;
+      },
+      "{codec: the library that decodes it in this build ('' when none)}, keys as codecs().");
+  m.def(
       "dicom_codec_status",
       [](const std::string& ts, int bits_stored) {
         return py::make_tuple(dicom_codec_name(ts), dicom_codec_reason(ts, bits_stored));

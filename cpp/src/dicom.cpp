@@ -524,7 +524,8 @@ class Parser {
         h_.pixel_length = e.length;
         h_.encapsulated = e.length == kUndefinedLength;
         h_.uncompressed_native = native_syntax_ && !h_.encapsulated;
-        if (h_.encapsulated && dicom_codec(h_.transfer_syntax) == DicomCodec::jpeg2000)
+        if (h_.encapsulated && (dicom_codec(h_.transfer_syntax) == DicomCodec::jpeg2000 ||
+                                dicom_codec(h_.transfer_syntax) == DicomCodec::htj2k))
           j2k_pixel_format();
         if (h_.encapsulated && dicom_codec(h_.transfer_syntax) == DicomCodec::jpeg_lossless)
           jpeg_pixel_format();
@@ -591,11 +592,14 @@ class Parser {
     }
   }
 
-  // GDCM takes a JPEG 2000 image's pixel format from the first codestream's SIZ
-  // marker (precision and signedness of component 0), not from the header; so
-  // does this parser, so the output type and the bit cleanup are GDCM's. Looks
-  // only at the start of the first fragment; anything unexpected changes nothing
-  // (the decoder reports it).
+  // GDCM (Bitmap::TryJPEG2000Codec, which also reads HTJ2K) takes a JPEG 2000
+  // image's pixel format from the first codestream's SIZ marker (precision and
+  // signedness of component 0) where the header disagrees: all of it when
+  // BitsAllocated differs; only the precision (BitsStored) when BitsAllocated and
+  // the signedness agree; nothing when only the signedness differs (the samples are
+  // then the header's type). So does this parser, so the output type and the bit
+  // cleanup are GDCM's. Looks only at the start of the first fragment; anything
+  // unexpected changes nothing (the decoder reports it).
   void j2k_pixel_format() {
     std::int64_t at = pos_;
     for (int item = 0; item < 2; ++item) {  // the offset table, then the first fragment
@@ -615,10 +619,12 @@ class Parser {
         const int ssiz = d[i + 42];
         const int prec = (ssiz & 0x7F) + 1;
         if (prec > 16) return;
-        h_.bits_allocated = prec <= 8 ? 8 : 16;
+        const int ba = prec <= 8 ? 8 : 16, pr = ssiz >> 7;
+        if (ba == h_.bits_allocated && pr != h_.pixel_representation) return;
+        h_.bits_allocated = ba;
         h_.bits_stored = prec;
         h_.high_bit = prec - 1;
-        h_.pixel_representation = ssiz >> 7;
+        h_.pixel_representation = pr;
         return;
       }
       return;

@@ -41,6 +41,9 @@ DicomCodec dicom_codec(const std::string& ts) {
     return DicomCodec::jpeg_lossless;
   if (ts == "1.2.840.10008.1.2.4.50" || ts == "1.2.840.10008.1.2.4.51")
     return DicomCodec::jpeg_lossy;
+  if (ts == "1.2.840.10008.1.2.4.201" || ts == "1.2.840.10008.1.2.4.202" ||
+      ts == "1.2.840.10008.1.2.4.203")
+    return DicomCodec::htj2k;
   return DicomCodec::none;
 }
 
@@ -55,6 +58,10 @@ std::string dicom_codec_name(const std::string& ts) {
       return ts == "1.2.840.10008.1.2.4.70" ? "JPEG Lossless SV1" : "JPEG Lossless";
     case DicomCodec::jpeg_lossy:
       return ts == "1.2.840.10008.1.2.4.50" ? "JPEG baseline" : "JPEG extended";
+    case DicomCodec::htj2k:
+      if (ts == "1.2.840.10008.1.2.4.201") return "HTJ2K lossless";
+      if (ts == "1.2.840.10008.1.2.4.202") return "HTJ2K lossless RPCL";
+      return "HTJ2K";
     case DicomCodec::none: break;
   }
   return "";
@@ -75,6 +82,10 @@ std::string dicom_codec_reason(const std::string& ts, int bits_stored) {
         return std::to_string(bits_stored) + "-bit lossy JPEG: the linked libjpeg decodes " +
                std::to_string(codecs::libjpeg_max_precision()) + "-bit samples only";
       return "";
+    case DicomCodec::htj2k:
+      return codecs::have_htj2k()
+                 ? ""
+                 : "this build has no HTJ2K decoder (neither OpenJPH nor OpenJPEG >= 2.5 found)";
     case DicomCodec::none: break;
   }
   return ts.empty() ? "no transfer syntax" : "transfer syntax " + ts + " is not decoded here";
@@ -529,6 +540,7 @@ void decode_frame(DicomCodec codec, const std::uint8_t* src, std::size_t n, cons
     case DicomCodec::jpeg_ls: codecs::decode_jpeg_ls(src, n, spec, dst); return;
     case DicomCodec::jpeg2000: codecs::decode_jpeg2000(src, n, spec, dst); return;
     case DicomCodec::jpeg_lossy: codecs::decode_jpeg_lossy(src, n, spec, dst); return;
+    case DicomCodec::htj2k: codecs::decode_htj2k(src, n, spec, dst); return;
     case DicomCodec::none: break;
   }
   throw CodecError("not a compressed transfer syntax");

@@ -279,6 +279,16 @@ class DicomHeader:
     def fast_readable(self) -> bool:
         """True when the compiled reader can read this file exactly as SimpleITK would."""
 
+def codecs() -> dict[str, bool]:
+    """``{codec: True when this build decodes its compressed DICOM frames itself}`` for
+    ``rle``, ``jpeg_lossless``, ``jpeg_ls``, ``jpeg2000``, ``jpeg_lossy`` and ``htj2k``; a
+    missing one falls back to SimpleITK."""
+
+def codec_libraries() -> dict[str, str]:
+    """``{codec: the library that decodes it in this build}`` ('' when none; ``htj2k``:
+    ``'OpenJPEG'`` (>= 2.5), or ``'OpenJPH'`` in a build with ``-DNEUROVFM_OPENJPH=ON``),
+    keys as :func:`codecs`."""
+
 def dicom_codec_status(transfer_syntax: str, bits_stored: _Int) -> tuple[str, str]:
     """``(name, reason)``: the compressed transfer syntax's short name ('' when it is not
     one) and why the compiled reader does not decode it ('' when it does)."""

@@ -3,8 +3,9 @@
 // The library's own decoders: RLE Lossless (PS3.5 Annex G) and JPEG Lossless,
 // process 14 (ITU T.81 Annex H, predictors 1-7 and the point transform). System
 // libraries, where the build found them: JPEG-LS (CharLS), JPEG 2000 (OpenJPEG),
-// lossy 8-bit JPEG (libjpeg-turbo). A syntax whose library is missing is reported
-// as unavailable (dicom_codec_reason) so the caller can fall back.
+// HTJ2K (OpenJPH; else OpenJPEG >= 2.5, which also decodes it), lossy 8-bit JPEG
+// (libjpeg-turbo). A syntax whose library is missing is reported as unavailable
+// (dicom_codec_reason) so the caller can fall back.
 //
 // Every decoder checks every read against the compressed buffer and every write
 // against the frame: a corrupt or truncated frame throws CodecError (its what()
@@ -28,6 +29,7 @@ enum class DicomCodec : int {
   jpeg2000,       // 1.2.840.10008.1.2.4.90, .4.91
   jpeg_lossless,  // 1.2.840.10008.1.2.4.57, .4.70
   jpeg_lossy,     // 1.2.840.10008.1.2.4.50, .4.51
+  htj2k,          // 1.2.840.10008.1.2.4.201, .4.202, .4.203 (High-Throughput JPEG 2000)
 };
 
 // A compressed frame that cannot be decoded; what() is the reason.
@@ -87,9 +89,16 @@ void decode_jpeg2000(const std::uint8_t* src, std::size_t n, const FrameSpec& sp
                      std::uint8_t* dst);
 void decode_jpeg_lossy(const std::uint8_t* src, std::size_t n, const FrameSpec& spec,
                        std::uint8_t* dst);
+// Defined in dicom_codecs_htj2k.cpp: OpenJPH where the build found it, else OpenJPEG
+// when it is >= 2.5 (have_htj2k() says whether either is in); throws CodecError otherwise.
+void decode_htj2k(const std::uint8_t* src, std::size_t n, const FrameSpec& spec, std::uint8_t* dst);
 bool have_charls();
 bool have_openjpeg();
 bool have_libjpeg();
+bool have_openjph();
+bool have_htj2k();
+// The library that decodes HTJ2K frames in this build: "OpenJPH", "OpenJPEG" or "".
+const char* htj2k_library();
 // The largest precision the lossy JPEG library decodes (8, or 12 with a 12-bit build).
 int libjpeg_max_precision();
 }  // namespace codecs
