@@ -114,3 +114,23 @@ def out_path(text: str) -> Path | str:
     from ..data.sources.remote import is_url
 
     return text if is_url(text) else Path(text)
+
+
+def add_ray(p: Any, what: str) -> None:
+    """``--ray [ADDRESS]``: run the jobs as Ray tasks (neurovfm.data.ray_executor)."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help=f"run each {what} as a Ray task on the cluster at ADDRESS (ray.init(address=...): auto, "
+        "HOST:PORT, ray://HOST:10001; without ADDRESS: RAY_ADDRESS, else a local Ray); "
+        "the output must be a folder every node sees or a URL prefix (pip install 'neurovfm[ray]')",
+    )
+
+
+def ray_of(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(executor, address) from ``--ray``."""
+    ray = getattr(args, "ray", None)
+    return ("ray", ray or None) if ray is not None else (None, None)

@@ -12,8 +12,10 @@ from ._common import (
     Formatter,
     UsageError,
     add_derived,
+    add_ray,
     add_storage_options,
     positive_int,
+    ray_of,
     shard,
     storage_options_of,
 )
@@ -111,6 +113,7 @@ def add_cache(sub: Any, common: argparse.ArgumentParser) -> None:
         "metadata --derived', with the modes of metadata.json; cached images stay cached), then build "
         "(default: metadata.json as it is)",
     )
+    add_ray(b, "image")
     b.set_defaults(func=cmd_cache_build)
     st = csub.add_parser(
         "stats",
@@ -237,6 +240,8 @@ def cmd_cache_build(args: argparse.Namespace) -> int:
         shard=args.shard,
         progress=not args.no_progress,
         threads_per_image=args.threads,
+        executor=ray_of(args)[0],
+        ray_address=ray_of(args)[1],
     )
     if args.no_progress:
         print(summary)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._common import PROG, VIEW_NAMES, Formatter, UsageError, add_derived, check_output_folder, one_line
 from ._common import mode as mode_arg
-from ._common import add_storage_options, out_path, positive_int, shard, storage_options_of
+from ._common import add_ray, add_storage_options, out_path, positive_int, ray_of, shard, storage_options_of
 
 if TYPE_CHECKING:
     pass
@@ -128,6 +128,7 @@ def add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     b.add_argument("--no-progress", action="store_true", help="batch mode: no progress bar")
     add_derived(b)
+    add_ray(b, "series (batch mode)")
     add_storage_options(p)
     p.add_argument(
         "--phantom-dir",
@@ -343,9 +344,13 @@ def _batch_mode(args: argparse.Namespace) -> bool:
 def cmd_prepare(args: argparse.Namespace) -> int:
     if _batch_mode(args):
         return _prepare_batch(args)
-    batch_only = args.format != "npz" or args.force or args.shard is not None or args.no_progress
+    batch_only = (
+        args.format != "npz" or args.force or args.shard is not None or args.no_progress or args.ray is not None
+    )
     if batch_only or args.workers is not None:
-        raise UsageError("--format, --force, --shard, -w/--workers and --no-progress are for batch mode (-o OUT_DIR)")
+        raise UsageError(
+            "--format, --force, --shard, -w/--workers, --ray and --no-progress are for batch mode (-o OUT_DIR)"
+        )
     args.path = args.path[0] if args.path else None
     _check_output(args.output)
     if args.path is None:
@@ -402,6 +407,8 @@ def _prepare_batch(args: argparse.Namespace) -> int:
         threads=args.threads,
         derived=args.derived,
         storage_options=storage_options_of(args),
+        executor=ray_of(args)[0],
+        ray_address=ray_of(args)[1],
     )
     print(summary, flush=True)
     if args.no_progress:  # else prepare_many said it as it happened

@@ -322,6 +322,8 @@ def prepare_many(
     threads: int | None = None,
     derived: str = "auto",
     storage_options: Mapping[str, Any] | None = None,
+    executor: str | None = None,
+    ray_address: str | None = None,
 ) -> BatchSummary:
     """Prepare every series of ``inputs`` (and of ``manifest``) into ``out_dir``.
 
@@ -361,6 +363,11 @@ def prepare_many(
         Options of the fsspec filesystem of URL inputs and outputs (credentials,
         endpoint); default: the backend's standard environment (for S3 the AWS
         variables, ``AWS_ENDPOINT_URL`` included).
+    executor
+        ``"serial"``, ``"threads"`` (default: threads when ``workers > 1``) or ``"ray"``:
+        each series a Ray task of one CPU on the cluster at ``ray_address``
+        (:mod:`neurovfm.data.ray_executor`; ``out_dir`` must be seen by every node: a
+        shared folder or a URL prefix). Same outputs and summary as a local run.
 
     A scan that fails is a ``failed`` row with the reason; the run goes on. Mode
     conflicts are warned (:class:`~neurovfm.errors.ModeMismatchWarning`, from the calling
@@ -380,7 +387,11 @@ def prepare_many(
         if importlib.util.find_spec("torch") is None:
             raise UsageError("--format pt needs PyTorch (pip install torch); use npz")
     shard_ = resolve_shard(shard)
-    per_scan = threads or max(1, available_cpus() // workers)
+    if executor == "ray":
+        from .ray_executor import connect
+
+        connect(ray_address)
+    per_scan = threads or (1 if executor == "ray" else max(1, available_cpus() // workers))
     out = OutputDir(out_dir, storage_options)
     jobs = [j for j in discover_scans(inputs, mode, manifest, derived, storage_options) if in_shard(j.name, shard_)]
     staging = tempfile.TemporaryDirectory(prefix="neurovfm-summary-") if out.remote else None
@@ -408,7 +419,7 @@ def prepare_many(
 
     work = functools.partial(_prepare_job, out, format, force, per_scan, previous)
     try:
-        run_jobs(jobs, work, record, workers=workers, progress=bar, name="neurovfm-prepare")
+        run_jobs(jobs, work, record, workers=workers, executor=executor, progress=bar, name="neurovfm-prepare")
     finally:
         bar.close()
         summary.rows = [rows[k] for k in sorted(rows)]

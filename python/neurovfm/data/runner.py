@@ -128,12 +128,21 @@ def _threads(
             yield futs[fut], fut.result()
 
 
+def _ray(jobs: Sequence[J], work: Callable[[J], R], workers: int, name: str) -> Generator[tuple[int, R], None, None]:
+    """Each job a Ray task on the cluster the caller connected to
+    (:mod:`neurovfm.data.ray_executor`; Ray imported only here)."""
+    from .ray_executor import ray_jobs
+
+    yield from ray_jobs(jobs, work, workers, name)
+
+
 #: The executors by name: ``(jobs, work, workers, thread name) -> (index, result)`` in
-#: completion order. A new executor (e.g. ``"ray"``) is one more entry here.
+#: completion order. A new executor is one more entry here.
 Executor = Callable[[Sequence[Any], Callable[[Any], Any], int, str], Generator[tuple[int, Any], None, None]]
 EXECUTORS: dict[str, Executor] = {
     "serial": _serial,
     "threads": _threads,
+    "ray": _ray,
 }
 
 

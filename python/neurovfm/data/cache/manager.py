@@ -126,6 +126,8 @@ class CacheManager(CacheReader):
         shard: tuple[int, int] | None = None,
         progress: bool = True,
         threads_per_image: int | None = None,
+        executor: str | None = None,
+        ray_address: str | None = None,
     ) -> BuildSummary:
         """Fill ``processed/`` for every image (or those of ``study_names``).
 
@@ -143,10 +145,19 @@ class CacheManager(CacheReader):
             when set. Builders may share one folder at once.
         threads_per_image
             Kernel threads per image (default 1 when several workers run).
+        executor
+            ``"serial"``, ``"threads"`` (default: threads when several workers run) or
+            ``"ray"``: each image a Ray task of one CPU on the cluster at ``ray_address``
+            (:mod:`neurovfm.data.ray_executor`; the dataset folder must be one every
+            node sees). The processed flags are set by this process, as in a local run.
         """
         shard = resolve_shard(shard)
         workers = resolve_workers(num_workers)
-        per_image = threads_per_image or (1 if workers > 1 else get_num_threads())
+        if executor == "ray":
+            from ..ray_executor import connect
+
+            connect(ray_address)
+        per_image = threads_per_image or (1 if workers > 1 or executor == "ray" else get_num_threads())
         targets = self._targets(study_names, shard)
         os.makedirs(self.processed_dir, exist_ok=True)
         summary = BuildSummary()
@@ -171,7 +182,7 @@ class CacheManager(CacheReader):
             return changes
 
         work = functools.partial(_build_job, self.data_dir, self.processed_dir, force, per_image)
-        self._run(targets, workers, work, record, flags, summary, "cache", progress)
+        self._run(targets, workers, work, record, flags, summary, "cache", progress, executor)
         return summary
 
     def _run(
@@ -184,6 +195,7 @@ class CacheManager(CacheReader):
         summary: BuildSummary | ImportSummary,
         what: str,
         progress: bool,
+        executor: str | None = None,
     ) -> None:
         """Run ``work`` on every target (the runner: ``workers`` threads), ``record`` each
         result under its ``study/image`` key (it returns the progress bar's counts), then set
@@ -197,6 +209,7 @@ class CacheManager(CacheReader):
                 work,
                 lambda t, res: record(f"{t[0]}/{t[2].name}", res),
                 workers=workers,
+                executor=executor,
                 progress=bar,
                 name=f"neurovfm-{what}",
             )
