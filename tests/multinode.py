@@ -14,7 +14,8 @@ from pathlib import Path
 from neurovfm.data.cache import CacheManager
 from neurovfm.data.metadata import DatasetMetadata
 
-#: study -> (mode, corpus paths): 12 images, one a 30 MB CT (a build slow enough to kill).
+#: study -> (mode, corpus paths): 12 images, one a 30 MB CT (a build slow enough to kill); without
+#: the corpus, their phantom stand-ins (conftest.scan_dir).
 STUDIES = {
     "ct_head": ("ct", ["ct/phantom_head_1mm.nii.gz", "ct/phantom_head_5mm"]),
     "ct_body": ("ct", ["ct/body_small.nii.gz", "ct/body_j2k"]),

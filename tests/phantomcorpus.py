@@ -39,6 +39,7 @@ STANDINS = {
     "mr/MR_Gd.nii.gz": "MR NIfTI (gzip), uint8 with scl_slope 6.48, oblique",
     "mr/sag_mprage_peds": "MR DICOM series, sagittal oblique, thin slices",
     "mr/sag_t1_2d_thick": "MR DICOM series, sagittal, 35 slices 4.8 mm thick",
+    "mr/enhanced_multiframe_t1.dcm": "MR, one Enhanced MR Image Storage file (48 frames, sagittal)",
     "edge/nifti/example4d.nii.gz": "NIfTI, a true 4D image (two time points)",
     "edge/nifti/avg152T1_LR_nifti.nii.gz": "MR NIfTI (gzip), uint8",
     "edge/nifti/avg152T1_RL_nifti.nii.gz": "the LR stand-in stored left-right flipped (same physical image)",
@@ -136,6 +137,47 @@ def _directory_record(path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def _enhanced_multiframe(img: sitk.Image, path: Path) -> None:
+    """``img`` (uint16, 0..4095) as one Enhanced MR Image Storage file: every slice a frame,
+    the geometry in the shared and per-frame functional groups."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    arr = sitk.GetArrayFromImage(img)
+    sx, sy, sz = img.GetSpacing()
+    d = np.asarray(img.GetDirection(), float).reshape(3, 3)
+    origin = np.asarray(img.GetOrigin(), float)
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    ds.SOPClassUID = EnhancedMRImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = "MR", 7, "t1 enhanced", 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.NumberOfFrames = arr.shape[0]
+    ds.Rows, ds.Columns = arr.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    measures, plane = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness, measures.SpacingBetweenSlices = [sy, sx], sz, sz
+    plane.ImageOrientationPatient = [float(v) for v in (*d[:, 0], *d[:, 1])]
+    shared = Dataset()
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = [measures], [plane]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for k in range(arr.shape[0]):
+        pos, frame = Dataset(), Dataset()
+        pos.ImagePositionPatient = [round(float(v), 6) for v in origin + d[:, 2] * (sz * k)]
+        frame.PlanePositionSequence = [pos]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    ds.PixelData = np.ascontiguousarray(arr.astype(np.uint16)).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
 def _single_slice(path: Path) -> None:
     folder = path.parent / "_one"
     img = make_ct_phantom(shape=(64, 64, 2), spacing=(3.0, 3.0, 5.0), seed=20)
@@ -188,6 +230,8 @@ def write_phantom_corpus(root: Path) -> Path:
     write_dicom_series(peds, root / "mr/sag_mprage_peds", seed=34, modality="MR", description="SAG MPRAGE")
     thick = make_mri_phantom(shape=(96, 96, 35), spacing=(2.5, 2.5, 4.8), tilt_deg=0.0, seed=35)
     write_dicom_series(thick, root / "mr/sag_t1_2d_thick", seed=35, modality="MR", description="SAG T1 2D")
+    enhanced = make_mri_phantom(shape=(64, 64, 48), spacing=(3.0, 3.0, 3.0), orientation="PIR", tilt_deg=0.0, seed=36)
+    _enhanced_multiframe(enhanced, root / "mr/enhanced_multiframe_t1.dcm")
     # the edge files that a phantom can stand for
     frames = [make_mri_phantom(shape=(32, 24, 12), spacing=(4.0, 4.0, 6.0), seed=40 + t) for t in range(2)]
     (root / "edge/nifti").mkdir(parents=True)

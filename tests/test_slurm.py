@@ -199,10 +199,10 @@ def slurm(tmp_path_factory):
         assert stop.returncode == 0, f"slurm_test.sh stop: {stop.stdout}{stop.stderr}"
 
 
-def _work(tmp_path: Path, data_dir: Path) -> tuple[Path, Path, list[str]]:
+def _work(tmp_path: Path, scan_dir: Path) -> tuple[Path, Path, list[str]]:
     """A folder holding ds/ (12 real scans) and build_cache.sh (README's script)."""
     work = tmp_path / "work"
-    keys = make_dataset(work / "ds", data_dir)
+    keys = make_dataset(work / "ds", scan_dir)
     script = work / "build_cache.sh"
     script.write_text(readme_sbatch_script())
     return work, script, keys
@@ -218,9 +218,9 @@ def _check_states(slurm: Slurm, work: Path, job: str, states: dict[int, str], wa
         raise AssertionError(f"array {job}: states {states}, expected {want}\n{outs}\n{slurm.logs()}")
 
 
-def test_sbatch_array_builds_every_image_once(slurm, data_dir, tmp_path):
+def test_sbatch_array_builds_every_image_once(slurm, scan_dir, tmp_path):
     t0 = time.monotonic()
-    work, script, keys = _work(tmp_path, data_dir)
+    work, script, keys = _work(tmp_path, scan_dir)
     ds = work / "ds"
     expected = shards(keys, TASKS)
     tasks = list(range(TASKS))
@@ -258,11 +258,11 @@ def test_sbatch_array_builds_every_image_once(slurm, data_dir, tmp_path):
     print("\n[slurm] " + "\n".join(report) + f"\n[slurm] test took {time.monotonic() - t0:.1f} s")
 
 
-def test_scancel_mid_build_then_resubmit_loses_nothing(slurm, data_dir, tmp_path):
+def test_scancel_mid_build_then_resubmit_loses_nothing(slurm, scan_dir, tmp_path):
     import fcntl  # POSIX (the module is skipped elsewhere)
 
     t0 = time.monotonic()
-    work, script, keys = _work(tmp_path, data_dir)
+    work, script, keys = _work(tmp_path, scan_dir)
     ds = work / "ds"
     expected = shards(keys, TASKS)
     tasks = list(range(TASKS))

@@ -112,10 +112,10 @@ def _rank_logs(log_dir: Path, rank: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, data_dir):
+def built(tmp_path_factory, scan_dir):
     """A folder holding ds/ (12 real scans) whose cache README's torchrun line built."""
     work = tmp_path_factory.mktemp("torchrun")
-    keys = make_dataset(work / "ds", data_dir)
+    keys = make_dataset(work / "ds", scan_dir)
     args = readme_torchrun_build()
     i = args.index("--nproc-per-node")
     args[i + 1] = str(NPROC)
