@@ -195,6 +195,27 @@ def main() -> None:
             times_local.append(dt)
         result["killed"] = killed
         result["seconds_ray"], result["seconds_local"] = times_ray, times_local
+        # cache build on the cluster, and locally, of the demo dataset
+        from neurovfm.demo import write_demo
+
+        for name, extra in (("cache_ray", ["--ray", address]), ("cache_local", ["-w", "2"])):
+            demo = write_demo(work / name)
+            cli = [sys.executable, "-m", "neurovfm"]
+            meta = subprocess.run(
+                [*cli, "metadata", str(demo.root), "--modes", str(demo.modes_csv)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            res = subprocess.run(
+                [*cli, "cache", "build", str(demo.root), "--no-progress", *extra],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            result[f"{name}_rc"] = (meta.returncode, res.returncode, res.stderr[-2000:])
         try:  # Ray Data, for users who build their own pipeline
             import ray
 

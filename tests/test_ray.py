@@ -83,6 +83,19 @@ def test_two_nodes_a_killed_worker_and_the_same_outputs_as_a_local_run(cluster_r
                 assert np.array_equal(a[k], b[k]), (n, k)
 
 
+def test_cache_build_on_the_cluster_equals_a_local_build(cluster_run):
+    work, out = cluster_run
+    assert out["cache_ray_rc"][:2] == [0, 0], out["cache_ray_rc"]
+    assert out["cache_local_rc"][:2] == [0, 0], out["cache_local_rc"]
+    ray_dir, local_dir = work / "cache_ray" / "processed", work / "cache_local" / "processed"
+    files = sorted(p.relative_to(local_dir) for p in local_dir.rglob("*.pt"))
+    assert files and sorted(p.relative_to(ray_dir) for p in ray_dir.rglob("*.pt")) == files
+    for f in files:
+        assert (ray_dir / f).read_bytes() == (local_dir / f).read_bytes(), f
+    meta = json.loads((work / "cache_ray" / "metadata.json").read_text())
+    assert all(im["processed"] for s in meta["studies"] for im in s["images"])  # the flags, set by the driver
+
+
 def test_ray_data_map_batches(cluster_run):
     work, out = cluster_run
     rows = out["data_rows"]
