@@ -56,11 +56,13 @@ sources_hash() {
 }
 
 stage_tools() {
-  # System libraries: the DICOM codecs the build links (CharLS, OpenJPEG, libjpeg-turbo;
-  # found with pkg-config, vendored into the wheel by auditwheel) and gdcmconv, which the
-  # compressed-DICOM tests transcode with. Debian as root, only when one is missing;
-  # elsewhere the build leaves those syntaxes to SimpleITK and those tests skip.
-  local debs=(pkg-config libcharls-dev libopenjp2-7-dev libjpeg62-turbo-dev libgdcm-tools)
+  # System libraries: the DICOM codecs the build links (CharLS, OpenJPEG >= 2.5, which
+  # also decodes HTJ2K, libjpeg-turbo; found with pkg-config, vendored into the wheel by
+  # auditwheel; OpenJPH for a -DNEUROVFM_OPENJPH=ON build), gdcmconv and ojph_compress,
+  # which the compressed-DICOM and HTJ2K tests transcode with. Debian as root, only when
+  # one is missing; elsewhere the build leaves those syntaxes to SimpleITK and those tests skip.
+  local debs=(pkg-config libcharls-dev libopenjp2-7-dev libjpeg62-turbo-dev libgdcm-tools
+    libopenjph-dev openjph-tools)
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] && ! dpkg -s "${debs[@]}" >/dev/null 2>&1; then
     say "tools: apt-get install ${debs[*]}"
     apt-get update -qq >/dev/null
