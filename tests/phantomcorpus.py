@@ -30,6 +30,7 @@ STANDINS = {
     "ct/phantom_head_5mm": "CT DICOM series, 28 axial slices 5 mm thick, rescale intercept -1024, files named "
     "I10, I20, ... (no extension) and a non-image DICOM file (DIRFILE)",
     "ct/phantom_head_1mm.nii.gz": "CT NIfTI (gzip), int16 HU, thin slices",
+    "ct/head_tilt_ge": "CT DICOM series, 28 slices, a gantry tilt of 18.5 degrees (stacked along z)",
     "ct/body_small.nii.gz": "CT NIfTI (gzip), int16 HU, 3 mm isotropic",
     "ct/body_j2k": "CT DICOM series in JPEG 2000 lossless (gdcmconv; uncompressed without it)",
     "mr/stroke/T1.nii.gz": "MR NIfTI (gzip), uint8, axial",
@@ -108,7 +109,7 @@ def _colour_dicom(path: Path) -> None:
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.SeriesDescription, ds.InstanceNumber = "CT", "CT BRAIN", 1
+    ds.Modality, ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = "CT", 2, "BRAIN SEQ 4 8 H31s", 1
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.Rows, ds.Columns = 48, 64
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
@@ -178,6 +179,24 @@ def _enhanced_multiframe(img: sitk.Image, path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def _restamp(folder: Path, number: int, description: str, step=None) -> None:
+    """Give a written phantom series the real one's SeriesNumber and SeriesDescription (so
+    that its name, number_description, is the real series'); ``step`` (x, y, z mm): slice k
+    at the first slice's position + k * step instead (a gantry tilt: the stack's direction is
+    not the slices' normal)."""
+    import pydicom
+
+    files = sorted(folder.iterdir(), key=lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber))
+    first = None
+    for k, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.SeriesNumber, ds.SeriesDescription = number, description
+        if step is not None:
+            first = np.asarray(ds.ImagePositionPatient, float) if first is None else first
+            ds.ImagePositionPatient = [round(float(v), 6) for v in first + k * np.asarray(step, float)]
+        ds.save_as(f)
+
+
 def _single_slice(path: Path) -> None:
     folder = path.parent / "_one"
     img = make_ct_phantom(shape=(64, 64, 2), spacing=(3.0, 3.0, 5.0), seed=20)
@@ -207,7 +226,14 @@ def write_phantom_corpus(root: Path) -> Path:
     head5 = root / "ct/phantom_head_5mm"
     for k, f in enumerate(write_dicom_series(ct5, head5, seed=10, description="PHANTOM HEAD 5MM")):
         f.rename(head5 / f"I{10 * (k + 1)}")  # extension-less, as the real series' files
+    _restamp(head5, 201, "STD BRAIN 5MM")
     _directory_record(head5 / "DIRFILE")
+    # a gantry tilt of 18.5 degrees: slices tilted about the left-right axis, stacked along z
+    tilt = np.deg2rad(18.5)
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(tilt), -np.sin(tilt)], [0.0, np.sin(tilt), np.cos(tilt)]])
+    tilted = make_ct_phantom(shape=(80, 80, 28), spacing=(2.5, 2.5, 4.0), direction=rot, seed=14)
+    write_dicom_series(tilted, root / "ct/head_tilt_ge", seed=14)
+    _restamp(root / "ct/head_tilt_ge", 2, "", step=(0.0, 0.0, 4.0 / np.cos(tilt)))
     _write_nifti(
         make_ct_phantom(shape=(112, 112, 96), spacing=(1.9, 1.9, 1.25), seed=11), root / "ct/phantom_head_1mm.nii.gz"
     )
@@ -227,9 +253,11 @@ def write_phantom_corpus(root: Path) -> Path:
     _write_nifti(_to_uint8(gd), root / "mr/MR_Gd.nii.gz", slope=6.48)
     # MR DICOM: sagittal series, thin and oblique, thick and straight
     peds = make_mri_phantom(shape=(80, 80, 64), spacing=(2.6, 2.6, 2.7), seed=34)
-    write_dicom_series(peds, root / "mr/sag_mprage_peds", seed=34, modality="MR", description="SAG MPRAGE")
+    write_dicom_series(peds, root / "mr/sag_mprage_peds", seed=34, modality="MR")
+    _restamp(root / "mr/sag_mprage_peds", 5, "SAG MPRAGE 220 FOV")
     thick = make_mri_phantom(shape=(96, 96, 35), spacing=(2.5, 2.5, 4.8), tilt_deg=0.0, seed=35)
-    write_dicom_series(thick, root / "mr/sag_t1_2d_thick", seed=35, modality="MR", description="SAG T1 2D")
+    write_dicom_series(thick, root / "mr/sag_t1_2d_thick", seed=35, modality="MR")
+    _restamp(root / "mr/sag_t1_2d_thick", 3, "t1_fl2d_sag")
     enhanced = make_mri_phantom(shape=(64, 64, 48), spacing=(3.0, 3.0, 3.0), orientation="PIR", tilt_deg=0.0, seed=36)
     _enhanced_multiframe(enhanced, root / "mr/enhanced_multiframe_t1.dcm")
     # the edge files that a phantom can stand for

@@ -1,5 +1,5 @@
 """find_series, `neurovfm series`, and DatasetMetadata.from_directory with one image per
-usable series, on a study folder made from the real corpus: series of different
+usable series, on a study folder made from the real corpus (its phantom stand-ins without it): series of different
 studies side by side, a localizer, a derived/secondary copy, a series with a slice
 missing, a short series, a colour image and a non-image object.
 
@@ -24,7 +24,7 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 import reference as R  # noqa: E402
 from conftest import copy_series as _copy_series  # noqa: E402
-from conftest import package_env  # noqa: E402
+from conftest import corpus_dir, package_env  # noqa: E402
 from neurovfm.data import DatasetMetadata, SeriesRecord, find_series  # noqa: E402
 from neurovfm.data.cache import CacheManager  # noqa: E402
 from neurovfm.data.io import preprocess_image  # noqa: E402
@@ -37,6 +37,8 @@ USABLE = {
     "2_CT": ("tilt", "CT", 28),
     "T1": ("T1.nii.gz", "", 124),
 }
+if corpus_dir() is None:  # the phantom stand-ins (tests/phantomcorpus.py) have fewer slices
+    USABLE |= {"5_SAG_MPRAGE_220_FOV": ("mprage", "MR", 64), "T1": ("T1.nii.gz", "", 62)}
 NOT_USABLE = {  # name -> words of the reason
     "1_localizer": "localizer",
     "9_derived_t1": "derived/secondary",
@@ -48,7 +50,7 @@ NOT_USABLE = {  # name -> words of the reason
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, data_dir) -> Path:
+def study(tmp_path_factory, scan_dir) -> Path:
     root = tmp_path_factory.mktemp("series") / "study"
     root.mkdir()
     for name, rel in [
@@ -58,9 +60,9 @@ def study(tmp_path_factory, data_dir) -> Path:
         ("tilt", "ct/head_tilt_ge"),
         ("T1.nii.gz", "mr/stroke/T1.nii.gz"),
     ]:
-        os.symlink(data_dir / rel, root / name)
-    shutil.copy(data_dir / "edge/dicom/color_jpeg_not_ct.dcm", root / "colour.dcm")
-    t1 = data_dir / "mr/sag_t1_2d_thick"
+        os.symlink(scan_dir / rel, root / name)
+    shutil.copy(scan_dir / "edge/dicom/color_jpeg_not_ct.dcm", root / "colour.dcm")
+    t1 = scan_dir / "mr/sag_t1_2d_thick"
     n = len(list(t1.iterdir()))
     _copy_series(t1, root / "loc", 1, "localizer", keep={0}, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     _copy_series(t1, root / "derived", 9, "derived t1", ImageType=["DERIVED", "SECONDARY", "MPR"])
@@ -116,15 +118,15 @@ def test_geometry_is_simpleitks(study):
         assert (r.cols, r.rows) == ref.GetSize()[:2] or r.kind == "nifti", r.name
 
 
-def test_one_file_and_errors(data_dir, tmp_path):
-    (r,) = find_series(data_dir / "mr/stroke/FLAIR.nii.gz")
+def test_one_file_and_errors(scan_dir, tmp_path):
+    (r,) = find_series(scan_dir / "mr/stroke/FLAIR.nii.gz")
     assert r.usable and r.kind == "nifti" and r.name == "FLAIR"
-    (r,) = find_series(data_dir / "edge/dicom/color_jpeg_not_ct.dcm")
+    (r,) = find_series(scan_dir / "edge/dicom/color_jpeg_not_ct.dcm")
     assert not r.usable and "colour" in r.reason
     with pytest.raises(ImageNotFoundError, match="nope"):
         find_series(tmp_path / "nope")
     assert find_series(tmp_path) == []  # an empty folder: no series
-    (r,) = find_series(data_dir / "mr/sag_t1_2d_thick", min_slices=40)
+    (r,) = find_series(scan_dir / "mr/sag_t1_2d_thick", min_slices=40)
     assert not r.usable and "too few slices: 35" in r.reason
 
 
@@ -181,14 +183,14 @@ def test_metadata_lists_the_same_usable_series(study, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::neurovfm.errors.ModeMismatchWarning")
-def test_flat_folder_of_two_series_gives_two_images_and_their_caches(data_dir, tmp_path):
+def test_flat_folder_of_two_series_gives_two_images_and_their_caches(scan_dir, tmp_path):
     """Files of two series mixed in one study folder (a PACS export): two images named by
     number and description, each cached from its own series (reference formula on
     SimpleITK's read of that UID)."""
     study = tmp_path / "ds" / "raw" / "s3"
     study.mkdir(parents=True)
     for rel in ("mr/sag_mprage_peds", "mr/sag_t1_2d_thick"):
-        for f in sorted((data_dir / rel).iterdir()):
+        for f in sorted((scan_dir / rel).iterdir()):
             os.symlink(f, study / f"{Path(rel).name}_{f.name}")
     meta = DatasetMetadata.from_directory(tmp_path / "ds", {"s3": "mri"})
     meta.save()
