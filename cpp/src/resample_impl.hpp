@@ -29,6 +29,11 @@ constexpr std::int64_t kMinLanes = 8;              // at least one cache line of
 #define NEUROVFM_SCRATCH_KB 256
 #endif
 constexpr std::int64_t kScratchBytes = NEUROVFM_SCRATCH_KB * 1024;  // per-thread block of lines, sized for L2
+#ifndef NEUROVFM_CHUNK_KB
+#define NEUROVFM_CHUNK_KB 4096
+#endif
+// Size of the first pass's intermediate for one chunk of first_two_passes.
+constexpr std::int64_t kChunkBytes = std::int64_t(NEUROVFM_CHUNK_KB) * 1024;
 constexpr double kTolerance = 1e-10;                // ITK BSplineDecompositionImageFilter default
 
 double pole() { return std::sqrt(3.0) - 2.0; }
@@ -168,6 +173,28 @@ T cast_out(double v) {
   }
 }
 
+// Rows of a pass are read kAhead rows ahead into the cache: along the pass axis
+// they lie far apart (a slice apart for the storage axis), where the hardware
+// prefetcher does not follow, and a narrow block of lanes would otherwise wait
+// on every row. A hint only: no effect on any value.
+constexpr std::int64_t kAhead = 8;
+
+template <typename In>
+inline void prefetch_row(const In* p, std::int64_t nl, std::int64_t ls) {
+#if defined(__GNUC__) || defined(__clang__)
+  if (ls == 1) {
+    const char* c = reinterpret_cast<const char*>(p);
+    const std::int64_t bytes = nl * static_cast<std::int64_t>(sizeof(In));
+    for (std::int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
+    __builtin_prefetch(c + bytes - 1);
+  }
+#else
+  (void)p;
+  (void)nl;
+  (void)ls;
+#endif
+}
+
 // One separable pass along `axis`: prefilter every line and evaluate the taps.
 // `in` has shape in_shape and element strides in_str; `out` has shape in_shape
 // with out_shape[axis] = taps.size() and element strides out_str. In the final
@@ -188,11 +215,18 @@ void run_pass(const In* in, const std::int64_t in_shape[3], const std::int64_t i
 
   // Lanes per block: as many as fit the scratch budget (whole rows when the
   // lane axis is contiguous, so that reading the input streams through memory).
-  std::int64_t lanes = std::max<std::int64_t>(kMinLanes, kScratchBytes / (8 * (n + 2)));
-  lanes = std::min<std::int64_t>(lanes, ((n_lane + kMinLanes - 1) / kMinLanes) * kMinLanes);
-  lanes = (lanes / kMinLanes) * kMinLanes;
-  const std::int64_t lane_blocks = (n_lane + lanes - 1) / lanes;
-  const std::size_t units = static_cast<std::size_t>(n_outer * lane_blocks);
+  std::int64_t target = std::max<std::int64_t>(kMinLanes, kScratchBytes / (8 * (n + 2)));
+  target = (target / kMinLanes) * kMinLanes;
+  const std::int64_t w = std::min<std::int64_t>(target, ((n_lane + kMinLanes - 1) / kMinLanes) * kMinLanes);
+  // A short lane axis (a chunk of first_two_passes): a block takes `group`
+  // neighbouring outer indices side by side, so that it still reads many rows at
+  // once. Lanes never interact, so the grouping changes no value.
+  const std::int64_t group =
+      inside ? 1 : std::max<std::int64_t>(1, std::min<std::int64_t>(n_outer, (target + w / 2) / w));
+  const std::int64_t lanes = group * w;
+  const std::int64_t lane_blocks = (n_lane + w - 1) / w;
+  const std::int64_t outer_blocks = (n_outer + group - 1) / group;
+  const std::size_t units = static_cast<std::size_t>(outer_blocks * lane_blocks);
   const std::size_t grain =
       std::max<std::size_t>(1, units / (static_cast<std::size_t>(clamp_threads(threads)) * 8));
 
@@ -201,53 +235,74 @@ void run_pass(const In* in, const std::int64_t in_shape[3], const std::int64_t i
   const std::int64_t hz = horizon();
 
   parallel_for(units, threads, grain, [&](std::size_t begin, std::size_t end) {
-    std::vector<double> scratch(static_cast<std::size_t>((n + 2) * lanes));
-    std::vector<unsigned char> lane_ok_buf(static_cast<std::size_t>(lanes));
+    // Per-thread scratch, kept from one block (and chunk, and pass) to the next:
+    // every value is written before it is read.
+    thread_local std::vector<double> scratch;
+    thread_local std::vector<unsigned char> lane_ok_buf;
+    const std::size_t need = static_cast<std::size_t>((n + 2) * lanes);
+    if (scratch.size() < need) scratch.resize(need);
+    if (lane_ok_buf.size() < static_cast<std::size_t>(lanes)) lane_ok_buf.resize(static_cast<std::size_t>(lanes));
     double* s = scratch.data();
     double* sum = s + n * lanes;
     double* row_out = sum + lanes;
     unsigned char* lane_ok = lane_ok_buf.data();
     for (std::size_t u = begin; u < end; ++u) {
-      const std::int64_t o = static_cast<std::int64_t>(u) / lane_blocks;
-      const std::int64_t l0 = (static_cast<std::int64_t>(u) % lane_blocks) * lanes;
-      const std::int64_t nl = std::min<std::int64_t>(lanes, n_lane - l0);
+      const std::int64_t o = (static_cast<std::int64_t>(u) / lane_blocks) * group;
+      const std::int64_t gn = std::min<std::int64_t>(group, n_outer - o);
+      const std::int64_t l0 = (static_cast<std::int64_t>(u) % lane_blocks) * w;
+      const std::int64_t nl = std::min<std::int64_t>(w, n_lane - l0);
       const In* base = in + o * in_str[outer_axis] + l0 * in_str[lane_axis];
       const std::int64_t ls = in_str[lane_axis];
-      // Row i of the block, multiplied by the gain (ITK: copy, then *= c0).
+      const std::int64_t gs = in_str[outer_axis];
+      // Row i of the block (each group's lanes [g * w, g * w + nl)), multiplied by
+      // the gain (ITK: copy, then *= c0); padding lanes are 0.
       auto gather = [&](std::int64_t i) {
-        const In* p = base + i * in_str[a];
-        double* row = s + i * lanes;
-        std::int64_t l = 0;
-        if (ls == 1) {
-          for (; l < nl; ++l) row[l] = static_cast<double>(p[l]) * c0;
-        } else if (ls == -1) {  // a flipped contiguous axis
-          for (; l < nl; ++l) row[l] = static_cast<double>(p[-l]) * c0;
-        } else {
-          for (; l < nl; ++l) row[l] = static_cast<double>(p[l * ls]) * c0;
+        for (std::int64_t g = 0; g < group; ++g) {
+          double* row = s + i * lanes + g * w;
+          std::int64_t l = 0;
+          if (g < gn) {
+            const In* p = base + g * gs + i * in_str[a];
+            if (i + kAhead < n) prefetch_row(p + kAhead * in_str[a], nl, ls);
+            if (ls == 1) {
+              for (; l < nl; ++l) row[l] = static_cast<double>(p[l]) * c0;
+            } else if (ls == -1) {  // a flipped contiguous axis
+              for (; l < nl; ++l) row[l] = static_cast<double>(p[-l]) * c0;
+            } else {
+              for (; l < nl; ++l) row[l] = static_cast<double>(p[l * ls]) * c0;
+            }
+          }
+          for (; l < w; ++l) row[l] = 0.0;
         }
-        for (; l < lanes; ++l) row[l] = 0.0;
       };
       if (n == 1) {
         // A single sample: ITK leaves the coefficient equal to the data.
-        const In* p = base;
-        for (std::int64_t l = 0; l < lanes; ++l) s[l] = l < nl ? static_cast<double>(p[l * ls]) : 0.0;
+        for (std::int64_t g = 0; g < group; ++g) {
+          const In* p = base + g * gs;
+          for (std::int64_t l = 0; l < w; ++l)
+            s[g * w + l] = (g < gn && l < nl) ? static_cast<double>(p[l * ls]) : 0.0;
+        }
       } else if (hz < n) {
         for (std::int64_t i = 0; i < hz; ++i) gather(i);
         // Rows >= hz are read, multiplied by the gain and run through the causal
         // recursion in one sweep: c0 * x + z * prev is ITK's two steps exactly.
         prefilter_lanes(s, n, lanes, sum, hz, [&](std::int64_t i) {
-          const In* p = base + i * in_str[a];
-          double* row = s + i * lanes;
-          const double* prev = row - lanes;
-          std::int64_t l = 0;
-          if (ls == 1) {
-            for (; l < nl; ++l) row[l] = static_cast<double>(p[l]) * c0 + z * prev[l];
-          } else if (ls == -1) {
-            for (; l < nl; ++l) row[l] = static_cast<double>(p[-l]) * c0 + z * prev[l];
-          } else {
-            for (; l < nl; ++l) row[l] = static_cast<double>(p[l * ls]) * c0 + z * prev[l];
+          for (std::int64_t g = 0; g < group; ++g) {
+            double* row = s + i * lanes + g * w;
+            const double* prev = row - lanes;
+            std::int64_t l = 0;
+            if (g < gn) {
+              const In* p = base + g * gs + i * in_str[a];
+              if (i + kAhead < n) prefetch_row(p + kAhead * in_str[a], nl, ls);
+              if (ls == 1) {
+                for (; l < nl; ++l) row[l] = static_cast<double>(p[l]) * c0 + z * prev[l];
+              } else if (ls == -1) {
+                for (; l < nl; ++l) row[l] = static_cast<double>(p[-l]) * c0 + z * prev[l];
+              } else {
+                for (; l < nl; ++l) row[l] = static_cast<double>(p[l * ls]) * c0 + z * prev[l];
+              }
+            }
+            for (; l < w; ++l) row[l] = 0.0;
           }
-          for (; l < lanes; ++l) row[l] = 0.0;
         });
       } else {
         for (std::int64_t i = 0; i < n; ++i) gather(i);
@@ -255,8 +310,9 @@ void run_pass(const In* in, const std::int64_t in_shape[3], const std::int64_t i
       }
       Out* obase = out + o * out_str[outer_axis] + l0 * out_str[lane_axis];
       const std::int64_t os = out_str[lane_axis];
+      const std::int64_t ogs = out_str[outer_axis];
       bool outer_inside = true;
-      if (inside) {
+      if (inside) {  // (group == 1)
         outer_inside = (*inside[outer_axis])[static_cast<std::size_t>(o)].inside;
         const auto& lane_in = *inside[lane_axis];
         for (std::int64_t l = 0; l < nl; ++l) lane_ok[l] = lane_in[static_cast<std::size_t>(l0 + l)].inside;
@@ -272,10 +328,12 @@ void run_pass(const In* in, const std::int64_t in_shape[3], const std::int64_t i
           eval_row(s, lanes, tp, row_out, nl);
           for (std::int64_t l = 0; l < nl; ++l) po[l * os] = lane_ok[l] ? cast_out<Out>(row_out[l]) : Out(0);
         } else if (os == 1 && std::is_same_v<Out, double>) {
-          eval_row(s, lanes, tp, reinterpret_cast<double*>(po), nl);
+          for (std::int64_t g = 0; g < gn; ++g)
+            eval_row(s + g * w, lanes, tp, reinterpret_cast<double*>(po + g * ogs), nl);
         } else {
-          eval_row(s, lanes, tp, row_out, nl);
-          for (std::int64_t l = 0; l < nl; ++l) po[l * os] = static_cast<Out>(row_out[l]);
+          eval_row(s, lanes, tp, row_out, lanes);
+          for (std::int64_t g = 0; g < gn; ++g)
+            for (std::int64_t l = 0; l < nl; ++l) po[g * ogs + l * os] = static_cast<Out>(row_out[g * w + l]);
         }
       }
     }
@@ -289,20 +347,42 @@ void c_strides(const std::int64_t sh[3], std::int64_t st[3]) {
 }
 
 // Two passes (order[0], order[1]) from a typed view into a double buffer with
-// the given strides.
+// the given strides. Neither pass mixes indices along the third axis, so the
+// volume is cut into chunks along it and both passes run chunk by chunk: the
+// intermediate of the first pass is one chunk (about kChunkBytes, reused and
+// warm in cache for the second) instead of the whole volume. Every line sees
+// the same operations as in one whole-volume pass (lanes are independent), so
+// the bytes do not depend on the chunking or the thread count.
 template <typename T>
 void first_two_passes(const T* in, const std::int64_t shape[3], const std::int64_t strides[3],
                       const std::vector<Taps> taps[3], const int order[2], double* out,
                       const std::int64_t out_str[3], int threads) {
+  const int third = 3 - order[0] - order[1];
   std::int64_t shape1[3] = {shape[0], shape[1], shape[2]};
   shape1[order[0]] = static_cast<std::int64_t>(taps[order[0]].size());
-  std::int64_t st1[3];
-  c_strides(shape1, st1);
-  // Uninitialised: the pass writes every element (first touch in parallel).
-  auto buf = make_big<double>(static_cast<std::size_t>(shape1[0] * shape1[1] * shape1[2]));
-  run_pass<T, double>(in, shape, strides, order[0], taps[order[0]], buf.get(), st1, nullptr, threads);
-  run_pass<double, double>(buf.get(), shape1, st1, order[1], taps[order[1]], out, out_str, nullptr,
-                           threads);
+  const std::int64_t n3 = shape[third];
+  const std::int64_t per = shape1[order[0]] * shape1[order[1]];  // doubles per index along `third`
+  if (n3 <= 0 || per <= 0) return;
+  // Chunks of about kChunkBytes (each pass splits its chunk among the threads).
+  // Smaller chunks cost time (narrower rows of the input per block): 4 MiB keeps
+  // a 512x512x140 CT at about one input copy plus the output in memory.
+  std::int64_t chunk = std::max<std::int64_t>(1, kChunkBytes / (8 * per));
+  chunk = std::min(chunk, n3);
+  auto buf = make_big<double>(static_cast<std::size_t>(per * chunk));
+  for (std::int64_t c0 = 0; c0 < n3; c0 += chunk) {
+    const std::int64_t cn = std::min(chunk, n3 - c0);
+    std::int64_t sh_in[3] = {shape[0], shape[1], shape[2]};
+    sh_in[third] = cn;
+    std::int64_t sh1[3] = {shape1[0], shape1[1], shape1[2]};
+    sh1[third] = cn;
+    std::int64_t st1[3];
+    c_strides(sh1, st1);
+    // Uninitialised: the pass writes every element (first touch in parallel).
+    run_pass<T, double>(in + c0 * strides[third], sh_in, strides, order[0], taps[order[0]], buf.get(), st1,
+                        nullptr, threads);
+    run_pass<double, double>(buf.get(), sh1, st1, order[1], taps[order[1]], out + c0 * out_str[third], out_str,
+                             nullptr, threads);
+  }
 }
 
 template <typename T>

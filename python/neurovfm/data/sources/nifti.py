@@ -19,9 +19,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ... import _core
+from ..._threads import get_num_threads
 from ...errors import ImageReadError
 from ..volume import SUPPORTED_PIXEL_IDS, RawVolume, check_scalar_3d
-from .gzip import gzip_isize, gzip_problem, open_gzip, stream_errors
+from .gzip import DECODE_ERRORS, gzip_isize, gzip_problem, open_gzip, stream_errors
 from .gzip import check_trailer as check_trailer
 from .other import explain_nifti_error, read_with_sitk
 
@@ -217,11 +218,12 @@ def nifti_layout(path: str) -> NiftiLayout:
     )
 
 
-def open_voxels(layout: NiftiLayout) -> io.BufferedIOBase:
-    """A binary file object positioned at the first voxel (gzip decoded by ISA-L)."""
+def open_voxels(layout: NiftiLayout, threads: int = 1) -> io.BufferedIOBase:
+    """A binary file object positioned at the first voxel (gzip decoded by ISA-L, or on
+    ``threads`` threads where that is faster: :func:`.gzip.open_gzip`)."""
     f: io.BufferedIOBase
     if layout.gz:
-        f = open_gzip(layout.path)
+        f = open_gzip(layout.path, threads)
     else:
         f = open(layout.path, "rb")
     try:
@@ -251,28 +253,35 @@ def read_exactly(f: io.BufferedIOBase, out: memoryview, path: str, expected_tota
             got += k
 
 
-def read_nifti(path: str, layout: NiftiLayout | None = None) -> RawVolume:
+def read_nifti(
+    path: str, layout: NiftiLayout | None = None, threads: int | None = None, *, keep_buffer: bool = True
+) -> RawVolume:
     """Read a NIfTI-1 file; voxels decoded directly when the layout allows.
 
     The header is parsed by SimpleITK (geometry identical to ``sitk.ReadImage``).
     When the stored datatype is the pixel type SimpleITK reports (no intensity
-    scaling) and little-endian, the voxels are read (gzip decoded with ISA-L)
-    into one buffer; otherwise SimpleITK reads the whole file.
+    scaling) and little-endian, the voxels are read (gzip decoded with ISA-L, or in
+    parallel with ``threads`` (default :func:`neurovfm.get_num_threads`) where that is
+    faster) into one buffer; otherwise SimpleITK reads the whole file. The buffer
+    comes from the kernels' allocator, which keeps it for the next volume once freed;
+    ``keep_buffer=False`` takes plain memory instead, given back to the system as soon
+    as the volume is dropped (a volume only resampled, then freed).
     """
     if layout is None:
         layout = nifti_layout(path)
     if not layout.direct:
         return read_with_sitk(path)
+    dtype = cast("np.dtype[Any]", layout.dtype)  # direct: a dtype
     try:
-        arr = _core.empty(cast("np.dtype[Any]", layout.dtype), layout.shape)  # direct: a dtype
+        arr = _core.empty(dtype, layout.shape) if keep_buffer else np.empty(layout.shape, dtype)
     except MemoryError:
         raise ImageReadError(path, f"not enough memory for {layout.nbytes} bytes of voxels {layout.shape}") from None
     try:
-        with open_voxels(layout) as f:
+        with open_voxels(layout, get_num_threads() if threads is None else threads) as f:
             read_exactly(f, arr.data.cast("B"), path, layout.nbytes)
             if layout.gz:
                 check_trailer(f, path)
-    except (OSError, EOFError, ValueError) as err:
+    except DECODE_ERRORS as err:
         if isinstance(err, ImageReadError):
             raise
         raise ImageReadError(path, f"corrupt or truncated file: {err}") from None
