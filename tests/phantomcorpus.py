@@ -48,6 +48,7 @@ STANDINS = {
     "edge/nifti/anatomical.nii": "NIfTI (uncompressed), big-endian int16",
     "edge/dicom/color_jpeg_not_ct.dcm": "DICOM, Modality CT, an 8-bit RGB image (uncompressed)",
     "ct/head_single_slice/693_UNCI.dcm": "one CT DICOM slice",
+    "ct/head_single_slice/693_J2KR.dcm": "the same slice in JPEG 2000 lossless (gdcmconv; uncompressed without it)",
 }
 
 
@@ -203,6 +204,11 @@ def _single_slice(path: Path) -> None:
     (first, _) = write_dicom_series(img, folder, seed=20)
     first.rename(path)
     shutil.rmtree(folder)
+    exe, j2k = shutil.which("gdcmconv"), path.with_name("693_J2KR.dcm")  # the same slice in JPEG 2000
+    if exe is None:
+        shutil.copy(path, j2k)
+    else:
+        subprocess.run([exe, "--j2k", os.fspath(path), os.fspath(j2k)], check=True)
 
 
 def _transcode(src: Path, dst: Path, flag: str) -> None:
