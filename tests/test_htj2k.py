@@ -287,3 +287,27 @@ def test_fuzz_frames_decode_or_raise(small_frame, tmp_path_factory, flips, head,
         assert e.path == str(out) and "frame 0" in e.reason
     else:
         assert got.shape == (1, 40, 48)
+
+
+def test_frames_outside_the_openjph_subset_decoded_by_openjpeg(tmp_path):
+    # a classic JPEG 2000 codestream (no CAP marker, no HT code-blocks) under the HTJ2K
+    # syntax that allows any: the OpenJPH build hands it to OpenJPEG, with SimpleITK's pixels
+    _need_htj2k()
+    exe = shutil.which("gdcmconv")
+    if exe is None:
+        pytest.skip("gdcmconv not installed (apt-get install libgdcm-tools)")
+    if not _core.codecs()["jpeg2000"]:
+        pytest.skip("this build has no OpenJPEG")
+    src = _corpus("ct/phantom_head_5mm")
+    (series,) = dicom.scan_series(src)
+    out = tmp_path / "j2k"
+    out.mkdir()
+    for f in series.files[:4]:
+        subprocess.run([exe, "--j2k", f, str(out / Path(f).name)], check=True)
+        ds = pydicom.dcmread(out / Path(f).name)
+        ds.file_meta.TransferSyntaxUID = HTJ2K_ANY
+        ds.save_as(out / Path(f).name, enforce_file_format=True)
+    vol = dicom.read_dicom(out)
+    assert vol.reader == "fast"
+    ref = sitk.GetArrayFromImage(sitk_series(gdcm_files(out)))
+    assert vol.array.dtype == ref.dtype and np.array_equal(vol.array, ref)

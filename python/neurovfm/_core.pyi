@@ -286,8 +286,8 @@ def codecs() -> dict[str, bool]:
 
 def codec_libraries() -> dict[str, str]:
     """``{codec: the library that decodes it in this build}`` ('' when none; ``htj2k``:
-    ``'OpenJPEG'`` (>= 2.5), or ``'OpenJPH'`` in a build with ``-DNEUROVFM_OPENJPH=ON``),
-    keys as :func:`codecs`."""
+    ``'OpenJPH'``, with OpenJPEG for frames outside its checked subset, or ``'OpenJPEG'``
+    (>= 2.5) without it), keys as :func:`codecs`."""
 
 def dicom_codec_status(transfer_syntax: str, bits_stored: _Int) -> tuple[str, str]:
     """``(name, reason)``: the compressed transfer syntax's short name ('' when it is not
