@@ -167,7 +167,10 @@ def rss_child(which: str, path: str, threads: int) -> None:
         isal_one(path, buf)
     else:
         (ours if which == "ours" else ref)(path)
-    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec (the parent's, if larger).
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_mib": peak}))
 
 
 def measure_rss(which: str, path: str, threads: int) -> float | None:

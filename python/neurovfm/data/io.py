@@ -291,6 +291,32 @@ def _preprocess_nifti_streaming(layout: nifti.NiftiLayout, stream: _StreamPlan) 
     return plan.image(out)
 
 
+def _preprocess_nifti_whole(layout: nifti.NiftiLayout) -> sitk.Image:
+    """A NIfTI file that does not stream (its storage axis is not the last pass): decoded
+    whole (in parallel where that is faster: :func:`.sources.gzip.open_gzip`) into plain
+    memory, its first two passes resampled, then the inflated copy given back before the
+    last pass. Peak memory: one inflated copy plus the kernel's intermediates. The bytes
+    of :func:`preprocess_volume` (the same pass order, the same kernels)."""
+    threads = get_num_threads()
+    vol = nifti.read_nifti(layout.path, layout, threads, keep_buffer=False)
+    if vol.array.dtype.kind == "f":
+        check_finite(vol.array, layout.path)
+    plan = _plan(vol.array.shape, vol.spacing, vol.origin, vol.direction, layout.path)
+    view = _reoriented_view(vol.array, plan.orientation)
+    args = plan.kernel_args()
+    last = _core.resample_order(view.shape, args[0])[2]
+    # One "slab" covering the whole volume along the last pass's axis: push runs the
+    # first two passes (resample_bspline's), finish the last.
+    sr = _core.StreamResampler(view.dtype, view.shape, last, *args)
+    try:
+        sr.push(view, 0, threads)
+        del view, vol
+        out = sr.finish(threads)
+    finally:
+        sr.close()
+    return plan.image(out)
+
+
 def preprocess_image(img: sitk.Image) -> sitk.Image:
     """:func:`load_image`'s preprocessing applied to an in-memory SimpleITK image. Unlike
     ``load_image(img)``, which refuses what it would refuse in a file (a single slice,
@@ -392,9 +418,9 @@ def load_image(
         stream = _stream_plan(layout) if layout.direct else None
         if stream is not None:
             return _preprocess_nifti_streaming(layout, stream)
-        # Decoded whole into plain memory, given back once resampled: peak memory is
-        # one inflated copy plus the kernel's intermediates (bench/bench_gzip.py).
-        vol = nifti.read_nifti(path, layout, keep_buffer=False)
+        if layout.direct:
+            return _preprocess_nifti_whole(layout)
+        vol = nifti.read_nifti(path, layout)
     else:
         vol = read_volume(path, series_uid=series_uid)
     return preprocess_volume(vol)
