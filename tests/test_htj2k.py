@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.encaps import encapsulate, generate_frames
-from test_dicom import gdcm_files, sitk_series
+from test_dicom import gdcm_files, rand_slices, sitk_series, write_series
 
 from conftest import corpus_dir
 from neurovfm import _core, set_num_threads
@@ -310,4 +310,25 @@ def test_frames_outside_the_openjph_subset_decoded_by_openjpeg(tmp_path):
     vol = dicom.read_dicom(out)
     assert vol.reader == "fast"
     ref = sitk.GetArrayFromImage(sitk_series(gdcm_files(out)))
+    assert vol.array.dtype == ref.dtype and np.array_equal(vol.array, ref)
+
+
+@pytest.mark.parametrize(("ba", "bs", "shape"), [(8, 8, (13, 17)), (16, 12, (31, 7)), (16, 16, (2, 41))])
+def test_synthetic_bit_depths_and_awkward_shapes(tmp_path, ba, bs, shape):
+    _need_htj2k()
+    dt = np.uint8 if ba == 8 else np.uint16
+    arrays = rand_slices(3, shape, 0, 1 << bs, dt, seed=bs)
+    paths = write_series(tmp_path / "s", arrays, ba=ba, bs=bs)
+    for p, a in zip(paths, arrays):
+        ds = pydicom.dcmread(p)
+        ds.PixelData = encapsulate([encode(a, tmp_path, bits=bs, signed=False, ts=HTJ2K)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = HTJ2K
+        ds.save_as(p, enforce_file_format=True)
+    for threads in (1, 2):
+        set_num_threads(threads)
+        vol = dicom.read_dicom(tmp_path / "s")
+        assert vol.reader == "fast"
+        assert np.array_equal(vol.array, np.stack(arrays).astype(vol.array.dtype))
+    ref = sitk.GetArrayFromImage(sitk_series(gdcm_files(tmp_path / "s")))
     assert vol.array.dtype == ref.dtype and np.array_equal(vol.array, ref)
