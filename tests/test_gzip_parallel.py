@@ -147,3 +147,22 @@ def test_chunked_first_passes_equal_slabs(threads):
     for x0 in range(0, 240, 61):
         sr.push(vol[:, ::-1, ::-1][:, :, x0 : x0 + 61], x0, threads)
     assert sr.finish(threads).tobytes() == flipped.tobytes()
+
+
+@pytest.mark.parametrize(("offset", "message"), [(-8, CRC), (-3, LENGTH)])
+def test_small_stream_checked_early(tmp_path, offset, message):
+    """rapidgzip checks a short stream's trailer as soon as it decodes it (here while the
+    header is skipped): the same error, every entry point."""
+    pytest.importorskip("rapidgzip")
+    # Past ISA-L's first read of the header (which would see the trailer of a tinier one).
+    arr = np.random.default_rng(5).integers(-1000, 1500, (40, 64, 48)).astype(np.int16)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.5, 0.5, 1.0))
+    good = tmp_path / "small.nii.gz"
+    sitk.WriteImage(img, str(good), useCompression=True)
+    bad = _flip(str(good), tmp_path / "bad.nii.gz", offset, 0x01)
+    neurovfm.set_num_threads(G.PARALLEL_MIN_THREADS)
+    for call in (lambda: nifti.read_nifti(bad), lambda: load_image(bad), lambda: load_image(bad, preprocess=False)):
+        with pytest.raises(ImageReadError, match=message) as e:
+            call()
+        assert bad in str(e.value)

@@ -22,7 +22,7 @@ from ... import _core
 from ..._threads import get_num_threads
 from ...errors import ImageReadError
 from ..volume import SUPPORTED_PIXEL_IDS, RawVolume, check_scalar_3d
-from .gzip import DECODE_ERRORS, gzip_isize, gzip_problem, open_gzip, stream_errors
+from .gzip import DECODE_ERRORS, gzip_isize, gzip_problem, gzip_reason, open_gzip, stream_errors
 from .gzip import check_trailer as check_trailer
 from .other import explain_nifti_error, read_with_sitk
 
@@ -284,5 +284,9 @@ def read_nifti(
     except DECODE_ERRORS as err:
         if isinstance(err, ImageReadError):
             raise
+        if layout.gz and not isinstance(err, EOFError):
+            # A decoder that checks a short stream's trailer early (rapidgzip, while the
+            # header is skipped): the same words as on every other path.
+            raise ImageReadError(path, gzip_reason(err)) from None
         raise ImageReadError(path, f"corrupt or truncated file: {err}") from None
     return RawVolume(arr, layout.spacing, layout.origin, layout.direction, path, reader="fast")
