@@ -131,8 +131,12 @@ def main() -> None:
     a = ap.parse_args()
     work = a.workdir
     manifest = write_scans(work / "scans", a.scans)
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
-    env.pop("RAY_ADDRESS", None)
+    # Ray keeps state in ~/.ray (an auth token): a home of the run's own, for every process
+    home = work / "home"
+    home.mkdir(exist_ok=True)
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", HOME=str(home))
+    os.environ.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
     port = _free_port()
     address = f"127.0.0.1:{port}"
     result: dict[str, object] = {"scans": a.scans, "address": address}
