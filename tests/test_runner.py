@@ -51,8 +51,8 @@ def test_every_job_once_and_record_on_the_calling_thread(executor):
 
 
 def test_unknown_executor_and_a_failing_job():
-    with pytest.raises(InvalidArgumentError, match="executor must be one of serial, threads"):
-        runner.run_jobs([1], _square, lambda j, r: None, executor="ray")
+    with pytest.raises(InvalidArgumentError, match="executor must be one of serial, threads, ray, got .dask."):
+        runner.run_jobs([1], _square, lambda j, r: None, executor="dask")
 
     def boom(x: int) -> int:
         raise RuntimeError(f"job {x}")

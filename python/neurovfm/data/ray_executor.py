@@ -49,10 +49,9 @@ def connect(address: str | None = None) -> Any:
     local Ray started for this process (``ray.init()``). Already connected: as it is."""
     ray = _ray()
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": False}
-        if address or os.environ.get("RAY_ADDRESS"):
-            kwargs["address"] = address or os.environ["RAY_ADDRESS"]
-        ray.init(**kwargs)
+        # "local": a Ray of its own, never the last cluster this machine ran (ray.init()
+        # alone would try that one's address, and wait for it when it is gone)
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
     return ray
 
 
