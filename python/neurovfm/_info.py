@@ -53,6 +53,10 @@ EXTRAS = (
     ("torch", "torch", "ImageDataset, ScanDataset, samplers, collates, .pt outputs"),
     ("lightning", "lightning", "ImageDataModule"),
     ("matplotlib", "qa", "neurovfm qa montages"),
+    ("fsspec", "cloud", "s3://, gs://, https:// paths (with s3fs, gcsfs)"),
+    ("s3fs", "cloud", "s3:// paths"),
+    ("ray", "ray", "--ray, executor='ray', PrepareRows"),
+    ("rapidgzip", "gzip", "parallel inflate of .nii.gz from 4 threads"),
 )
 
 
