@@ -4,10 +4,13 @@ command that takes them (`prepare` and `cache build` agree), and the help says s
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 
 import pytest
 import SimpleITK as sitk
 
+from conftest import package_env
 from neurovfm import phantom
 from neurovfm.cli import build_parser, main
 
@@ -96,3 +99,23 @@ def test_bench_w_goes_to_the_cache_benchmark(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "bench_prepare.py --quick --threads 3" in out
     assert "bench_cache.py --quick --workers 2" in out
+
+
+def test_warnings_print_as_one_line_naming_the_file(tmp_path):
+    """A warning of the command line is ``neurovfm: warning: <file>: <why>``, one line, with
+    no Python source line; also in batch mode, above the progress bar."""
+    ct = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(phantom.make_ct_phantom((64, 64, 30), (1.0, 1.0, 3.0), seed=1), str(ct))
+    for args in (
+        ["prepare", str(ct), "--mode", "mri"],
+        ["prepare", str(ct), "--mode", "mri", "-o", str(tmp_path / "o")],
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "neurovfm", *args], capture_output=True, text=True, env=package_env(), timeout=120
+        )
+        assert res.returncode == 0, res.stderr
+        lines = [ln for ln in res.stderr.replace("\r", "\n").splitlines() if "warning" in ln.lower()]
+        assert lines, res.stderr
+        for ln in lines:
+            assert ln.startswith("neurovfm: warning: ") and f"{ct}: " in ln and "mode is 'mri'" in ln, ln
+        assert ".py:" not in res.stderr, res.stderr

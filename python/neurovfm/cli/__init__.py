@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -51,6 +52,22 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line, ``neurovfm: warning: <message>`` (the message names the file;
+    Python's source file and line of the warning are the library's business, not the user's)."""
+    print(
+        f"{PROG}: warning: {one_line(message if isinstance(message, Warning) else Warning(message))}",
+        file=file if file is not None else sys.stderr,
+    )
+
+
 def _setup(args: argparse.Namespace) -> Callable[[], None]:
     """Logging and threads for this run; returns a function that restores them
     (``main`` may run in-process, e.g. from tests)."""
@@ -71,8 +88,11 @@ def _setup(args: argparse.Namespace) -> Callable[[], None]:
     if threads is not None:
         set_num_threads(threads)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    saved_show = warnings.showwarning
+    warnings.showwarning = _show_warning
 
     def restore() -> None:
+        warnings.showwarning = saved_show
         logger.setLevel(saved_level)
         logger.handlers[:] = saved_handlers
         set_num_threads(saved_threads)
