@@ -1,6 +1,7 @@
 """Ray against a local run, on the same cores (issue 23; docs/performance.md).
 
-A manifest of N phantom scans (default 18: CT and MR in turn) through ``neurovfm prepare
+A manifest of N scans (default 18: every usable series of the corpus' ct/ and mr/,
+repeated; ``--phantoms``: small phantom scans, CT and MR in turn) through ``neurovfm prepare
 --manifest ... -o OUT``: on a real two-node local Ray cluster (one CPU per node, started
 once: "cluster already up") with ``--ray ADDRESS``, and locally with ``-w 2`` on the same
 2 cores, interleaved, ``--repeats`` times each; prints the times, their medians and the
@@ -24,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import _common  # noqa: F401  (paths)
+import _common  # (paths)
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,12 +34,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scans", type=int, default=18)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--phantoms", action="store_true", help="small phantom scans instead of the corpus' series")
     a = ap.parse_args()
+    corpus = _common.corpus_dir()
+    what = "phantom scans" if a.phantoms or not corpus.is_dir() else f"real series of {corpus}"
+    extra = "" if a.phantoms or not corpus.is_dir() else f" --corpus {corpus}"
     if shutil.which("unshare") is None:
         raise SystemExit("unshare (util-linux) is needed for the private network namespace")
     harness = HERE.parent / "tests" / "ray_harness.py"
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
-        cmd = f"ip link set lo up && exec {sys.executable} {harness} {tmp} --scans {a.scans} --repeats {a.repeats}"
+        cmd = (
+            f"ip link set lo up && exec {sys.executable} {harness} {tmp} --scans {a.scans} --repeats {a.repeats}{extra}"
+        )
         res = subprocess.run(["unshare", "-n", "bash", "-c", cmd], capture_output=True, text=True, timeout=3600)
     if res.returncode != 0:
         raise SystemExit(res.stderr[-3000:])
@@ -46,7 +53,7 @@ def main() -> None:
     if "error" in out:
         raise SystemExit(f"{out['error']}\n{out.get('ray_stderr', '')}")
     ray, local = out["seconds_ray"], out["seconds_local"]
-    print(f"{a.scans} scans, 2 nodes of 1 CPU against -w 2 on the same 2 cores, {a.repeats} interleaved runs")
+    print(f"{a.scans} {what}, 2 nodes of 1 CPU against -w 2 on the same 2 cores, {a.repeats} interleaved runs")
     for k, (r, lo) in enumerate(zip(ray, local), 1):
         print(f"  run {k}: ray {r:6.2f} s   local {lo:6.2f} s   ratio {r / lo:.2f}")
     mr, ml = statistics.median(ray), statistics.median(local)

@@ -62,6 +62,28 @@ def write_scans(folder: Path, n: int) -> Path:
     return manifest
 
 
+def write_corpus_scans(folder: Path, n: int, corpus: Path) -> Path:
+    """``n`` studies of real scans: every usable series of the corpus' ``ct/`` and ``mr/``
+    (repeated), each linked into a study folder of its own, and ``manifest.csv``."""
+    from neurovfm.data import find_series
+
+    series = [(mode, r) for sub, mode in (("ct", "ct"), ("mr", "mri")) for r in find_series(corpus / sub) if r.usable]
+    rows = []
+    for k in range(n):
+        mode, r = series[k % len(series)]
+        study = folder / f"s{k:03d}"
+        study.mkdir(parents=True)
+        for f in r.files:
+            (study / os.path.basename(f)).symlink_to(f)
+        rows.append((str(study), mode, f"s{k:03d}"))
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "mode", "id"])
+        w.writerows(rows)
+    return manifest
+
+
 class Node:
     """One ``ray start --block`` in its own process group, stopped by its pid."""
 
@@ -128,9 +150,13 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=8)
     ap.add_argument("--kill", action="store_true")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--corpus", type=Path, help="real scans from this corpus instead of phantoms")
     a = ap.parse_args()
     work = a.workdir
-    manifest = write_scans(work / "scans", a.scans)
+    if a.corpus is not None:
+        manifest = write_corpus_scans(work / "scans", a.scans, a.corpus)
+    else:
+        manifest = write_scans(work / "scans", a.scans)
     # Ray keeps state in ~/.ray (an auth token): a home of the run's own, for every process
     home = work / "home"
     home.mkdir(exist_ok=True)
