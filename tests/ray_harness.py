@@ -38,6 +38,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _manifest(folder: Path, rows: list[tuple[str, str, str]]) -> Path:
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "mode", "id"])
+        w.writerows(rows)
+    return manifest
+
+
 def write_scans(folder: Path, n: int) -> Path:
     """``n`` small phantom scans (CT and MR in turn) and ``manifest.csv`` naming them."""
     import SimpleITK as sitk
@@ -54,12 +63,7 @@ def write_scans(folder: Path, n: int) -> Path:
         p = folder / f"scan{i:02d}.nii.gz"
         sitk.WriteImage(img, str(p))
         rows.append((str(p), mode, f"s{i:02d}"))
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "mode", "id"])
-        w.writerows(rows)
-    return manifest
+    return _manifest(folder, rows)
 
 
 def write_corpus_scans(folder: Path, n: int, corpus: Path) -> Path:
@@ -76,12 +80,7 @@ def write_corpus_scans(folder: Path, n: int, corpus: Path) -> Path:
         for f in r.files:
             (study / os.path.basename(f)).symlink_to(f)
         rows.append((str(study), mode, f"s{k:03d}"))
-    manifest = folder / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "mode", "id"])
-        w.writerows(rows)
-    return manifest
+    return _manifest(folder, rows)
 
 
 class Node:
