@@ -52,20 +52,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def _show_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: TextIO | None = None,
-    line: str | None = None,
-) -> None:
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+) -> str:
     """A warning as one line, ``neurovfm: warning: <message>`` (the message names the file;
-    Python's source file and line of the warning are the library's business, not the user's)."""
-    print(
-        f"{PROG}: warning: {one_line(message if isinstance(message, Warning) else Warning(message))}",
-        file=file if file is not None else sys.stderr,
-    )
+    Python's source file and line of the warning are the library's business, not the
+    user's). Installed as ``warnings.formatwarning``, so that a warning recorded (by
+    ``warnings.catch_warnings(record=True)``, ``pytest.warns``) is recorded as ever."""
+    text = message if isinstance(message, Warning) else Warning(message)
+    return f"{PROG}: warning: {one_line(text)}\n"
 
 
 def _setup(args: argparse.Namespace) -> Callable[[], None]:
@@ -88,11 +83,11 @@ def _setup(args: argparse.Namespace) -> Callable[[], None]:
     if threads is not None:
         set_num_threads(threads)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    saved_show = warnings.showwarning
-    warnings.showwarning = _show_warning
+    saved_format = warnings.formatwarning
+    warnings.formatwarning = _format_warning
 
     def restore() -> None:
-        warnings.showwarning = saved_show
+        warnings.formatwarning = saved_format
         logger.setLevel(saved_level)
         logger.handlers[:] = saved_handlers
         set_num_threads(saved_threads)
