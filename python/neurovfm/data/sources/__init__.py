@@ -1,8 +1,10 @@
 """Where a scan's voxels come from, up to a :class:`~neurovfm.data.volume.RawVolume`
 (voxels + geometry): :mod:`.nifti` (NIfTI-1, gzip by :mod:`.gzip`), :mod:`.dicom`
-(files, series, the compiled and SimpleITK readers) and :mod:`.other` (anything else
-SimpleITK reads). :func:`read` is the one dispatch from a path (or a series
-:func:`~neurovfm.data.find_series` found) to the reader that owns it."""
+(files, series, the compiled and SimpleITK readers), :mod:`.other` (anything else
+SimpleITK reads), :mod:`.memory` (arrays and images already in memory) and :mod:`.remote`
+(fsspec URLs, staged). :func:`read` is the one dispatch from a source (a path, a URL, a
+series :func:`~neurovfm.data.find_series` found, an image in memory) to the reader that
+owns it."""
 
 from __future__ import annotations
 
