@@ -1107,8 +1107,15 @@ void read_pixels_compressed(const std::vector<std::string>& paths,
       if (!h.encapsulated) {
         stored = data[i].data() + k * count * in_bytes;
       } else {
+        // Decode straight into the output slice: at its start when the output type is as
+        // wide as the stored one (CT: uint16 stored, int16 out), else into its back end,
+        // from where the forward conversion below never overwrites a sample it has yet to
+        // read (sample i, read before it is written, ends at byte (i + 1) * osize <= the
+        // start of sample i + 1). Only a narrower output type goes through a buffer.
         std::uint8_t* target = dst_bytes;
-        if (!direct) {
+        if (osize > in_bytes) {
+          target = dst_bytes + count * (osize - in_bytes);
+        } else if (osize < in_bytes) {
           decoded.resize(count * in_bytes);
           target = decoded.data();
         }
