@@ -29,7 +29,7 @@ hidden_path() {
     for t in sh bash env cat ls cp mv rm mkdir rmdir ln chmod touch dirname basename readlink realpath \
       uname head tail grep sed tr sort wc date sleep find xargs tee true false printf echo id nproc \
       ldconfig tar gzip cut timeout unshare mount ip gdcmconv ojph_compress; do
-      p=$(command -v "$t" 2>/dev/null || true)
+      p=$(type -P "$t" 2>/dev/null || true)  # the file, also for a shell builtin (true, echo)
       if [ -n "$p" ] && [ -x "$p" ]; then ln -sf "$p" "$safe/$t"; fi
     done
   fi
