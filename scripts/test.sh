@@ -49,8 +49,8 @@ say() { printf '\n=== test.sh: %s (%d s)\n' "$*" "$((SECONDS - t0))"; }
 
 # A fingerprint of everything that goes into the wheel.
 sources_hash() {
-  { git ls-files -co --exclude-standard -- cpp python CMakeLists.txt CMakePresets.json pyproject.toml 2>/dev/null \
-      || find cpp python CMakeLists.txt CMakePresets.json pyproject.toml -type f; } \
+  { git ls-files -co --exclude-standard -- cpp python third_party CMakeLists.txt CMakePresets.json pyproject.toml 2>/dev/null \
+      || find cpp python third_party CMakeLists.txt CMakePresets.json pyproject.toml -type f; } \
     | grep -v -E '(__pycache__|\.so$|\.pyd$)' | LC_ALL=C sort -u | while read -r f; do [ ! -f "$f" ] || sha256sum "$f"; done \
     | sha256sum | cut -d' ' -f1
 }

@@ -154,7 +154,7 @@ void register_dicom(py::module_& m) {
         py::dict d;
         d["rle"] = "neurovfm";
         d["jpeg_lossless"] = "neurovfm";
-        d["jpeg_ls"] = codecs::have_charls() ? "CharLS" : "";
+        d["jpeg_ls"] = codecs::charls_library();
         d["jpeg2000"] = codecs::have_openjpeg() ? "OpenJPEG" : "";
         d["jpeg_lossy"] = codecs::have_libjpeg() ? "libjpeg" : "";
         d["htj2k"] = codecs::htj2k_library();

@@ -1,5 +1,6 @@
-// Frame decoders backed by system libraries, each compiled in only when CMake
-// found the library (NEUROVFM_HAVE_CHARLS, _OPENJPEG, _LIBJPEG); without it the
+// Frame decoders backed by libraries, each compiled in only when CMake found the
+// library (NEUROVFM_HAVE_CHARLS: the bundled CharLS in third_party/charls, or the
+// system's with -DNEUROVFM_SYSTEM_CHARLS=ON; _OPENJPEG, _LIBJPEG); without it the
 // decoder throws and dicom_codec_reason says the build lacks it.
 #include <csetjmp>
 #include <cstdio>
@@ -48,6 +49,15 @@ bool have_charls() {
   return true;
 #else
   return false;
+#endif
+}
+
+std::string charls_library() {
+#ifdef NEUROVFM_HAVE_CHARLS
+  // The version of the code linked in (the bundled 2.4.2, or the system's shared library).
+  return std::string("CharLS ") + charls_get_version_string();
+#else
+  return "";
 #endif
 }
 

@@ -285,7 +285,8 @@ def codecs() -> dict[str, bool]:
     missing one falls back to SimpleITK."""
 
 def codec_libraries() -> dict[str, str]:
-    """``{codec: the library that decodes it in this build}`` ('' when none; ``htj2k``:
+    """``{codec: the library that decodes it in this build}`` ('' when none; ``jpeg_ls``:
+    ``'CharLS'`` and the version linked, e.g. ``'CharLS 2.4.2'``; ``htj2k``:
     ``'OpenJPH'``, with OpenJPEG for frames outside its checked subset, or ``'OpenJPEG'``
     (>= 2.5) without it), keys as :func:`codecs`."""
 

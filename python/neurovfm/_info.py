@@ -27,7 +27,7 @@ DECODERS: tuple[tuple[str, str, str, tuple[str, ...], str], ...] = (
         "JPEG-LS",
         "CharLS",
         ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
-        "Debian: libcharls-dev",
+        "its bundled CharLS (on unless -DNEUROVFM_NO_CHARLS=ON; with -DNEUROVFM_SYSTEM_CHARLS=ON, Debian: libcharls-dev)",
     ),
     (
         "jpeg2000",

@@ -1,8 +1,9 @@
 // Decoders for compressed (encapsulated) DICOM pixel data, one frame at a time.
 //
 // The library's own decoders: RLE Lossless (PS3.5 Annex G) and JPEG Lossless,
-// process 14 (ITU T.81 Annex H, predictors 1-7 and the point transform). System
-// libraries, where the build found them: JPEG-LS (CharLS), JPEG 2000 (OpenJPEG),
+// process 14 (ITU T.81 Annex H, predictors 1-7 and the point transform). JPEG-LS:
+// CharLS (bundled, third_party/charls). System libraries, where the build found
+// them: JPEG 2000 (OpenJPEG),
 // HTJ2K (OpenJPH; else OpenJPEG >= 2.5, which also decodes it), lossy 8-bit JPEG
 // (libjpeg-turbo). A syntax whose library is missing is reported as unavailable
 // (dicom_codec_reason) so the caller can fall back.
@@ -93,6 +94,8 @@ void decode_jpeg_lossy(const std::uint8_t* src, std::size_t n, const FrameSpec& 
 // when it is >= 2.5 (have_htj2k() says whether either is in); throws CodecError otherwise.
 void decode_htj2k(const std::uint8_t* src, std::size_t n, const FrameSpec& spec, std::uint8_t* dst);
 bool have_charls();
+// "CharLS <version linked>" (e.g. "CharLS 2.4.2"), or "" without JPEG-LS.
+std::string charls_library();
 bool have_openjpeg();
 bool have_libjpeg();
 bool have_openjph();
