@@ -220,15 +220,16 @@ def test_corrupt_and_truncated_files_are_detected_and_rebuilt(dataset):
 
 
 def test_entries_of_an_older_pipeline_are_stale_and_rebuilt(dataset, tmp_path):
-    """An entry built by neurovfm-1 (quantised from float32) is never served: `cache verify`
-    reports it stale, load_image and ImageDataset do not read it, build_cache rebuilds it."""
+    """An entry built by an older pipeline (neurovfm-2: another pass order for thin slices)
+    is never served: `cache verify` reports it stale, load_image and ImageDataset do not
+    read it, build_cache rebuilds it."""
     root, _ = dataset
     cm = CacheManager(root)
     cm.build_cache(num_workers=1, study_names=["ct_body"], progress=False)
     sidecar = root / "processed" / "ct_body" / "body_small.json"
     side = json.loads(sidecar.read_text())
-    assert side["version"] == PIPELINE_VERSION == "neurovfm-2"
-    side["version"] = "neurovfm-1"
+    assert side["version"] == PIPELINE_VERSION == "neurovfm-3"
+    side["version"] = "neurovfm-2"
     sidecar.write_text(json.dumps(side))
     cm = CacheManager(root)
     assert cm.entry_status("ct_body", "body_small") == "stale"

@@ -255,24 +255,35 @@ def _scaled_nifti(path: Path) -> Path:
 def inputs(tmp_path_factory, small_ct) -> dict:
     """One input for each way load_image reads: name -> (path, streamed)."""
     d = tmp_path_factory.mktemp("inputs")
-    streamed = d / "thick_slices.nii.gz"  # the storage axis is the last pass: streamed
+    streamed = d / "thick_slices.nii.gz"  # stored along its slice axis, the last pass: streamed
     sitk.WriteImage(phantom.make_ct_phantom(shape=(96, 96, 24), spacing=(0.5, 0.5, 5.0)), str(streamed))
+    whole = d / "sideways.nii.gz"  # slice axis x, stored along z: decoded whole
+    sitk.WriteImage(phantom.make_ct_phantom(shape=(24, 96, 80), spacing=(5.0, 0.5, 0.5)), str(whole))
     plain = d / "small_ct.nii"
     sitk.WriteImage(sitk.ReadImage(str(small_ct)), str(plain))
     ph = phantom.write_phantoms(d / "phantoms", names=["ct_dicom", "mri_nifti"])
     return {
         "nifti_streamed": (streamed, True),
-        "nifti_gz_whole": (small_ct, False),
-        "nifti_uncompressed": (plain, False),
+        "nifti_gz_whole": (whole, False),
+        "nifti_gz_thin": (small_ct, True),
+        "nifti_uncompressed": (plain, True),
         "nifti_scaled": (_scaled_nifti(d / "scaled.nii"), False),
-        "nifti_sagittal_mri": (ph["mri_nifti"], False),
+        "nifti_sagittal_mri": (ph["mri_nifti"], True),  # stored sagittally, its slice axis
         "dicom_series": (ph["ct_dicom"], False),
     }
 
 
 @pytest.mark.parametrize(
     "case",
-    ["nifti_streamed", "nifti_gz_whole", "nifti_uncompressed", "nifti_scaled", "nifti_sagittal_mri", "dicom_series"],
+    [
+        "nifti_streamed",
+        "nifti_gz_whole",
+        "nifti_gz_thin",
+        "nifti_uncompressed",
+        "nifti_scaled",
+        "nifti_sagittal_mri",
+        "dicom_series",
+    ],
 )
 def test_run_scan_is_load_image(case, inputs):
     """The CLI reads the raw volume (its mode guard looks at the values), then resamples

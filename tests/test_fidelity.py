@@ -158,16 +158,24 @@ def test_streaming_whole_volume_and_in_memory_give_the_same_bytes(tmp_path, dire
     _assert_quantized_is_reference(first, "ct" if np.dtype(dtype).kind != "u" else "mri")
 
 
-@pytest.mark.parametrize("spacing,streamed", [((0.5, 0.5, 5.0), True), ((0.5, 0.5, 1.0), False)])
-def test_nifti_streams_exactly_when_its_storage_axis_is_the_last_pass(tmp_path, monkeypatch, spacing, streamed):
-    """Thick slices (the storage axis shrinks least: the last pass anyway) stream; thin slices
-    (it shrinks most: the first pass) are decoded whole. Same bytes either way."""
+@pytest.mark.parametrize(
+    "shape,spacing,streamed",
+    [
+        ((24, 96, 80), (0.5, 0.5, 5.0), True),  # thick slices, stored slice by slice
+        ((24, 96, 80), (0.5, 0.5, 1.0), True),  # thin slices, stored slice by slice
+        ((96, 80, 24), (1.0, 0.5, 0.5), False),  # slice axis x, stored along z
+    ],
+)
+def test_nifti_streams_exactly_when_its_storage_axis_is_the_slice_axis(tmp_path, monkeypatch, shape, spacing, streamed):
+    """The slice axis is always the last pass (docs/numbers.md, "Resampling order"): a file
+    stored slice by slice streams, thick or thin; one stored along another axis is decoded
+    whole. Same bytes either way."""
     from neurovfm.data import io
 
     calls = []
     real = io._preprocess_nifti_streaming
     monkeypatch.setattr(io, "_preprocess_nifti_streaming", lambda *a: calls.append(1) or real(*a))
-    arr = random_volume(np.random.default_rng(1), (24, 96, 80), np.int16)
+    arr = random_volume(np.random.default_rng(1), shape, np.int16)
     path = str(tmp_path / "scan.nii.gz")
     sitk.WriteImage(make_image(arr, spacing=spacing), path)
     got = load_image(path)

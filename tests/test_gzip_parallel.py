@@ -32,13 +32,14 @@ def _restore_threads():
 
 @pytest.fixture(scope="module")
 def thin_ct(tmp_path_factory):
-    """A thin-slice CT (its storage axis shrinks most: decoded whole, not streamed), a
-    few MiB of gzip so that rapidgzip splits it into several chunks."""
+    """A CT stored along an axis other than its slice axis (decoded whole, not streamed:
+    docs/numbers.md, "Resampling order"), a few MiB of gzip so that rapidgzip splits it
+    into several chunks."""
     rng = np.random.default_rng(3)
-    arr = rng.integers(-1024, 2000, size=(48, 256, 224)).astype(np.int16)
-    arr[:, :40] = -1024  # some compressible air
+    arr = rng.integers(-1024, 2000, size=(256, 224, 48)).astype(np.int16)
+    arr[:40] = -1024  # some compressible air
     img = sitk.GetImageFromArray(arr)
-    img.SetSpacing((0.45, 0.45, 1.0))
+    img.SetSpacing((1.0, 0.45, 0.45))  # slice axis x (SimpleITK), storage axis z
     p = tmp_path_factory.mktemp("gz") / "thin.nii.gz"
     sitk.WriteImage(img, str(p), useCompression=True)
     return str(p)

@@ -99,6 +99,20 @@ void* big_alloc(std::size_t bytes) {
   return p;
 }
 
+void big_free_uncached(void* p) {
+  if (p == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lk(g_sizes_mutex);
+    for (std::size_t i = 0; i < g_live.size(); ++i)
+      if (g_live[i].p == p) {
+        g_live[i] = g_live.back();
+        g_live.pop_back();
+        break;
+      }
+  }
+  std::free(p);
+}
+
 void BigFree::operator()(void* p) const {
   if (p == nullptr) return;
   std::size_t bytes = 0;

@@ -156,7 +156,11 @@ void StreamResampler::finish(void* out, int threads) {
   finished_ = true;
   if (plan_[0].n_out == 0 || plan_[1].n_out == 0 || plan_[2].n_out == 0) return;
   variant().last(dtype_, mid_.get(), mid_shape_, stream_axis_, in_shape_, plan_, out, threads);
-  mid_.reset();
+  // Back to the system, not kept for the next volume: the intermediate is the largest
+  // buffer of a streamed scan (56 MiB for a 512 x 512 x 140 CT), and what follows
+  // (windows, tokens) needs memory of other sizes. Peak memory of a scan is then about
+  // this buffer plus the outputs (bench/bench_gzip.py).
+  big_free_uncached(mid_.release());
 }
 
 }  // namespace neurovfm

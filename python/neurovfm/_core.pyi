@@ -77,7 +77,7 @@ def resample_bspline(
 ) -> npt.NDArray[np.generic]:
     """Cubic B-spline resampling of a 3-D array (NumPy axis order) onto a cropped grid, one
     axis after the other in :func:`resample_order`'s order (``last_axis`` 0..2: that axis
-    last, the others by shrink; -1: all by shrink, the pipeline's order).
+    last, the others by shrink: the pipeline passes the slice axis; -1: all by shrink).
     ``ValueError`` for negative sizes or starts, spacings that are not positive and finite,
     or an output (or intermediate) beyond this machine's memory."""
 

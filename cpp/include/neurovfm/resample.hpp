@@ -25,10 +25,10 @@ struct AxisPlan {
 // cubic B-spline prefilter with mirror boundaries in double precision, 4-tap
 // evaluation with mirror index folding, then clamp to the type's range and
 // truncation toward zero. Axes are processed one at a time, in the order of
-// resample_order(in.shape, plan, last_axis): by default (-1) the axis that
-// shrinks the data most first, which is also the least work. The pipeline
-// uses that default for every entry point (docs/numbers.md, "Resampling
-// order"), so that a scan gives the same bytes however it arrives.
+// resample_order(in.shape, plan, last_axis): last_axis last, the others by
+// how much they shrink the data (by default, -1, all three so). The pipeline
+// passes the slice axis as last_axis at every entry point (docs/numbers.md,
+// "Resampling order"), so that a scan gives the same bytes however it arrives.
 // Bit-identical for any thread count.
 void resample_bspline(const VolumeView& in, const AxisPlan plan[3], void* out, int threads,
                       int last_axis = -1);
@@ -40,9 +40,9 @@ void resample_order(const std::int64_t in_shape[3], const AxisPlan plan[3], int 
 // Resampling of a volume that arrives in slabs along one axis (e.g. while it
 // is being decompressed): push() resamples the two other axes of each slab
 // into a double-precision intermediate; finish() resamples the stream axis.
-// Gives exactly the bytes of resample_bspline(..., last_axis = stream_axis),
-// which are the default order's bytes when resample_order puts the stream
-// axis last anyway (the only case the pipeline streams).
+// Gives exactly the bytes of resample_bspline(..., last_axis = stream_axis):
+// the pipeline's bytes when the stream axis is the slice axis (the only case
+// it streams). finish() gives the intermediate back to the system at once.
 class StreamResampler {
  public:
   StreamResampler(DType dtype, const std::int64_t in_shape[3], int stream_axis,

@@ -157,6 +157,13 @@ class _Plan:
     size: tuple[int, ...]  # reoriented input size (x, y, z)
     target: tuple[float, ...]  # output spacing (x, y, z)
     crops: tuple[tuple[int, int], ...]  # (start, length) per axis (x, y, z)
+    z: int  # the slice axis (SimpleITK order): the one resampled to 4 mm
+
+    @property
+    def last_pass(self) -> int:
+        """The kernel's last pass (numpy order): the slice axis, always (docs/numbers.md,
+        "Resampling order")."""
+        return 2 - self.z
 
     def kernel_args(self) -> tuple[list[int], list[int], list[float], list[float]]:
         """(n_out, start, out_spacing, in_spacing) in numpy (z, y, x) order."""
@@ -196,7 +203,7 @@ def _plan(
             f"{tuple(m)} voxels at {tuple(t)} mm",
         )
     crops = tuple(_crop(m[i], CROP_MULTIPLE[1] if i == z else CROP_MULTIPLE[0]) for i in range(3))
-    return _Plan(o, s, org, dirn, n, tuple(t), crops)
+    return _Plan(o, s, org, dirn, n, tuple(t), crops, z)
 
 
 def _storage_axis(o: Orientation) -> tuple[int, bool]:
@@ -216,9 +223,9 @@ def preprocess_volume(vol: RawVolume) -> sitk.Image:
         check_finite(vol.array, path)
     plan = _plan(vol.array.shape, vol.spacing, vol.origin, vol.direction, path)
     view = _reoriented_view(vol.array, plan.orientation)
-    # The kernel's default pass order (docs/numbers.md, "Resampling order"): the same
-    # for every entry point, so the bytes never depend on how the scan came in.
-    out = _core.resample_bspline(view, *plan.kernel_args(), get_num_threads())
+    # One pass order (docs/numbers.md, "Resampling order"): the slice axis last, the
+    # same for every entry point, so the bytes never depend on how the scan came in.
+    out = _core.resample_bspline(view, *plan.kernel_args(), get_num_threads(), plan.last_pass)
     return plan.image(out)
 
 
@@ -232,15 +239,15 @@ _StreamPlan = tuple[_Plan, tuple[int, ...], int, bool]
 
 def _stream_plan(layout: nifti.NiftiLayout) -> _StreamPlan | None:
     """(plan, reoriented shape, stream axis, flipped) when the file can be streamed: its
-    storage axis is the last of the kernel's pass order (docs/numbers.md, "Resampling
-    order"), so resampling the other two axes slab by slab gives the whole-volume bytes;
-    None otherwise (the file is then decoded whole and resampled in that order)."""
+    storage axis is the slice axis, the last pass (docs/numbers.md, "Resampling order"),
+    so resampling the other two axes slab by slab gives the whole-volume bytes; None
+    otherwise (a file stored along another axis is decoded whole, then resampled in
+    that order)."""
     plan = _plan(layout.shape, layout.spacing, layout.origin, layout.direction, layout.path)
     stream_axis, flipped = _storage_axis(plan.orientation)
     # Shape of the reoriented volume (a zero-byte broadcast view stands in for it).
     rshape = _reoriented_view(np.broadcast_to(np.uint8(0), layout.shape), plan.orientation).shape
-    n_out = plan.kernel_args()[0]
-    if _core.resample_order(rshape, n_out)[2] != stream_axis:
+    if plan.last_pass != stream_axis:
         return None
     return plan, rshape, stream_axis, flipped
 
@@ -292,7 +299,7 @@ def _preprocess_nifti_streaming(layout: nifti.NiftiLayout, stream: _StreamPlan) 
 
 
 def _preprocess_nifti_whole(layout: nifti.NiftiLayout) -> sitk.Image:
-    """A NIfTI file that does not stream (its storage axis is not the last pass): decoded
+    """A NIfTI file that does not stream (its storage axis is not the slice axis): decoded
     whole (in parallel where that is faster: :func:`.sources.gzip.open_gzip`) into plain
     memory, its first two passes resampled, then the inflated copy given back before the
     last pass. Peak memory: one inflated copy plus the kernel's intermediates. The bytes
@@ -304,10 +311,9 @@ def _preprocess_nifti_whole(layout: nifti.NiftiLayout) -> sitk.Image:
     plan = _plan(vol.array.shape, vol.spacing, vol.origin, vol.direction, layout.path)
     view = _reoriented_view(vol.array, plan.orientation)
     args = plan.kernel_args()
-    last = _core.resample_order(view.shape, args[0])[2]
     # One "slab" covering the whole volume along the last pass's axis: push runs the
     # first two passes (resample_bspline's), finish the last.
-    sr = _core.StreamResampler(view.dtype, view.shape, last, *args)
+    sr = _core.StreamResampler(view.dtype, view.shape, plan.last_pass, *args)
     try:
         sr.push(view, 0, threads)
         del view, vol

@@ -120,8 +120,10 @@ __all__ = [
 
 #: Bump whenever cached numbers would change: older entries become stale (and are rebuilt).
 #: neurovfm-2: quantised from the float64 values (the reference's bytes; docs/numbers.md) and
-#: one resampling order for every entry point.
-PIPELINE_VERSION = "neurovfm-2"
+#: one resampling order for every entry point. neurovfm-3: that order puts the slice axis
+#: last (docs/numbers.md, "Resampling order"): scans whose slice axis shrank most (thin
+#: slices) have other bytes in the last place of some voxels.
+PIPELINE_VERSION = "neurovfm-3"
 #: Sidecar key (and file suffix) of the token background flags: ``mask`` in the published format.
 TOKEN_BACKGROUND = "mask"
 
