@@ -15,6 +15,7 @@ import logging
 import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -493,6 +494,33 @@ def test_corrupt_frames_refused(case, transcode, tmp_path):
         dicom.read_dicom(tmp_path)
     assert info.value.path == str(bad)
     assert "frame 0" in info.value.reason
+
+
+def test_cut_jpeg_ls_frames_refused_quickly(transcode, tmp_path):
+    """A JPEG-LS frame cut anywhere in its scan data is refused without the seconds CharLS
+    spends reading the missing bytes as zeros (it is handed an end-of-image marker after
+    the data): five cuts take less than 50 reads of the intact 3-file series. A frame
+    that is whole but lacks its EOI marker still decodes, to the same pixels."""
+    _need_codec(JPEG_LS)
+    src = transcode("jpeg_ls")
+    for d in ("intact", "no_eoi", *(f"cut{k}" for k in range(5))):
+        (tmp_path / d).mkdir()
+    _corrupt_copy(src, tmp_path / "intact", lambda b: b)
+    dicom.read_dicom(tmp_path / "intact")  # warm
+    t0 = time.perf_counter()
+    want = dicom.read_dicom(tmp_path / "intact").array
+    intact = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for k, frac in enumerate((0.2, 0.4, 0.6, 0.8, 0.95)):
+        d = tmp_path / f"cut{k}"
+        bad = _corrupt_copy(src, d, lambda b, frac=frac: b[: int(len(b) * frac)])
+        with pytest.raises(ImageReadError, match="JPEG-LS") as info:
+            dicom.read_dicom(d)
+        assert info.value.path == str(bad)
+    assert time.perf_counter() - t0 < 50 * intact + 0.5
+    no_eoi = tmp_path / "no_eoi"
+    _corrupt_copy(src, no_eoi, lambda b: b[: b.rindex(b"\xff\xd9")])
+    assert np.array_equal(dicom.read_dicom(no_eoi).array, want)
 
 
 def test_truncated_file_refused(transcode, tmp_path):

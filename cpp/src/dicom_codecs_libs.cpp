@@ -8,6 +8,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "neurovfm/dicom_codecs.hpp"
 
@@ -73,6 +74,21 @@ void decode_jpeg_ls([[maybe_unused]] const std::uint8_t* src, [[maybe_unused]] s
     if (static_cast<int>(e) != 0)
       throw CodecError(std::string("JPEG-LS: ") + charls_get_error_message(e));
   };
+  // A stream cut short (no end-of-image marker before the fragment's 0x00 padding):
+  // CharLS reads the missing bytes as zeros and spins for seconds in its run-length
+  // code before it fails. Given an EOI marker right after the data it stops at once
+  // (a marker inside the scan data), and a complete frame that merely lacks its EOI
+  // still decodes.
+  std::size_t end = n;
+  while (end > 0 && src[end - 1] == 0x00 && n - end < 8) --end;
+  std::vector<std::uint8_t> closed;
+  if (end < 2 || src[end - 2] != 0xFF || src[end - 1] != 0xD9) {
+    closed.assign(src, src + end);
+    closed.push_back(0xFF);
+    closed.push_back(0xD9);
+    src = closed.data();
+    n = closed.size();
+  }
   check(charls_jpegls_decoder_set_source_buffer(dec.get(), src, n));
   check(charls_jpegls_decoder_read_header(dec.get()));
   charls_frame_info fi{};
