@@ -3,7 +3,8 @@
 #
 #   scripts/test.sh                      every stage below, then the suite with -q
 #   scripts/test.sh -x -k cache          every stage, the suite with these pytest arguments
-#   scripts/test.sh tools build install  only these stages (CI runs them before the ASan stage)
+#   scripts/test.sh tools build install  only these stages (CI runs tools, then build install
+#                                        while the ASan kernels compile, before the ASan stage)
 #   scripts/test.sh lint                 ruff check, ruff format --check, mypy --strict (CI runs it)
 #
 # Stages, in order (leading arguments that name stages pick them; the rest go to pytest):

@@ -384,7 +384,8 @@ def _commands(text: str) -> list:
 
 def check_ci(readme_block: str, ci_run: str) -> str:
     """README's test command (the ``readme-test: ci`` block) is one line, a script of the
-    checkout, and ``.ci/run`` runs it last, after building, installing and the ASan stage."""
+    checkout, and ``.ci/run`` runs it last, after building, installing and the ASan stage
+    (whose instrumented build, ``scripts/asan_test.sh --build-only``, may start earlier)."""
     documented = _commands(readme_block)
     assert len(documented) == 1, f"README's test command must be one line, not {documented}"
     (cmd,) = documented
@@ -393,7 +394,7 @@ def check_ci(readme_block: str, ci_run: str) -> str:
     run = _commands(ci_run)
     assert run and run[-1] == cmd, f".ci/run must end with the README's test command {cmd!r}, not {run[-1:]}"
     steps = (
-        [i for i, c in enumerate(run) if "scripts/asan_test.sh" in c],
+        [i for i, c in enumerate(run) if "scripts/asan_test.sh" in c and "--build-only" not in c],
         [i for i, c in enumerate(run) if c.startswith("scripts/test.sh") and "build install" in c],
     )
     assert all(steps), f".ci/run builds and installs the wheel and runs scripts/asan_test.sh: {run}"
@@ -423,6 +424,10 @@ def test_ci_check_can_fail():
         check_ci("scripts/test.sh\n", "scripts/test.sh tools build install\nscripts/test.sh\n")
     with pytest.raises(AssertionError, match="then ASan, then"):
         check_ci("scripts/test.sh\n", "scripts/asan_test.sh\nscripts/test.sh tools build install\nscripts/test.sh\n")
+    with pytest.raises(AssertionError, match="runs scripts/asan_test.sh"):  # a build alone is no ASan stage
+        check_ci(
+            "scripts/test.sh\n", "scripts/test.sh build install\nscripts/asan_test.sh --build-only &\nscripts/test.sh\n"
+        )
 
 
 def _layout_patterns(code: str) -> list:
