@@ -35,9 +35,7 @@ py::tuple ct_windows_py(const py::array& in, const std::vector<std::array<double
   std::vector<void*> ptrs;
   std::vector<Window> ws;
   for (const auto& w : windows) {
-    // The kernels' allocator: huge pages, reused from one volume to the next (no page
-    // faults on the outputs of the second scan on).
-    py::array a = empty_big(quantize ? py::dtype::of<std::uint8_t>() : py::dtype::of<float>(), shape);
+    py::array a = quantize ? py::array(py::array_t<std::uint8_t>(shape)) : py::array(py::array_t<float>(shape));
     ptrs.push_back(a.mutable_data());
     outs.append(a);
     ws.push_back(Window{w[0], w[1]});
@@ -82,7 +80,7 @@ py::tuple mri_normalise_py(const py::array& in, double lo, double hi, double mn,
   VolumeView v = view3d(in, "mri_normalise");
   const py::ssize_t n = token_count(v, token_flags);
   const std::vector<py::ssize_t> shape{1, v.shape[0], v.shape[1], v.shape[2]};
-  py::array out = empty_big(quantize ? py::dtype::of<std::uint8_t>() : py::dtype::of<float>(), shape);
+  py::array out = quantize ? py::array(py::array_t<std::uint8_t>(shape)) : py::array(py::array_t<float>(shape));
   void* op = out.mutable_data();
   py::object token_background = py::none(), foreground = py::none();
   std::uint8_t* token_background_ptr = nullptr;

@@ -40,7 +40,7 @@ py::array resample(const py::array& in, const I3& n_out, const I3& start, const 
   if (last_axis < -1 || last_axis > 2) throw py::value_error("resample: last_axis must be -1, 0, 1 or 2");
   AxisPlan plan[3];
   make_plan({v.shape[0], v.shape[1], v.shape[2]}, n_out, start, t, s, plan);
-  py::array out = empty_big(to_numpy(v.dtype), std::vector<py::ssize_t>{n_out[0], n_out[1], n_out[2]});
+  py::array out(to_numpy(v.dtype), std::vector<py::ssize_t>{n_out[0], n_out[1], n_out[2]});
   void* dst = out.mutable_data();
   {
     py::gil_scoped_release release;
@@ -128,7 +128,7 @@ struct PyStreamResampler {
     }
     if (!impl->complete()) throw py::value_error("StreamResampler.finish: not every slice was pushed");
     if (impl->finished()) throw py::value_error("StreamResampler.finish: already finished");
-    py::array out = empty_big(to_numpy(impl->dtype()), std::vector<py::ssize_t>{n_out[0], n_out[1], n_out[2]});
+    py::array out(to_numpy(impl->dtype()), std::vector<py::ssize_t>{n_out[0], n_out[1], n_out[2]});
     void* dst = out.mutable_data();
     {
       py::gil_scoped_release release;

@@ -16,7 +16,7 @@ py::tuple tokenize_py(const py::array& in, int threads) {
                           std::to_string(v.shape[1]) + ", " + std::to_string(v.shape[2]) +
                           ") is not a multiple of (4, 16, 16)");
   const py::ssize_t n = (v.shape[0] / kTokD) * (v.shape[1] / kTokH) * (v.shape[2] / kTokW);
-  py::array out = empty_big(to_numpy(v.dtype), std::vector<py::ssize_t>{n, kTokSize});
+  py::array out(to_numpy(v.dtype), std::vector<py::ssize_t>{n, kTokSize});
   py::array_t<std::int32_t> coords(std::vector<py::ssize_t>{n, 3});
   void* dst = out.mutable_data();
   std::int32_t* c = coords.mutable_data();
