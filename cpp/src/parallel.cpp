@@ -99,18 +99,10 @@ void* big_alloc(std::size_t bytes) {
   return p;
 }
 
-void big_free_uncached(void* p) {
-  if (p == nullptr) return;
-  {
-    std::lock_guard<std::mutex> lk(g_sizes_mutex);
-    for (std::size_t i = 0; i < g_live.size(); ++i)
-      if (g_live[i].p == p) {
-        g_live[i] = g_live.back();
-        g_live.pop_back();
-        break;
-      }
-  }
-  std::free(p);
+void* plain_alloc(std::size_t bytes) {
+  void* p = std::malloc(bytes == 0 ? 1 : bytes);
+  if (!p) throw std::bad_alloc();
+  return p;  // not in g_live: BigFree hands it straight back to free()
 }
 
 void BigFree::operator()(void* p) const {

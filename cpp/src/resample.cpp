@@ -119,7 +119,12 @@ StreamResampler::StreamResampler(DType dtype, const std::int64_t in_shape[3], in
   first_axis_ = order[0];
   second_axis_ = order[1];
   for (int k = 0; k < 3; ++k) mid_shape_[k] = (k == stream_axis) ? in_shape[k] : plan[k].n_out;
-  mid_ = make_big<double>(static_cast<std::size_t>(mid_shape_[0] * mid_shape_[1] * mid_shape_[2]));
+  // The intermediate of a streamed scan (56 MiB for a 512 x 512 x 140 CT) in plain
+  // memory, given back when finish() is done with it: kept in the kernels' pool it would
+  // stay resident beside the windows and tokens that follow (peak memory), and fresh
+  // huge-page memory for every scan can stall in the kernel's compaction once other work
+  // has fragmented memory (bench/bench_gzip.py interleaves with the reference).
+  mid_ = make_plain<double>(static_cast<std::size_t>(mid_shape_[0] * mid_shape_[1] * mid_shape_[2]));
   seen_.assign(static_cast<std::size_t>(in_shape[stream_axis]), 0);
 }
 
@@ -156,11 +161,7 @@ void StreamResampler::finish(void* out, int threads) {
   finished_ = true;
   if (plan_[0].n_out == 0 || plan_[1].n_out == 0 || plan_[2].n_out == 0) return;
   variant().last(dtype_, mid_.get(), mid_shape_, stream_axis_, in_shape_, plan_, out, threads);
-  // Back to the system, not kept for the next volume: the intermediate is the largest
-  // buffer of a streamed scan (56 MiB for a 512 x 512 x 140 CT), and what follows
-  // (windows, tokens) needs memory of other sizes. Peak memory of a scan is then about
-  // this buffer plus the outputs (bench/bench_gzip.py).
-  big_free_uncached(mid_.release());
+  mid_.reset();  // plain memory (see the constructor): back to the system now
 }
 
 }  // namespace neurovfm

@@ -42,12 +42,17 @@ using BigBuffer = std::unique_ptr<T[], BigFree>;
 void* big_alloc(std::size_t bytes);
 // Frees the large buffers kept for reuse (see big_alloc).
 void release_cached_buffers();
-// Gives a block of big_alloc back to the system at once instead of keeping it for
-// reuse: for a one-off buffer whose memory the next steps of the same scan need.
-void big_free_uncached(void* p);
+// Plain malloc storage (4 KiB pages, no huge-page advice, never pooled): given back
+// to the system as soon as it is freed. For a buffer as large as a scan's
+// intermediate that must not stay resident after its pass (BigFree frees it).
+void* plain_alloc(std::size_t bytes);
 template <typename T>
 BigBuffer<T> make_big(std::size_t n) {
   return BigBuffer<T>(static_cast<T*>(big_alloc(n * sizeof(T))));
+}
+template <typename T>
+BigBuffer<T> make_plain(std::size_t n) {
+  return BigBuffer<T>(static_cast<T*>(plain_alloc(n * sizeof(T))));
 }
 
 }  // namespace neurovfm
