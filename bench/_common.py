@@ -59,6 +59,23 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(ts)
 
 
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], runs: int, between: Callable[[], object] | None = None
+) -> dict[str, list[float]]:
+    """Wall seconds of each of ``fns``, called in turn, once per round, for ``runs`` rounds
+    (interleaved: a change in the machine's load hits every one alike). ``between``, if
+    given, runs untimed after each call."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            if between is not None:
+                between()
+    return times
+
+
 #: A git checkout (or bare mirror) of the published NeuroVFM code, for the benches that
 #: compare with it; $NEUROVFM_PUBLISHED_REPO. Never needed by the tests.
 PUBLISHED_REPO = os.environ.get("NEUROVFM_PUBLISHED_REPO", "/work/.mirror/MLNeurosurg+neurovfm/repo")

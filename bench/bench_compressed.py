@@ -43,12 +43,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import SimpleITK as sitk
 
-from _common import corpus_dir, median_time, set_threads  # noqa: E402  (paths: python/, tests/)
+from _common import corpus_dir, interleaved_times, median_time, set_threads  # noqa: E402  (paths: python/, tests/)
 
 import reference as R  # noqa: E402
 
@@ -238,14 +237,8 @@ def measure(label: str, folder: Path, files: list[str], args: argparse.Namespace
     path = str(folder)
     set_threads(args.threads)
     ref_tokens(path), our_tokens(path)  # warm the page cache and the pool
-    ref_ts, our_ts = [], []
-    for _ in range(args.runs):  # interleaved
-        t0 = time.perf_counter()
-        ref_tokens(path)
-        ref_ts.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        our_tokens(path)
-        our_ts.append(time.perf_counter() - t0)
+    ts = interleaved_times({"ref": lambda: ref_tokens(path), "ours": lambda: our_tokens(path)}, args.runs)
+    ref_ts, our_ts = ts["ref"], ts["ours"]
     ref_t, ours_t = sorted(ref_ts)[len(ref_ts) // 2], sorted(our_ts)[len(our_ts) // 2]
     dec = {}
     for t in (1, 2):

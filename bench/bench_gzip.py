@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from _common import corpus_dir, set_threads  # noqa: E402  (paths: python/, tests/)
+from _common import corpus_dir, interleaved_times, set_threads  # noqa: E402  (paths: python/, tests/)
 
 import reference as R  # noqa: E402  (tests/reference.py)
 
@@ -194,13 +194,9 @@ def file_to_tokens(path: str, threads: int, reps: int, rss: bool) -> dict:
     set_threads(threads)
     buf = memoryview(bytearray(isize(path) + 1))
     fns = {"neurovfm": lambda: ours(path), "reference": lambda: ref(path), FLOOR: lambda: isal_one(path, buf)}
-    runs: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up (page cache, buffers, imports)
         fn()
-    for _ in range(reps):
-        for name, fn in fns.items():
-            runs[name].append(timed(fn)[0])
-            gc.collect()
+    runs = interleaved_times(fns, reps, between=gc.collect)
     res = {name: stats(v) for name, v in runs.items()}
     o, r, f = (res[k]["median"] for k in ("neurovfm", "reference", FLOOR))
     print(f"\n== {path}: file -> tokens at {threads} threads, median of {reps} interleaved runs [min-max]")

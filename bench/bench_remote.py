@@ -12,10 +12,10 @@ bandwidth on top.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import _common
@@ -49,29 +49,28 @@ def main() -> None:
         print(f"{a.runs} interleaved runs, medians; S3: moto on 127.0.0.1")
         for label, rel in cases.items():
             local, remote = corpus / rel, f"s3://bench/{rel}"
-            t_local, t_s3 = [], []
-            for _ in range(a.runs):
-                t = time.perf_counter()
-                load_image(local)
-                t_local.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                load_image(remote)
-                t_s3.append(time.perf_counter() - t)
-            ml, ms = statistics.median(t_local), statistics.median(t_s3)
+            ts = _common.interleaved_times(
+                {"local": lambda: load_image(local), "s3": lambda: load_image(remote)}, a.runs
+            )
+            ml, ms = statistics.median(ts["local"]), statistics.median(ts["s3"])
             print(
                 f"  load_image {label:34s} local {ml * 1000:7.1f} ms   s3 {ms * 1000:7.1f} ms   s3/local {ms / ml:.2f}"
             )
         inputs_local = [corpus / rel for rel in cases.values()]
         inputs_s3 = [f"s3://bench/{rel}" for rel in cases.values()]
-        t_local, t_s3 = [], []
-        for k in range(a.runs):
-            t = time.perf_counter()
-            prepare_many(inputs_local, Path(tmp) / f"out{k}", "ct", progress=False, workers=2)
-            t_local.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            prepare_many(inputs_s3, f"s3://bench/out{k}/", "ct", progress=False, workers=2)
-            t_s3.append(time.perf_counter() - t)
-        ml, ms = statistics.median(t_local), statistics.median(t_s3)
+        rounds_local, rounds_s3 = itertools.count(), itertools.count()  # a new output folder per run
+        ts = _common.interleaved_times(
+            {
+                "local": lambda: prepare_many(
+                    inputs_local, Path(tmp) / f"out{next(rounds_local)}", "ct", progress=False, workers=2
+                ),
+                "s3": lambda: prepare_many(
+                    inputs_s3, f"s3://bench/out{next(rounds_s3)}/", "ct", progress=False, workers=2
+                ),
+            },
+            a.runs,
+        )
+        ml, ms = statistics.median(ts["local"]), statistics.median(ts["s3"])
         print(
             f"  prepare_many, both, -w 2 (outputs local / to s3)  local {ml * 1000:7.1f} ms   s3 {ms * 1000:7.1f} ms   s3/local {ms / ml:.2f}"
         )
